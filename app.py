@@ -1,0 +1,139 @@
+"""The HTTP edge: the Flask app, its routes, and errors as problem documents."""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
+from flask_migrate import Migrate
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    RequestEntityTooLarge,
+    ServiceUnavailable,
+)
+
+from models import db, engine_options, prepare_engine
+from reconcile import Identity, LostRace, reconcile_and_commit
+from validation import InvalidInput, parse_identify
+
+MAX_BODY_BYTES = 64 * 1024
+
+api = Blueprint("api", __name__)
+
+
+class JSONRequest(Request):
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        """Say what is wrong with the JSON; Flask says it only in debug mode."""
+        raise BadRequest(f"The body is not valid JSON: {e}")
+
+
+migrate = Migrate(render_as_batch=True)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.request_class = JSONRequest
+    app.config["SQLALCHEMY_DATABASE_URI"] = database_url()
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config.update(config or {})
+    app.config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS",
+        engine_options(app.config["SQLALCHEMY_DATABASE_URI"]),
+    )
+    db.init_app(app)
+    migrate.init_app(app, db)
+    with app.app_context():
+        prepare_engine(db.engine)
+    app.register_blueprint(api)
+    app.register_error_handler(HTTPException, problem)
+    app.register_error_handler(InvalidInput, invalid_input)
+    app.register_error_handler(OperationalError, database_unavailable)
+    app.register_error_handler(LostRace, database_busy)
+    return app
+
+
+def database_url() -> str:
+    """DATABASE_URL, or a SQLite file in the instance folder.
+
+    Hosting platforms still hand out "postgres://", which SQLAlchemy rejects;
+    both PostgreSQL spellings are served by psycopg 3."""
+    url = os.environ.get("DATABASE_URL", "sqlite:///contacts.db")
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
+
+
+@api.post("/identify")
+def identify() -> dict[str, Any]:
+    email, phone_number = parse_identify(request.get_json())
+    identity, _retries = reconcile_and_commit(
+        db.session(), email=email, phone_number=phone_number
+    )
+    return {"contact": contact_json(identity)}
+
+
+@api.get("/health")
+def health() -> dict[str, str]:
+    db.session.execute(text("SELECT 1"))
+    return {"status": "ok"}
+
+
+def contact_json(identity: Identity) -> dict[str, Any]:
+    return {
+        "primaryContactId": identity.primary_id,
+        # Compatibility alias: the misspelt key of the original task text.
+        "primaryContatctId": identity.primary_id,
+        "emails": identity.emails,
+        "phoneNumbers": identity.phone_numbers,
+        "secondaryContactIds": identity.secondary_ids,
+    }
+
+
+def problem(error: HTTPException) -> Response:
+    """Every error as an RFC 9457 problem document; never a page or a trace."""
+    status = error.code or 500
+    detail = error.description
+    if isinstance(error, RequestEntityTooLarge):
+        detail = f"The request body must be at most {MAX_BODY_BYTES // 1024} KiB."
+    response = jsonify(
+        type="about:blank", status=status, title=error.name, detail=detail
+    )
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def invalid_input(error: InvalidInput) -> Response:
+    return problem(BadRequest(str(error)))
+
+
+def database_unavailable(error: OperationalError) -> Response:
+    current_app.logger.error("database unavailable: %s", error.orig)
+    return problem(
+        ServiceUnavailable(
+            "The database is unreachable or not ready. Nothing was changed;"
+            " try again later."
+        )
+    )
+
+
+def database_busy(error: LostRace) -> Response:
+    current_app.logger.error("gave up on a request after lost races: %s", error)
+    response = problem(
+        ServiceUnavailable(
+            "The database is too busy with conflicting requests. Nothing was"
+            " changed; try again in a second."
+        )
+    )
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+app = create_app()

@@ -1,0 +1,107 @@
+from datetime import UTC, datetime
+from typing import Any
+
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    MetaData,
+    String,
+    TypeDecorator,
+    event,
+    make_url,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and read back timezone-aware on every engine
+    (SQLite keeps no zone, so its values come back naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: datetime | None, dialect: Dialect
+    ) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None or value.tzinfo is not None:
+            return value  # type: ignore[no-any-return]
+        return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+class Contact(Base):
+    """One row per request that brought new information (see SPEC.md)."""
+
+    __tablename__ = "contact"
+    __table_args__ = (
+        CheckConstraint(
+            "link_precedence IN ('primary', 'secondary')", name="link_precedence"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    phone_number: Mapped[str | None] = mapped_column(String(16), index=True)
+    email: Mapped[str | None] = mapped_column(String(254), index=True)
+    linked_id: Mapped[int | None] = mapped_column(ForeignKey("contact.id"), index=True)
+    link_precedence: Mapped[str] = mapped_column(String(9))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# Execution option: begin the transaction with SQLite's write lock already held.
+WRITE_LOCK_OPTION = "sqlite_begin_immediate"
+
+
+def engine_options(url: str) -> dict[str, Any]:
+    """Engine settings for the database at `url`.
+
+    PostgreSQL runs every transaction SERIALIZABLE, so a request that raced
+    another is aborted and retried rather than acting on what it read."""
+    if make_url(url).get_backend_name() == "postgresql":
+        return {"isolation_level": "SERIALIZABLE", "pool_pre_ping": True}
+    return {}
+
+
+def prepare_engine(engine: Engine) -> None:
+    """Make SQLite transactions real: pysqlite would BEGIN only before the
+    first write, so a request's reads and writes would not be one snapshot."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def configure_connection(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        for pragma in (
+            "journal_mode = WAL",
+            "synchronous = NORMAL",
+            "busy_timeout = 10000",
+            "foreign_keys = ON",
+        ):
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+
+    @event.listens_for(engine, "begin")
+    def begin(connection: Any) -> None:
+        locked = connection.get_execution_options().get(WRITE_LOCK_OPTION)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if locked else "BEGIN")

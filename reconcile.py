@@ -1,0 +1,232 @@
+"""Identity reconciliation: the rules of SPEC.md, independent of HTTP."""
+
+import random
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import ColumnElement, Row, func, insert, or_, select, union, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from models import WRITE_LOCK_OPTION, Contact
+
+PRIMARY = "primary"
+SECONDARY = "secondary"
+
+
+class Outcome(StrEnum):
+    CREATED = "created"
+    LINKED = "linked"
+    MERGED = "merged"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class Identity:
+    primary_id: int
+    emails: list[str]
+    phone_numbers: list[str]
+    secondary_ids: list[int]
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class _Member:
+    id: int
+    email: str | None
+    phone_number: str | None
+
+
+class LostRace(Exception):
+    """Raised by reconcile_and_commit when every attempt lost a race."""
+
+
+def reconcile(
+    session: Session, *, email: str | None, phone_number: str | None
+) -> Identity:
+    """Return the identity that owns this email and/or phone number,
+    inserting or relinking Contact rows so the database agrees with it.
+
+    Values must already be normalised. Flushes but never commits: the caller
+    owns the transaction. Raises ValueError if both values are None.
+    """
+    if email is None and phone_number is None:
+        raise ValueError("reconcile() needs an email, a phone number, or both")
+
+    rows = _cluster_rows(session, email=email, phone_number=phone_number)
+    now = datetime.now(UTC)
+    if not rows:
+        new_id = _insert(session, email, phone_number, None, now)
+        member = _Member(new_id, email, phone_number)
+        return _identity(member, [member], Outcome.CREATED)
+
+    primary = min(rows, key=lambda row: (row.created_at, row.id))
+    merged = len({row.linked_id or row.id for row in rows}) > 1
+    _relink(session, primary, rows, now)
+
+    members = [_as_member(row) for row in rows]
+    if not _brings_new(members, email, phone_number):
+        outcome = Outcome.MERGED if merged else Outcome.UNCHANGED
+        return _identity(_as_member(primary), members, outcome)
+
+    # Clocks of several app instances may disagree; a secondary must never
+    # look older than the primary it joins.
+    created_at = max(now, max(row.created_at for row in rows))
+    new_id = _insert(session, email, phone_number, primary.id, created_at)
+    members.append(_Member(new_id, email, phone_number))
+    outcome = Outcome.MERGED if merged else Outcome.LINKED
+    return _identity(_as_member(primary), members, outcome)
+
+
+def reconcile_and_commit(
+    session: Session,
+    *,
+    email: str | None,
+    phone_number: str | None,
+    attempts: int = 8,
+) -> tuple[Identity, int]:
+    """Run reconcile() and commit it, retrying the whole transaction after a
+    lost race (a serialization failure, a deadlock, or SQLite's busy snapshot).
+
+    Returns the identity and how many retries it took. The first attempt reads
+    optimistically; retries take SQLite's write lock up front, so they cannot
+    lose again there. Raises LostRace when every attempt lost; any other
+    database error is re-raised at once. The session is rolled back on error.
+    """
+    for attempt in range(attempts):
+        try:
+            if attempt:
+                session.connection(execution_options={WRITE_LOCK_OPTION: True})
+            identity = reconcile(session, email=email, phone_number=phone_number)
+            session.commit()
+            return identity, attempt
+        except DBAPIError as error:
+            session.rollback()
+            if not lost_race(error):
+                raise
+            time.sleep(random.uniform(0, 0.001 * 2**attempt))
+    raise LostRace(f"gave up after {attempts} attempts")
+
+
+def lost_race(error: DBAPIError) -> bool:
+    """True when the transaction failed only because another one won a race."""
+    cause = error.orig
+    if getattr(cause, "sqlstate", None) in {"40001", "40P01"}:
+        return True
+    code = getattr(cause, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
+ContactRow = Row[int, str | None, str | None, int | None, str, datetime]
+_COLUMNS = (
+    Contact.id,
+    Contact.email,
+    Contact.phone_number,
+    Contact.linked_id,
+    Contact.link_precedence,
+    Contact.created_at,
+)
+
+
+def _cluster_rows(
+    session: Session, *, email: str | None, phone_number: str | None
+) -> Sequence[ContactRow]:
+    """Every live row of every cluster that holds the email or the phone, in
+    one round trip, ascending id. Clusters are reached through their primary's
+    id, so the cost is their size, whatever the size of the table."""
+    live = Contact.deleted_at.is_(None)
+    matches: list[ColumnElement[bool]] = []
+    if email is not None:
+        matches.append(Contact.email == email)
+    if phone_number is not None:
+        matches.append(Contact.phone_number == phone_number)
+    primary_id = func.coalesce(Contact.linked_id, Contact.id).label("primary_id")
+    hits = select(primary_id).where(live, or_(*matches)).cte("hits")
+    by_id = select(*_COLUMNS).join(hits, Contact.id == hits.c.primary_id)
+    by_link = select(*_COLUMNS).join(hits, Contact.linked_id == hits.c.primary_id)
+    statement = union(by_id.where(live), by_link.where(live)).order_by("id")
+    return session.execute(statement).all()
+
+
+def _relink(
+    session: Session, primary: ContactRow, rows: Iterable[ContactRow], now: datetime
+) -> None:
+    """Make `primary` the only primary of `rows` and link every other row to it.
+
+    This is the merge of rule 4, and it also heals a cluster whose primary was
+    soft-deleted: its oldest live row takes over."""
+    if primary.linked_id is not None or primary.link_precedence != PRIMARY:
+        session.execute(
+            update(Contact)
+            .where(Contact.id == primary.id)
+            .values(linked_id=None, link_precedence=PRIMARY, updated_at=now)
+        )
+    stale = [
+        row.id
+        for row in rows
+        if row.id != primary.id
+        and (row.linked_id != primary.id or row.link_precedence != SECONDARY)
+    ]
+    if stale:
+        session.execute(
+            update(Contact)
+            .where(Contact.id.in_(stale))
+            .values(linked_id=primary.id, link_precedence=SECONDARY, updated_at=now)
+        )
+
+
+def _insert(
+    session: Session,
+    email: str | None,
+    phone_number: str | None,
+    linked_id: int | None,
+    created_at: datetime,
+) -> int:
+    statement = (
+        insert(Contact)
+        .values(
+            email=email,
+            phone_number=phone_number,
+            linked_id=linked_id,
+            link_precedence=PRIMARY if linked_id is None else SECONDARY,
+            created_at=created_at,
+            updated_at=created_at,
+        )
+        .returning(Contact.id)
+    )
+    return session.execute(statement).scalar_one()
+
+
+def _brings_new(
+    members: list[_Member], email: str | None, phone_number: str | None
+) -> bool:
+    new_email = email is not None and email not in {m.email for m in members}
+    new_phone = phone_number is not None and phone_number not in {
+        m.phone_number for m in members
+    }
+    return new_email or new_phone
+
+
+def _as_member(row: ContactRow) -> _Member:
+    return _Member(row.id, row.email, row.phone_number)
+
+
+def _identity(primary: _Member, members: list[_Member], outcome: Outcome) -> Identity:
+    """The consolidated view: the primary's own values first, then the others
+    in the order their rows were created (ascending id)."""
+    ordered = [primary, *sorted(members, key=lambda member: member.id)]
+    return Identity(
+        primary_id=primary.id,
+        emails=_distinct(member.email for member in ordered),
+        phone_numbers=_distinct(member.phone_number for member in ordered),
+        secondary_ids=sorted(m.id for m in members if m.id != primary.id),
+        outcome=outcome,
+    )
+
+
+def _distinct(values: Iterable[str | None]) -> list[str]:
+    return list(dict.fromkeys(value for value in values if value is not None))
