@@ -8,7 +8,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, Row, func, insert, or_, select, union, update
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Row,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    union,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -132,24 +143,38 @@ _COLUMNS = (
 )
 
 
+def _cluster_query(
+    *, by_email: bool, by_phone: bool
+) -> CompoundSelect[int, str | None, str | None, int | None, str, datetime]:
+    live = Contact.deleted_at.is_(None)
+    matches: list[ColumnElement[bool]] = []
+    if by_email:
+        matches.append(Contact.email == bindparam("email"))
+    if by_phone:
+        matches.append(Contact.phone_number == bindparam("phone_number"))
+    primary_id = func.coalesce(Contact.linked_id, Contact.id).label("primary_id")
+    hits = select(primary_id).where(live, or_(*matches)).cte("hits")
+    by_id = select(*_COLUMNS).join(hits, Contact.id == hits.c.primary_id)
+    by_link = select(*_COLUMNS).join(hits, Contact.linked_id == hits.c.primary_id)
+    return union(by_id.where(live), by_link.where(live)).order_by("id")
+
+
+# Built once: constructing the statement cost more than running it.
+_CLUSTER_QUERIES = {
+    (by_email, by_phone): _cluster_query(by_email=by_email, by_phone=by_phone)
+    for by_email, by_phone in ((True, True), (True, False), (False, True))
+}
+
+
 def _cluster_rows(
     session: Session, *, email: str | None, phone_number: str | None
 ) -> Sequence[ContactRow]:
     """Every live row of every cluster that holds the email or the phone, in
     one round trip, ascending id. Clusters are reached through their primary's
     id, so the cost is their size, whatever the size of the table."""
-    live = Contact.deleted_at.is_(None)
-    matches: list[ColumnElement[bool]] = []
-    if email is not None:
-        matches.append(Contact.email == email)
-    if phone_number is not None:
-        matches.append(Contact.phone_number == phone_number)
-    primary_id = func.coalesce(Contact.linked_id, Contact.id).label("primary_id")
-    hits = select(primary_id).where(live, or_(*matches)).cte("hits")
-    by_id = select(*_COLUMNS).join(hits, Contact.id == hits.c.primary_id)
-    by_link = select(*_COLUMNS).join(hits, Contact.linked_id == hits.c.primary_id)
-    statement = union(by_id.where(live), by_link.where(live)).order_by("id")
-    return session.execute(statement).all()
+    query = _CLUSTER_QUERIES[email is not None, phone_number is not None]
+    parameters = {"email": email, "phone_number": phone_number}
+    return session.connection().execute(query, parameters).all()
 
 
 def _relink(
