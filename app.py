@@ -26,7 +26,10 @@ api = Blueprint("api", __name__)
 
 class JSONRequest(Request):
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
-        """Say what is wrong with the JSON; Flask says it only in debug mode."""
+        """Say what is wrong with the JSON; Flask says it only in debug mode.
+        `e` is None when the Content-Type is not JSON: that stays a 415."""
+        if e is None:
+            return super().on_json_loading_failed(e)
         raise BadRequest(f"The body is not valid JSON: {e}")
 
 
