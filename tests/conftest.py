@@ -150,9 +150,9 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen[bytes]) -> None:
             assert process.stderr is not None
             raise RuntimeError(f"gunicorn exited: {process.stderr.read().decode()}")
         try:
-            if requests.get(f"{base_url}/health", timeout=1).status_code == 200:
+            if requests.get(f"{base_url}/health", timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"gunicorn at {base_url} did not become healthy")
