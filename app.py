@@ -2,11 +2,14 @@
 
 import os
 from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
 from typing import Any
 
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
 from flask_migrate import Migrate
-from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import (
     BadRequest,
@@ -20,13 +23,17 @@ from reconcile import Identity, LostRace, reconcile_and_commit
 from validation import InvalidInput, parse_identify
 
 MAX_BODY_BYTES = 64 * 1024
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 api = Blueprint("api", __name__)
 
 
 class JSONRequest(Request):
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
-        """Say what is wrong with the JSON; Flask says it only in debug mode."""
+        """Say what is wrong with the JSON; Flask says it only in debug mode.
+        `e` is None when the Content-Type is not JSON: that stays a 415."""
+        if e is None:
+            return super().on_json_loading_failed(e)
         raise BadRequest(f"The body is not valid JSON: {e}")
 
 
@@ -78,8 +85,20 @@ def identify() -> dict[str, Any]:
 
 @api.get("/health")
 def health() -> dict[str, str]:
-    db.session.execute(text("SELECT 1"))
+    """Ok when the database answers and its schema is at the latest migration."""
+    context = MigrationContext.configure(db.session.connection())
+    current = set(context.get_current_heads())
+    if current != latest_revisions():
+        raise ServiceUnavailable(
+            f"The database schema is at revision {sorted(current) or 'none'}, not"
+            f" {sorted(latest_revisions())}: run `flask --app app db upgrade`."
+        )
     return {"status": "ok"}
+
+
+@cache
+def latest_revisions() -> set[str]:
+    return set(ScriptDirectory(str(MIGRATIONS)).get_heads())
 
 
 def contact_json(identity: Identity) -> dict[str, Any]:
