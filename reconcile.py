@@ -204,6 +204,10 @@ def _relink(
         )
 
 
+# Built once, like the cluster queries; run on the Core connection.
+_INSERT = insert(Contact).returning(Contact.id)
+
+
 def _insert(
     session: Session,
     email: str | None,
@@ -211,19 +215,15 @@ def _insert(
     linked_id: int | None,
     created_at: datetime,
 ) -> int:
-    statement = (
-        insert(Contact)
-        .values(
-            email=email,
-            phone_number=phone_number,
-            linked_id=linked_id,
-            link_precedence=PRIMARY if linked_id is None else SECONDARY,
-            created_at=created_at,
-            updated_at=created_at,
-        )
-        .returning(Contact.id)
-    )
-    return session.execute(statement).scalar_one()
+    values = {
+        "email": email,
+        "phone_number": phone_number,
+        "linked_id": linked_id,
+        "link_precedence": PRIMARY if linked_id is None else SECONDARY,
+        "created_at": created_at,
+        "updated_at": created_at,
+    }
+    return session.connection().execute(_INSERT, values).scalar_one()
 
 
 def _brings_new(
