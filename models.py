@@ -84,7 +84,7 @@ def engine_options(url: str) -> dict[str, Any]:
     PostgreSQL runs every transaction SERIALIZABLE, so a request that raced
     another is aborted and retried rather than acting on what it read."""
     if make_url(url).get_backend_name() == "postgresql":
-        return {"isolation_level": "SERIALIZABLE", "pool_pre_ping": True}
+        return {"isolation_level": "SERIALIZABLE"}
     return {}
 
 

@@ -16,7 +16,7 @@ Settings, all from the environment:
   BENCH_RESEED_MAX  100000              reseed before every repetition up to this size
   BENCH_PG_URL      postgresql://postgres@127.0.0.1/bench
   BENCH_PORT        28001               the service; the floor listens on the next port
-  BENCH_OUT         BENCHMARKS.md       the report; every run goes to bench/results.json
+  BENCH_OUT         BENCHMARKS.md       the report; every run goes beside it as .json
   WEB_CONCURRENCY   gunicorn workers, as in production (gunicorn.conf.py)
 Only ever loads 127.0.0.1.
 """
@@ -457,7 +457,7 @@ def main() -> None:
     minutes = (datetime.now(UTC) - started).total_seconds() / 60
     table = summarise(runs)
     settings.out.write_text(report(settings, table, seeds, started, minutes))
-    (BENCH / "results.json").write_text(
+    settings.out.with_suffix(".json").write_text(
         json.dumps([asdict(run) for run in runs], indent=1) + "\n"
     )
     log(f"wrote {settings.out}")
