@@ -82,7 +82,9 @@ def engine_options(url: str) -> dict[str, Any]:
     """Engine settings for the database at `url`.
 
     PostgreSQL runs every transaction SERIALIZABLE, so a request that raced
-    another is aborted and retried rather than acting on what it read."""
+    another is aborted and retried rather than acting on what it read.
+    Connections are not pinged before use: reconcile_and_commit() replaces
+    one the server has dropped."""
     if make_url(url).get_backend_name() == "postgresql":
         return {"isolation_level": "SERIALIZABLE"}
     return {}

@@ -101,7 +101,8 @@ def reconcile_and_commit(
     attempts: int = 8,
 ) -> tuple[Identity, int]:
     """Run reconcile() and commit it, retrying the whole transaction after a
-    lost race (a serialization failure, a deadlock, or SQLite's busy snapshot).
+    lost race (a serialization failure, a deadlock, or SQLite's busy snapshot),
+    and once after finding that the server had dropped the pooled connection.
 
     Returns the identity and how many retries it took. The first attempt reads
     optimistically; retries take SQLite's write lock up front, so they cannot
@@ -117,6 +118,10 @@ def reconcile_and_commit(
             return identity, attempt
         except DBAPIError as error:
             session.rollback()
+            # A pooled connection the server dropped is replaced once; checking
+            # each one before use would cost a round trip on every request.
+            if error.connection_invalidated and not attempt:
+                continue
             if not lost_race(error):
                 raise
             time.sleep(random.uniform(0, 0.001 * 2**attempt))
