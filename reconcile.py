@@ -182,6 +182,22 @@ def _cluster_rows(
     return session.connection().execute(query, parameters).all()
 
 
+_PROMOTE = (
+    update(Contact)
+    .where(Contact.id == bindparam("row_id"))
+    .values(linked_id=None, link_precedence=PRIMARY, updated_at=bindparam("now"))
+)
+_LINK = (
+    update(Contact)
+    .where(Contact.id.in_(bindparam("row_ids", expanding=True)))
+    .values(
+        linked_id=bindparam("primary_id"),
+        link_precedence=SECONDARY,
+        updated_at=bindparam("now"),
+    )
+)
+
+
 def _relink(
     session: Session, primary: ContactRow, rows: Iterable[ContactRow], now: datetime
 ) -> None:
@@ -189,12 +205,9 @@ def _relink(
 
     This is the merge of rule 4, and it also heals a cluster whose primary was
     soft-deleted: its oldest live row takes over."""
+    connection = session.connection()
     if primary.linked_id is not None or primary.link_precedence != PRIMARY:
-        session.execute(
-            update(Contact)
-            .where(Contact.id == primary.id)
-            .values(linked_id=None, link_precedence=PRIMARY, updated_at=now)
-        )
+        connection.execute(_PROMOTE, {"row_id": primary.id, "now": now})
     stale = [
         row.id
         for row in rows
@@ -202,14 +215,12 @@ def _relink(
         and (row.linked_id != primary.id or row.link_precedence != SECONDARY)
     ]
     if stale:
-        session.execute(
-            update(Contact)
-            .where(Contact.id.in_(stale))
-            .values(linked_id=primary.id, link_precedence=SECONDARY, updated_at=now)
+        connection.execute(
+            _LINK, {"row_ids": stale, "primary_id": primary.id, "now": now}
         )
 
 
-# Built once, like the cluster queries; run on the Core connection.
+# Built once, like the cluster queries and the updates above.
 _INSERT = insert(Contact).returning(Contact.id)
 
 
