@@ -43,12 +43,16 @@ migrate = Migrate(render_as_batch=True)
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.request_class = JSONRequest
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url()
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config.update(config or {})
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS",
-        engine_options(app.config["SQLALCHEMY_DATABASE_URI"]),
+        engine_options(
+            app.config["SQLALCHEMY_DATABASE_URI"],
+            pool_size=int(os.environ.get("DATABASE_POOL_SIZE", "2")),
+        ),
     )
     db.init_app(app)
     migrate.init_app(app, db)

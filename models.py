@@ -78,15 +78,19 @@ class Contact(Base):
 WRITE_LOCK_OPTION = "sqlite_begin_immediate"
 
 
-def engine_options(url: str) -> dict[str, Any]:
+def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
     """Engine settings for the database at `url`.
 
-    PostgreSQL runs every transaction SERIALIZABLE, so a request that raced
-    another is aborted and retried rather than acting on what it read.
-    Connections are not pinged before use: reconcile_and_commit() replaces
-    one the server has dropped."""
+    A sync gunicorn worker serves one request at a time, so it needs few
+    PostgreSQL connections. They are not pinged before use, which would cost
+    a round trip per request: reconcile_and_commit() replaces one that the
+    server closed."""
     if make_url(url).get_backend_name() == "postgresql":
-        return {"isolation_level": "SERIALIZABLE"}
+        return {
+            "pool_size": pool_size,
+            "max_overflow": pool_size,
+            "pool_recycle": 1800,
+        }
     return {}
 
 

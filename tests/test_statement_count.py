@@ -1,5 +1,6 @@
 """Each request costs a fixed, small number of SQL statements, whatever the
 size of the table: one query reads every touched cluster, one statement writes.
+On PostgreSQL a request that writes first takes its locks and reads again.
 BEGIN and COMMIT are not counted (they do not pass through a cursor)."""
 
 from collections.abc import Iterator
@@ -27,20 +28,29 @@ def statements(app: Flask) -> Iterator[list[str]]:
     event.remove(engine, "before_cursor_execute", capture)
 
 
+def writing(app: Flask, write: str) -> list[str]:
+    """The statements of a request that writes `write`."""
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            # Identifier locks, primary-row locks, then the fresh read.
+            return ["WITH", "SELECT", "SELECT", "WITH", write]
+    return ["WITH", write]
+
+
 def post(client: FlaskClient, email: str, phone: str) -> None:
     response = client.post("/identify", json={"email": email, "phoneNumber": phone})
     assert response.status_code == 200
 
 
 def test_each_kind_of_request_runs_a_fixed_number_of_statements(
-    client: FlaskClient, statements: list[str]
+    app: Flask, client: FlaskClient, statements: list[str]
 ) -> None:
     post(client, "doc@fluxkart.com", "111111")
-    assert statements == ["WITH", "INSERT"]
+    assert statements == writing(app, "INSERT")
 
     statements.clear()
     post(client, "emmett@hillvalley.edu", "111111")
-    assert statements == ["WITH", "INSERT"]
+    assert statements == writing(app, "INSERT")
 
     statements.clear()
     post(client, "emmett@hillvalley.edu", "111111")
@@ -50,4 +60,4 @@ def test_each_kind_of_request_runs_a_fixed_number_of_statements(
     post(client, "biff@hillvalley.edu", "222222")
     statements.clear()
     post(client, "doc@fluxkart.com", "222222")
-    assert statements == ["WITH", "UPDATE"]
+    assert statements == writing(app, "UPDATE")
