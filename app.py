@@ -16,7 +16,6 @@ from werkzeug.exceptions import (
     HTTPException,
     RequestEntityTooLarge,
     ServiceUnavailable,
-    UnsupportedMediaType,
 )
 
 import observability
@@ -37,11 +36,9 @@ class JSONRequest(Request):
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         """Say what is wrong with the JSON; Flask says it only in debug mode.
 
-        Flask passes no error when the Content-Type is not JSON at all."""
+        `e` is None when the Content-Type is not JSON: that stays a 415."""
         if e is None:
-            raise UnsupportedMediaType(
-                "Send the body as JSON, with 'Content-Type: application/json'."
-            )
+            return super().on_json_loading_failed(e)
         observability.record_rejection("invalid_json")
         raise BadRequest(f"The body is not valid JSON: {e}")
 

@@ -1,0 +1,158 @@
+"""Fixtures: every test runs on a real SQLite file and, when it answers, on
+PostgreSQL (TEST_DATABASE_URL, by default the local server's `test` database).
+
+Under CI=true an unreachable PostgreSQL fails the run instead of skipping it,
+so the PostgreSQL path never silently goes untested."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from app import create_app
+from models import db
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def postgres_unreachable() -> str | None:
+    """Why PostgreSQL cannot be used for tests, or None when it can."""
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect():
+            return None
+    except OperationalError as error:
+        return f"PostgreSQL at {POSTGRES_URL} is unreachable: {error.orig}"
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The PostgreSQL test database, its schema rebuilt by the migrations once
+    per run; tests then empty it."""
+    reason = postgres_unreachable()
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(reason + " (CI=true: the PostgreSQL tests must run)")
+    if reason:
+        pytest.skip(reason)
+    engine = create_engine(POSTGRES_URL)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS contact, alembic_version"))
+    engine.dispose()
+    migrate(POSTGRES_URL)
+    return POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'contacts.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[Flask]:
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})
+    with app.app_context():
+        db.create_all()
+        empty_database()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def session(app: Flask) -> Iterator[Session]:
+    with app.app_context():
+        yield db.session()
+
+
+def empty_database() -> None:
+    """Delete every contact and restart ids at 1. Needs an app context."""
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text("TRUNCATE contact RESTART IDENTITY"))
+    else:
+        db.session.execute(text("DELETE FROM contact"))
+    db.session.commit()
+
+
+def migrate(database_url: str) -> None:
+    """Bring the database at `database_url` to the latest migration, the way an
+    operator does it, and empty the contact table."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("TRUNCATE contact RESTART IDENTITY"))
+        else:
+            connection.execute(text("DELETE FROM contact"))
+    engine.dispose()
+
+
+@contextmanager
+def gunicorn(database_url: str, port: int, workers: int = 4) -> Iterator[str]:
+    """Serve the app with real gunicorn worker processes, as production does,
+    and yield its base URL once /health answers."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "PORT": str(port),
+        "WEB_CONCURRENCY": str(workers),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "app:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(base_url, process)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def wait_until_healthy(base_url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            assert process.stderr is not None
+            raise RuntimeError(f"gunicorn exited: {process.stderr.read().decode()}")
+        try:
+            if requests.get(f"{base_url}/health", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"gunicorn at {base_url} did not become healthy")
