@@ -82,7 +82,7 @@ class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to the sys.stdout of the moment, which test runners replace."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stdout)
+        self.stream = sys.stdout
         super().emit(record)
 
 

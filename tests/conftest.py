@@ -8,9 +8,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 import requests
@@ -118,20 +119,28 @@ def migrate(database_url: str) -> None:
 
 
 @contextmanager
-def gunicorn(database_url: str, port: int, workers: int = 4) -> Iterator[str]:
+def gunicorn(
+    database_url: str,
+    port: int,
+    workers: int = 4,
+    env: Mapping[str, str] | None = None,
+    stdout: IO[Any] | int = subprocess.DEVNULL,
+) -> Iterator[str]:
     """Serve the app with real gunicorn worker processes, as production does,
-    and yield its base URL once /health answers."""
+    and yield its base URL once /health answers. `env` adds to the environment;
+    the app's log lines go to `stdout`."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "PORT": str(port),
         "WEB_CONCURRENCY": str(workers),
+        **(env or {}),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "app:app"],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
     )
     base_url = f"http://127.0.0.1:{port}"
@@ -152,7 +161,8 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen[bytes]) -> None:
         try:
             if requests.get(f"{base_url}/health", timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        # Workers still booting leave the connection waiting: a timeout.
+        except (requests.ConnectionError, requests.Timeout):
             pass
         time.sleep(0.1)
     raise RuntimeError(f"gunicorn at {base_url} did not become healthy")
