@@ -68,14 +68,14 @@ class MaskingJsonFormatter(JsonFormatter):
     """JSON log lines with the request id added and every text value masked."""
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        first = {"time": log_data.pop("time"), "level": log_data.pop("level")}
         if has_request_context() and "request_id" in g:
-            log_data.setdefault("request_id", g.request_id)
-        return {
-            key: mask(value)
-            if isinstance(value, str) and key != "request_id"
-            else value
+            first["request_id"] = g.request_id
+        masked = {
+            key: mask(value) if isinstance(value, str) else value
             for key, value in log_data.items()
         }
+        return first | masked
 
 
 class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
