@@ -2,14 +2,16 @@
 
 import os
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
 from flask_migrate import Migrate
 from flask_swagger_ui import get_swaggerui_blueprint  # type: ignore[import-untyped]
-from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import (
     BadRequest,
@@ -25,6 +27,7 @@ from reconcile import Identity, LostRace, reconcile_and_commit
 from validation import InvalidInput, parse_identify
 
 MAX_BODY_BYTES = 64 * 1024
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 OPENAPI: dict[str, Any] = yaml.safe_load(
     (Path(__file__).parent / "openapi.yaml").read_text()
 )
@@ -49,6 +52,7 @@ migrate = Migrate(render_as_batch=True)
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.request_class = JSONRequest
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url()
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["API_KEYS"] = parse_api_keys(os.environ.get("API_KEYS"))
@@ -56,7 +60,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config or {})
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS",
-        engine_options(app.config["SQLALCHEMY_DATABASE_URI"]),
+        engine_options(
+            app.config["SQLALCHEMY_DATABASE_URI"],
+            pool_size=int(os.environ.get("DATABASE_POOL_SIZE", "2")),
+        ),
     )
     db.init_app(app)
     migrate.init_app(app, db)
@@ -106,8 +113,20 @@ def identify() -> dict[str, Any]:
 
 @api.get("/health")
 def health() -> dict[str, str]:
-    db.session.execute(text("SELECT 1"))
+    """Ok when the database answers and its schema is at the latest migration."""
+    context = MigrationContext.configure(db.session.connection())
+    current = set(context.get_current_heads())
+    if current != latest_revisions():
+        raise ServiceUnavailable(
+            f"The database schema is at revision {sorted(current) or 'none'}, not"
+            f" {sorted(latest_revisions())}: run `flask --app app db upgrade`."
+        )
     return {"status": "ok"}
+
+
+@cache
+def latest_revisions() -> set[str]:
+    return set(ScriptDirectory(str(MIGRATIONS)).get_heads())
 
 
 @api.get("/metrics")

@@ -5,6 +5,7 @@ Under CI=true an unreachable PostgreSQL fails the run instead of skipping it,
 so the PostgreSQL path never silently goes untested."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -59,9 +60,19 @@ def postgres_url() -> str:
     return POSTGRES_URL
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file built by the migrations once; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "contacts.db"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
+        template: Path = request.getfixturevalue("migrated_sqlite_file")
+        shutil.copy(template, tmp_path / "contacts.db")
         return f"sqlite:///{tmp_path / 'contacts.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
@@ -71,7 +82,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def app(database_url: str) -> Iterator[Flask]:
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
-        db.create_all()
         empty_database()
     yield app
     with app.app_context():
@@ -159,10 +169,9 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen[bytes]) -> None:
             assert process.stderr is not None
             raise RuntimeError(f"gunicorn exited: {process.stderr.read().decode()}")
         try:
-            if requests.get(f"{base_url}/health", timeout=1).status_code == 200:
+            if requests.get(f"{base_url}/health", timeout=5).status_code == 200:
                 return
-        # Workers still booting leave the connection waiting: a timeout.
-        except (requests.ConnectionError, requests.Timeout):
+        except requests.RequestException:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"gunicorn at {base_url} did not become healthy")

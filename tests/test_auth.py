@@ -6,27 +6,26 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from live import live_service
 
 from app import create_app
 from auth import key_is_valid, parse_api_keys
-from models import db
+from conftest import migrate
+from live import live_service
 
 BODY = {"email": "doc@fluxkart.com", "phoneNumber": "123456"}
 
 
 @pytest.fixture
 def keyed_app(tmp_path: Path) -> Flask:
-    app = create_app(
+    url = f"sqlite:///{tmp_path / 'contacts.db'}"
+    migrate(url)
+    return create_app(
         {
             "TESTING": True,
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'contacts.db'}",
+            "SQLALCHEMY_DATABASE_URI": url,
             "API_KEYS": ["old-key", "new-key"],
         }
     )
-    with app.app_context():
-        db.create_all()
-    return app
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import requests
 from flask.testing import FlaskClient
-from live import live_service
 
 from app import create_app
+from live import live_service
 from observability import mask
 
 EMAIL = "lorraine@hillvalley.edu"

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import requests
 from flask.testing import FlaskClient
-from live import live_service
 from prometheus_client.parser import text_string_to_metric_families
 
 import app as app_module
+from live import live_service
 from reconcile import Identity, Outcome
 
 

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from live import live_service
 from openapi_spec_validator import validate
+
+from live import live_service
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # Fuzzing checks: no 5xx, and every status, header, content type and body is

@@ -3,10 +3,10 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from invariants import assert_invariants, live_rows
 from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
+from invariants import assert_invariants, live_rows
 from models import Contact
 from reconcile import Identity, Outcome, reconcile
 
