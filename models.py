@@ -77,13 +77,11 @@ WRITE_LOCK_OPTION = "sqlite_begin_immediate"
 def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
     """Engine settings for the database at `url`.
 
-    PostgreSQL runs every transaction SERIALIZABLE, so a request that raced
-    another is aborted and retried rather than acting on what it read. A sync
-    gunicorn worker serves one request at a time, so it needs few connections;
-    pre-ping replaces connections the server closed while they sat idle."""
+    A sync gunicorn worker serves one request at a time, so it needs few
+    PostgreSQL connections; pre-ping replaces those the server closed while
+    they sat idle."""
     if make_url(url).get_backend_name() == "postgresql":
         return {
-            "isolation_level": "SERIALIZABLE",
             "pool_pre_ping": True,
             "pool_size": pool_size,
             "max_overflow": pool_size,

@@ -1,5 +1,6 @@
 """Identity reconciliation: the rules of SPEC.md, independent of HTTP."""
 
+import hashlib
 import random
 import sqlite3
 import time
@@ -45,6 +46,14 @@ class LostRace(Exception):
     """Raised by reconcile_and_commit when every attempt lost a race."""
 
 
+class ClusterMoved(Exception):
+    """A cluster this transaction locked was merged into another before the
+    lock was granted. Nothing was written; run the transaction again."""
+
+
+ContactRow = Row[int, str | None, str | None, int | None, str, datetime]
+
+
 def reconcile(
     session: Session, *, email: str | None, phone_number: str | None
 ) -> Identity:
@@ -52,34 +61,38 @@ def reconcile(
     inserting or relinking Contact rows so the database agrees with it.
 
     Values must already be normalised. Flushes but never commits: the caller
-    owns the transaction. Raises ValueError if both values are None.
+    owns the transaction. A request that changes nothing is answered from one
+    read. Raises ValueError if both values are None, and ClusterMoved when
+    another transaction won a race for the same cluster.
     """
     if email is None and phone_number is None:
         raise ValueError("reconcile() needs an email, a phone number, or both")
 
     rows = _cluster_rows(session, email=email, phone_number=phone_number)
+    if rows and not _changes(rows, email, phone_number):
+        return _identity(_oldest(rows), rows, [], Outcome.UNCHANGED)
+    if session.get_bind().dialect.name == "postgresql":
+        rows = _lock_clusters(session, email=email, phone_number=phone_number)
+
     now = datetime.now(UTC)
     if not rows:
         new_id = _insert(session, email, phone_number, None, now)
         member = _Member(new_id, email, phone_number)
-        return _identity(member, [member], Outcome.CREATED)
+        return _identity(member, [], [member], Outcome.CREATED)
 
-    primary = min(rows, key=lambda row: (row.created_at, row.id))
+    primary = _oldest(rows)
     merged = len({row.linked_id or row.id for row in rows}) > 1
     _relink(session, primary, rows, now)
-
-    members = [_as_member(row) for row in rows]
-    if not _brings_new(members, email, phone_number):
-        outcome = Outcome.MERGED if merged else Outcome.UNCHANGED
-        return _identity(_as_member(primary), members, outcome)
+    outcome = Outcome.MERGED if merged else Outcome.UNCHANGED
+    if not _brings_new(rows, email, phone_number):
+        return _identity(primary, rows, [], outcome)
 
     # Clocks of several app instances may disagree; a secondary must never
     # look older than the primary it joins.
     created_at = max(now, max(row.created_at for row in rows))
     new_id = _insert(session, email, phone_number, primary.id, created_at)
-    members.append(_Member(new_id, email, phone_number))
-    outcome = Outcome.MERGED if merged else Outcome.LINKED
-    return _identity(_as_member(primary), members, outcome)
+    added = _Member(new_id, email, phone_number)
+    return _identity(primary, rows, [added], outcome if merged else Outcome.LINKED)
 
 
 def reconcile_and_commit(
@@ -90,12 +103,13 @@ def reconcile_and_commit(
     attempts: int = 8,
 ) -> tuple[Identity, int]:
     """Run reconcile() and commit it, retrying the whole transaction after a
-    lost race (a serialization failure, a deadlock, or SQLite's busy snapshot).
+    lost race: a moved cluster, a deadlock or serialization failure, or
+    SQLite's stale snapshot.
 
-    Returns the identity and how many retries it took. The first attempt reads
-    optimistically; retries take SQLite's write lock up front, so they cannot
-    lose again there. Raises LostRace when every attempt lost; any other
-    database error is re-raised at once. The session is rolled back on error.
+    Returns the identity and how many retries it took. On SQLite the first
+    attempt reads without the write lock and retries take it up front, so a
+    retry cannot lose again there. Raises LostRace when every attempt lost;
+    any other database error is re-raised at once. Rolls back on error.
     """
     for attempt in range(attempts):
         try:
@@ -104,9 +118,9 @@ def reconcile_and_commit(
             identity = reconcile(session, email=email, phone_number=phone_number)
             session.commit()
             return identity, attempt
-        except DBAPIError as error:
+        except (DBAPIError, ClusterMoved) as error:
             session.rollback()
-            if not lost_race(error):
+            if isinstance(error, DBAPIError) and not lost_race(error):
                 raise
             time.sleep(random.uniform(0, 0.001 * 2**attempt))
     raise LostRace(f"gave up after {attempts} attempts")
@@ -121,7 +135,6 @@ def lost_race(error: DBAPIError) -> bool:
     return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
-ContactRow = Row[int, str | None, str | None, int | None, str, datetime]
 _COLUMNS = (
     Contact.id,
     Contact.email,
@@ -132,6 +145,16 @@ _COLUMNS = (
 )
 
 
+def _matches(email: str | None, phone_number: str | None) -> ColumnElement[bool]:
+    """Live rows holding the email or the phone; a None matches nothing."""
+    conditions: list[ColumnElement[bool]] = []
+    if email is not None:
+        conditions.append(Contact.email == email)
+    if phone_number is not None:
+        conditions.append(Contact.phone_number == phone_number)
+    return Contact.deleted_at.is_(None) & or_(*conditions)
+
+
 def _cluster_rows(
     session: Session, *, email: str | None, phone_number: str | None
 ) -> Sequence[ContactRow]:
@@ -139,38 +162,96 @@ def _cluster_rows(
     one round trip, ascending id. Clusters are reached through their primary's
     id, so the cost is their size, whatever the size of the table."""
     live = Contact.deleted_at.is_(None)
-    matches: list[ColumnElement[bool]] = []
-    if email is not None:
-        matches.append(Contact.email == email)
-    if phone_number is not None:
-        matches.append(Contact.phone_number == phone_number)
     primary_id = func.coalesce(Contact.linked_id, Contact.id).label("primary_id")
-    hits = select(primary_id).where(live, or_(*matches)).cte("hits")
+    hits = select(primary_id).where(_matches(email, phone_number)).cte("hits")
     by_id = select(*_COLUMNS).join(hits, Contact.id == hits.c.primary_id)
     by_link = select(*_COLUMNS).join(hits, Contact.linked_id == hits.c.primary_id)
     statement = union(by_id.where(live), by_link.where(live)).order_by("id")
     return session.execute(statement).all()
 
 
+def _lock_clusters(
+    session: Session, *, email: str | None, phone_number: str | None
+) -> Sequence[ContactRow]:
+    """PostgreSQL: make every writer of these identifiers and clusters wait
+    for the others, then read the clusters afresh (READ COMMITTED reads what
+    committed while it waited).
+
+    Identifier locks stop two requests with the same new email or phone from
+    both inserting a primary; primary-row locks stop a merge from racing an
+    insert into the cluster it demotes. Both are taken in a fixed order, and
+    released at commit or rollback. Raises ClusterMoved when a locked primary
+    stopped being one while this request waited for it."""
+    keys = sorted(
+        _lock_key(kind, value)
+        for kind, value in (("email", email), ("phone", phone_number))
+        if value is not None
+    )
+    session.execute(select(*(func.pg_advisory_xact_lock(key) for key in keys)))
+    primary_ids = select(func.coalesce(Contact.linked_id, Contact.id)).where(
+        _matches(email, phone_number)
+    )
+    locked = set(
+        session.scalars(
+            select(Contact.id)
+            .where(Contact.id.in_(primary_ids))
+            .order_by(Contact.id)
+            .with_for_update()
+        )
+    )
+    rows = _cluster_rows(session, email=email, phone_number=phone_number)
+    if not {row.linked_id or row.id for row in rows} <= locked:
+        raise ClusterMoved
+    return rows
+
+
+def _lock_key(kind: str, value: str) -> int:
+    digest = hashlib.blake2b(f"{kind}:{value}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _oldest(rows: Sequence[ContactRow]) -> ContactRow:
+    return min(rows, key=lambda row: (row.created_at, row.id))
+
+
+def _misplaced(primary: ContactRow, rows: Iterable[ContactRow]) -> list[int]:
+    """Rows not yet linked straight to `primary`, the primary itself included
+    when it is not marked as one (its own primary was soft-deleted)."""
+
+    def in_place(row: ContactRow) -> bool:
+        if row.id == primary.id:
+            return row.linked_id is None and row.link_precedence == PRIMARY
+        return bool(row.linked_id == primary.id and row.link_precedence == SECONDARY)
+
+    return [row.id for row in rows if not in_place(row)]
+
+
+def _changes(
+    rows: Sequence[ContactRow], email: str | None, phone_number: str | None
+) -> bool:
+    return bool(_misplaced(_oldest(rows), rows)) or _brings_new(
+        rows, email, phone_number
+    )
+
+
 def _relink(
-    session: Session, primary: ContactRow, rows: Iterable[ContactRow], now: datetime
+    session: Session,
+    primary: ContactRow,
+    rows: Iterable[ContactRow],
+    now: datetime,
 ) -> None:
     """Make `primary` the only primary of `rows` and link every other row to it.
 
     This is the merge of rule 4, and it also heals a cluster whose primary was
     soft-deleted: its oldest live row takes over."""
-    if primary.linked_id is not None or primary.link_precedence != PRIMARY:
+    misplaced = _misplaced(primary, rows)
+    if primary.id in misplaced:
         session.execute(
             update(Contact)
             .where(Contact.id == primary.id)
             .values(linked_id=None, link_precedence=PRIMARY, updated_at=now)
         )
-    stale = [
-        row.id
-        for row in rows
-        if row.id != primary.id
-        and (row.linked_id != primary.id or row.link_precedence != SECONDARY)
-    ]
+    stale = [row_id for row_id in misplaced if row_id != primary.id]
     if stale:
         session.execute(
             update(Contact)
@@ -202,22 +283,25 @@ def _insert(
 
 
 def _brings_new(
-    members: list[_Member], email: str | None, phone_number: str | None
+    rows: Sequence[ContactRow], email: str | None, phone_number: str | None
 ) -> bool:
-    new_email = email is not None and email not in {m.email for m in members}
+    new_email = email is not None and email not in {row.email for row in rows}
     new_phone = phone_number is not None and phone_number not in {
-        m.phone_number for m in members
+        row.phone_number for row in rows
     }
     return new_email or new_phone
 
 
-def _as_member(row: ContactRow) -> _Member:
-    return _Member(row.id, row.email, row.phone_number)
-
-
-def _identity(primary: _Member, members: list[_Member], outcome: Outcome) -> Identity:
+def _identity(
+    primary: ContactRow | _Member,
+    rows: Sequence[ContactRow],
+    added: list[_Member],
+    outcome: Outcome,
+) -> Identity:
     """The consolidated view: the primary's own values first, then the others
     in the order their rows were created (ascending id)."""
+    members = [_Member(row.id, row.email, row.phone_number) for row in rows]
+    members += added
     ordered = [primary, *sorted(members, key=lambda member: member.id)]
     return Identity(
         primary_id=primary.id,

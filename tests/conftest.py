@@ -44,20 +44,34 @@ def postgres_unreachable() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """The PostgreSQL test database, its schema rebuilt by the migrations once
-    per run; tests then empty it."""
+def postgres_url() -> Iterator[str]:
+    """A schema of its own in the PostgreSQL test database, for this run only
+    (so runs in parallel never meet), built by the migrations; tests then
+    empty it. Dropped at the end of the run."""
     reason = postgres_unreachable()
     if reason and os.environ.get("CI") == "true":
         pytest.fail(reason + " (CI=true: the PostgreSQL tests must run)")
     if reason:
         pytest.skip(reason)
+    with postgres_schema(f"pytest_{os.getpid()}") as url:
+        migrate(url)
+        yield url
+
+
+@contextmanager
+def postgres_schema(name: str) -> Iterator[str]:
+    """Create an empty schema and yield a URL whose connections use it."""
     engine = create_engine(POSTGRES_URL)
     with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS contact, alembic_version"))
-    engine.dispose()
-    migrate(POSTGRES_URL)
-    return POSTGRES_URL
+        connection.execute(text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
+        connection.execute(text(f"CREATE SCHEMA {name}"))
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{separator}options=-csearch_path%3D{name}"
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {name} CASCADE"))
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")

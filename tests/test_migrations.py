@@ -1,19 +1,18 @@
 """The migrations build exactly the models' schema, on both engines, and
 /health tells when a database is not at the latest migration."""
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from app import create_app
-from conftest import migrate
+from conftest import migrate, postgres_schema
 from models import db
-
-SCHEMA = "migration_check"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -22,15 +21,9 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    server_url: str = request.getfixturevalue("postgres_url")
-    engine = create_engine(server_url)
-    with engine.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-        connection.execute(text(f"CREATE SCHEMA {SCHEMA}"))
-    yield f"{server_url}?options=-csearch_path%3D{SCHEMA}"
-    with engine.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA {SCHEMA} CASCADE"))
-    engine.dispose()
+    request.getfixturevalue("postgres_url")
+    with postgres_schema(f"migration_check_{os.getpid()}") as url:
+        yield url
 
 
 def test_upgrading_an_empty_database_gives_exactly_the_models_schema(

@@ -1,16 +1,27 @@
-"""A lost race, forced deterministically: another transaction commits the same
-brand-new contact between this request's read and its write."""
+"""Lost races, forced deterministically inside one test."""
 
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, func, select
+import pytest
+from flask import Flask
+from sqlalchemy import Engine, event, func, insert, select, text
 from sqlalchemy.orm import Session
 
+from invariants import assert_invariants, live_rows
 from models import Contact, db
 from reconcile import Outcome, reconcile_and_commit
 
 
-def test_a_request_that_loses_a_race_is_retried_and_answered(app: Any) -> None:
+def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
+    app: Flask,
+) -> None:
+    """Another transaction commits the same brand-new contact between this
+    request's read and its write. SQLite refuses the stale write and the
+    request is retried; PostgreSQL makes it wait on the identifier lock and
+    re-read. Either way it answers with the winner's contact, inserting nothing."""
     with app.app_context():
         engine = db.engine
         competitor: dict[str, Any] = {}
@@ -32,8 +43,82 @@ def test_a_request_that_loses_a_race_is_retried_and_answered(app: Any) -> None:
         finally:
             event.remove(engine, "after_cursor_execute", commit_the_same_contact_first)
 
-        assert retries == 1
+        assert retries == (1 if engine.dialect.name == "sqlite" else 0)
         assert competitor["identity"].outcome is Outcome.CREATED
         assert identity.outcome is Outcome.UNCHANGED
         assert identity.primary_id == competitor["identity"].primary_id
         assert db.session.scalar(select(func.count()).select_from(Contact)) == 1
+
+
+def seed(engine: Engine, *rows: tuple[str, str]) -> list[int]:
+    """Insert primaries, each one second younger than the one before."""
+    start = datetime.now(UTC) - timedelta(hours=1)
+    with engine.begin() as connection:
+        return [
+            connection.execute(
+                insert(Contact)
+                .values(
+                    email=email,
+                    phone_number=phone,
+                    link_precedence="primary",
+                    created_at=start + timedelta(seconds=n),
+                    updated_at=start + timedelta(seconds=n),
+                )
+                .returning(Contact.id)
+            ).scalar_one()
+            for n, (email, phone) in enumerate(rows)
+        ]
+
+
+def waiting_for_a_lock(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return bool(
+            connection.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+        )
+
+
+def test_a_cluster_merged_while_its_lock_was_awaited_is_retried(app: Flask) -> None:
+    """PostgreSQL: a request waits for the row lock of its cluster's primary
+    while another transaction merges that cluster into an older one. When the
+    lock is granted the primary is a secondary; the request starts again and
+    links its new row to the older primary."""
+    with app.app_context():
+        engine = db.engine
+        if engine.dialect.name != "postgresql":
+            pytest.skip("row locks are PostgreSQL's; SQLite has one writer at a time")
+        older, newer = seed(
+            engine, ("d@fluxkart.com", "1111"), ("c@fluxkart.com", "2222")
+        )
+        result: dict[str, Any] = {}
+
+        def request() -> None:
+            with Session(engine) as session:
+                result["identity"], result["retries"] = reconcile_and_commit(
+                    session, email="c@fluxkart.com", phone_number="3333"
+                )
+
+        with engine.connect() as merger:
+            merger.execute(
+                select(Contact.id).where(Contact.id == newer).with_for_update()
+            )
+            thread = threading.Thread(target=request)
+            thread.start()
+            deadline = time.monotonic() + 10
+            while not waiting_for_a_lock(engine):
+                assert time.monotonic() < deadline, "the request never waited"
+                time.sleep(0.01)
+            merger.execute(
+                text(
+                    "UPDATE contact SET linked_id = :older,"
+                    " link_precedence = 'secondary' WHERE id = :newer"
+                ),
+                {"older": older, "newer": newer},
+            )
+            merger.commit()
+        thread.join(timeout=10)
+
+        assert result["retries"] == 1
+        assert result["identity"].primary_id == older
+        assert result["identity"].outcome is Outcome.LINKED
+        with engine.connect() as connection:
+            assert_invariants(live_rows(connection))
