@@ -1,6 +1,7 @@
 """API_KEYS: bearer keys on every endpoint but health, the API description and
 the docs page."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,14 +16,22 @@ from live import live_service
 BODY = {"email": "doc@fluxkart.com", "phoneNumber": "123456"}
 
 
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty SQLite file at the latest migration, to copy: migrating once
+    per test would cost a process each."""
+    path = tmp_path_factory.mktemp("migrated") / "contacts.db"
+    migrate(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture
-def keyed_app(tmp_path: Path) -> Flask:
-    url = f"sqlite:///{tmp_path / 'contacts.db'}"
-    migrate(url)
+def keyed_app(migrated: Path, tmp_path: Path) -> Flask:
+    database = shutil.copy(migrated, tmp_path / "contacts.db")
     return create_app(
         {
             "TESTING": True,
-            "SQLALCHEMY_DATABASE_URI": url,
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database}",
             "API_KEYS": ["old-key", "new-key"],
         }
     )
