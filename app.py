@@ -29,7 +29,7 @@ from validation import InvalidInput, parse_identify
 MAX_BODY_BYTES = 64 * 1024
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 OPENAPI: dict[str, Any] = yaml.safe_load(
-    (Path(__file__).parent / "openapi.yaml").read_text()
+    (Path(__file__).resolve().parent / "openapi.yaml").read_text()
 )
 
 api = Blueprint("api", __name__)
