@@ -9,9 +9,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 import requests
@@ -142,20 +143,28 @@ def migrate(database_url: str) -> None:
 
 
 @contextmanager
-def gunicorn(database_url: str, port: int, workers: int = 4) -> Iterator[str]:
+def gunicorn(
+    database_url: str,
+    port: int,
+    workers: int = 4,
+    env: Mapping[str, str] | None = None,
+    stdout: IO[Any] | int = subprocess.DEVNULL,
+) -> Iterator[str]:
     """Serve the app with real gunicorn worker processes, as production does,
-    and yield its base URL once /health answers."""
+    and yield its base URL once /health answers. `env` adds to the environment;
+    the app's log lines go to `stdout`."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "PORT": str(port),
         "WEB_CONCURRENCY": str(workers),
+        **(env or {}),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "app:app"],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
     )
     base_url = f"http://127.0.0.1:{port}"
