@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench
+.PHONY: run test ci browser bench
 
 ## Install the service, migrate its database and serve it (SQLite by default).
 run: $(VENV)/.run-installed
@@ -10,7 +10,8 @@ run: $(VENV)/.run-installed
 	$(BIN)/gunicorn app:app
 
 ## Install the test tools and run the linters, the type checker and every test.
-test: $(VENV)/.dev-installed
+## The docs page test is skipped where Chromium is missing (see `make ci`).
+test: $(VENV)/.dev-installed node_modules/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -30,4 +31,18 @@ $(VENV)/.run-installed: requirements.txt
 $(VENV)/.dev-installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+## CI on a new machine: the browser that the docs page test drives, then `make test`.
+ci: browser test
+
+## Debian's Chromium and ChromeDriver (as root), unless they are installed.
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+## newman, pinned by package-lock.json, for the Postman collection test.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
 	touch $@

@@ -6,10 +6,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import yaml
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
 from flask_migrate import Migrate
+from flask_swagger_ui import get_swaggerui_blueprint  # type: ignore[import-untyped]
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import (
     BadRequest,
@@ -18,12 +20,17 @@ from werkzeug.exceptions import (
     ServiceUnavailable,
 )
 
+import observability
+from auth import parse_api_keys, require_api_key
 from models import db, engine_options, prepare_engine
 from reconcile import Identity, LostRace, reconcile_and_commit
 from validation import InvalidInput, parse_identify
 
 MAX_BODY_BYTES = 64 * 1024
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+OPENAPI: dict[str, Any] = yaml.safe_load(
+    (Path(__file__).resolve().parent / "openapi.yaml").read_text()
+)
 
 api = Blueprint("api", __name__)
 
@@ -31,9 +38,11 @@ api = Blueprint("api", __name__)
 class JSONRequest(Request):
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         """Say what is wrong with the JSON; Flask says it only in debug mode.
+
         `e` is None when the Content-Type is not JSON: that stays a 415."""
         if e is None:
             return super().on_json_loading_failed(e)
+        observability.record_rejection("invalid_json")
         raise BadRequest(f"The body is not valid JSON: {e}")
 
 
@@ -41,11 +50,13 @@ migrate = Migrate(render_as_batch=True)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.request_class = JSONRequest
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url()
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["API_KEYS"] = parse_api_keys(os.environ.get("API_KEYS"))
+    app.config["PROMETHEUS_MULTIPROC_DIR"] = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     app.config.update(config or {})
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS",
@@ -58,7 +69,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db)
     with app.app_context():
         prepare_engine(db.engine)
+    observability.init_app(app)
+    app.before_request(require_api_key)
     app.register_blueprint(api)
+    app.register_blueprint(
+        get_swaggerui_blueprint(
+            "/docs",
+            "/openapi.json",
+            config={
+                "app_name": "Identity reconciliation",
+                "persistAuthorization": True,
+            },
+        )
+    )
     app.register_error_handler(HTTPException, problem)
     app.register_error_handler(InvalidInput, invalid_input)
     app.register_error_handler(OperationalError, database_unavailable)
@@ -81,9 +104,10 @@ def database_url() -> str:
 @api.post("/identify")
 def identify() -> dict[str, Any]:
     email, phone_number = parse_identify(request.get_json())
-    identity, _retries = reconcile_and_commit(
+    identity, retries = reconcile_and_commit(
         db.session(), email=email, phone_number=phone_number
     )
+    observability.record_identity(identity, retries)
     return {"contact": contact_json(identity)}
 
 
@@ -103,6 +127,16 @@ def health() -> dict[str, str]:
 @cache
 def latest_revisions() -> set[str]:
     return set(ScriptDirectory(str(MIGRATIONS)).get_heads())
+
+
+@api.get("/metrics")
+def metrics() -> Response:
+    return observability.metrics()
+
+
+@api.get("/openapi.json")
+def openapi() -> dict[str, Any]:
+    return OPENAPI
 
 
 def contact_json(identity: Identity) -> dict[str, Any]:
@@ -134,6 +168,7 @@ def problem(error: HTTPException) -> Response:
 
 
 def invalid_input(error: InvalidInput) -> Response:
+    observability.record_rejection("invalid_input")
     return problem(BadRequest(str(error)))
 
 

@@ -2,9 +2,49 @@
 
 import multiprocessing
 import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from auth import parse_api_keys
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
-accesslog = "-"
+# The app writes one JSON line per request itself (observability.py).
+accesslog = None
 # SIGTERM stops accepting, lets requests in flight finish, then exits.
 graceful_timeout = 20
+
+# Workers share their metrics through files in this directory. It must be set
+# before prometheus_client is first imported: here, only inside child_exit.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix="identify-metrics-"
+    )
+
+
+def on_starting(server: Any) -> None:
+    """Start the metrics from zero: files left by an earlier run would be summed in."""
+    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.glob("*.db"):
+        path.unlink()
+    if not parse_api_keys(os.environ.get("API_KEYS")):
+        server.log.warning(
+            "API_KEYS is not set: every endpoint is open to anyone who can reach it."
+        )
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop the dead worker's live gauges; its counters stay in the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory made above; one that was given is kept."""
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

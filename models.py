@@ -74,8 +74,9 @@ class Contact(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-# Execution option: begin the transaction with SQLite's write lock already held.
-WRITE_LOCK_OPTION = "sqlite_begin_immediate"
+# Execution option for a transaction that must run alone among writers (a
+# retry after a lost race): on SQLite it begins with the write lock held.
+EXCLUSIVE_WRITER = "exclusive_writer"
 
 
 def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def prepare_engine(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def begin(connection: Connection) -> None:
-        if connection.get_execution_options().get(WRITE_LOCK_OPTION):
+        if connection.get_execution_options().get(EXCLUSIVE_WRITER):
             _begin_immediate(connection)
         else:
             # Straight to the driver: this runs on every request.

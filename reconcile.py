@@ -1,9 +1,7 @@
 """Identity reconciliation: the rules of SPEC.md, independent of HTTP."""
 
 import hashlib
-import random
 import sqlite3
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from models import WRITE_LOCK_OPTION, Contact
+from models import EXCLUSIVE_WRITER, Contact
 
 PRIMARY = "primary"
 SECONDARY = "secondary"
@@ -111,22 +109,23 @@ def reconcile_and_commit(
     *,
     email: str | None,
     phone_number: str | None,
-    attempts: int = 8,
+    attempts: int = 3,
 ) -> tuple[Identity, int]:
     """Run reconcile() and commit it, retrying the whole transaction after a
     lost race: a moved cluster, a deadlock or serialization failure, or
     SQLite's stale snapshot; and once after finding that the server had
     dropped the pooled connection.
 
-    Returns the identity and how many retries it took. On SQLite the first
-    attempt reads without the write lock and retries take it up front, so a
-    retry cannot lose again there. Raises LostRace when every attempt lost;
-    any other database error is re-raised at once. Rolls back on error.
+    Returns the identity and how many retries it took. The first attempt runs
+    beside other writers; a retry runs alone among writers (SQLite's write
+    lock, PostgreSQL's writers lock held exclusively), so it cannot lose
+    again. Raises LostRace when every attempt lost; any other database error
+    is re-raised at once. Rolls back on error.
     """
     for attempt in range(attempts):
         try:
             if attempt:
-                session.connection(execution_options={WRITE_LOCK_OPTION: True})
+                session.connection(execution_options={EXCLUSIVE_WRITER: True})
             identity = reconcile(session, email=email, phone_number=phone_number)
             session.commit()
             return identity, attempt
@@ -140,10 +139,6 @@ def reconcile_and_commit(
                 raise
             if isinstance(error, DBAPIError) and not lost_race(error):
                 raise
-            # SQLite's retry waits for the write lock itself; elsewhere, spread
-            # the retries out so that they do not collide again.
-            if session.get_bind().dialect.name != "sqlite":
-                time.sleep(random.uniform(0, 0.001 * 2**attempt))
     raise LostRace(f"gave up after {attempts} attempts")
 
 
@@ -210,6 +205,11 @@ def _cluster_rows(
     return session.connection().execute(query, parameters).all()
 
 
+# Every PostgreSQL writer holds this advisory lock, shared; a retry holds it
+# exclusively, so it waits for the writers in flight and then runs alone.
+_WRITERS_LOCK = 0x1D3471
+
+
 def _lock_clusters(
     session: Session, *, email: str | None, phone_number: str | None
 ) -> Sequence[ContactRow]:
@@ -218,16 +218,23 @@ def _lock_clusters(
     committed while it waited).
 
     Identifier locks stop two requests with the same new email or phone from
-    both inserting a primary; primary-row locks stop a merge from racing an
-    insert into the cluster it demotes. Both are taken in a fixed order, and
-    released at commit or rollback. Raises ClusterMoved when a locked primary
-    stopped being one while this request waited for it."""
+    both inserting a primary; primary-row locks, taken oldest first, stop a
+    merge from racing an insert into the cluster it demotes. All are released
+    at commit or rollback. Raises ClusterMoved when a locked primary stopped
+    being one while this request waited for it; that cannot happen to an
+    exclusive writer."""
+    exclusive = session.connection().get_execution_options().get(EXCLUSIVE_WRITER)
+    writers = (
+        func.pg_advisory_xact_lock if exclusive else func.pg_advisory_xact_lock_shared
+    )
     keys = sorted(
         _lock_key(kind, value)
         for kind, value in (("email", email), ("phone", phone_number))
         if value is not None
     )
-    session.execute(select(*(func.pg_advisory_xact_lock(key) for key in keys)))
+    session.execute(
+        select(writers(_WRITERS_LOCK), *(func.pg_advisory_xact_lock(k) for k in keys))
+    )
     primary_ids = select(func.coalesce(Contact.linked_id, Contact.id)).where(
         _matches(email, phone_number)
     )
@@ -235,7 +242,7 @@ def _lock_clusters(
         session.scalars(
             select(Contact.id)
             .where(Contact.id.in_(primary_ids))
-            .order_by(Contact.id)
+            .order_by(Contact.created_at, Contact.id)
             .with_for_update()
         )
     )

@@ -9,9 +9,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 import requests
@@ -93,7 +94,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def app(database_url: str) -> Iterator[Flask]:
-    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url})
+    app = create_app(
+        {"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url, "API_KEYS": []}
+    )
     with app.app_context():
         empty_database()
     yield app
@@ -142,20 +145,28 @@ def migrate(database_url: str) -> None:
 
 
 @contextmanager
-def gunicorn(database_url: str, port: int, workers: int = 4) -> Iterator[str]:
+def gunicorn(
+    database_url: str,
+    port: int,
+    workers: int = 4,
+    env: Mapping[str, str] | None = None,
+    stdout: IO[Any] | int = subprocess.DEVNULL,
+) -> Iterator[str]:
     """Serve the app with real gunicorn worker processes, as production does,
-    and yield its base URL once /health answers."""
+    and yield its base URL once /health answers. `env` adds to the environment;
+    the app's log lines go to `stdout`."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "PORT": str(port),
         "WEB_CONCURRENCY": str(workers),
+        **(env or {}),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "app:app"],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
     )
     base_url = f"http://127.0.0.1:{port}"

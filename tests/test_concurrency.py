@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
 from conftest import gunicorn, migrate
@@ -79,6 +80,19 @@ def run_threads(targets: list[Callable[[], None]]) -> None:
     assert not errors, errors
 
 
+def retries(base_urls: list[str]) -> int:
+    """Transactions retried after a lost race, summed over every instance."""
+    total = 0.0
+    for base_url in base_urls:
+        text = requests.get(f"{base_url}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            if family.name == "identify_race_retries":
+                total += sum(
+                    s.value for s in family.samples if s.name.endswith("_total")
+                )
+    return int(total)
+
+
 def table(url: str) -> list[Any]:
     engine = create_engine(url)
     with engine.connect() as connection:
@@ -111,7 +125,10 @@ def test_racing_identical_new_requests_create_one_primary(
     assert_invariants(rows)
     assert len(rows) == 1 + THREADS + THREADS
     assert len(clusters(rows)) == 3
-    print(f"\nidentical-race: {3 * THREADS} requests, {len(rows)} rows, 3 clusters")
+    print(
+        f"\nidentical-race: {3 * THREADS} requests, {len(rows)} rows, 3 clusters,"
+        f" {retries(base_urls)} retries"
+    )
 
 
 def test_racing_chained_merges_leave_one_primary_and_no_chain(
@@ -139,7 +156,8 @@ def test_racing_chained_merges_leave_one_primary_and_no_chain(
     assert len(rows) == THREADS
     assert len(clusters(rows)) == 1
     print(
-        f"\nchained-merge race: {len(created) + len(merges)} requests, invariants hold"
+        f"\nchained-merge race: {len(created) + len(merges)} requests,"
+        f" {retries(base_urls)} retries, invariants hold"
     )
 
 
@@ -187,5 +205,6 @@ def test_racing_merges_over_a_small_pool_keep_every_invariant(
     assert table(url) == rows
     print(
         f"\nmerge-race: {len(statuses)} requests from {THREADS} threads,"
-        f" {len(rows)} rows, {len(clusters(rows))} clusters, invariants hold"
+        f" {len(rows)} rows, {len(clusters(rows))} clusters,"
+        f" {retries(base_urls)} retries, invariants hold"
     )

@@ -1,0 +1,169 @@
+"""Operating the service: one JSON log line per request, Prometheus metrics, and
+emails and phone numbers masked in everything that is logged (README: "Logs",
+"Metrics")."""
+
+import logging
+import re
+import sys
+import time
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, Response, current_app, g, has_request_context, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+from pythonjsonlogger.json import JsonFormatter
+
+from reconcile import Identity, Outcome
+
+# The *_created series say when each series began; nobody graphs them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+REQUESTS = Counter("http_requests", "Requests answered.", ["route", "method", "status"])
+LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "Time from the request's arrival to its response.",
+    ["route", "method", "status"],
+)
+OUTCOMES = Counter(
+    "identify_outcomes", "Identify requests served, by outcome.", ["outcome"]
+)
+MERGES = Counter("identify_merges", "Identify requests that merged customers.")
+RETRIES = Counter("identify_race_retries", "Transactions retried after losing a race.")
+REJECTIONS = Counter("http_rejected_requests", "Requests refused, by why.", ["reason"])
+
+# Unmatched paths share one label, so scanners cannot grow the metric set.
+UNMATCHED_ROUTE = "unmatched"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_EMAIL = re.compile(r"([^\s@\"'<>(),;:\[\]]+)@([^\s@\"'<>(),;:\[\]]+)")
+_PHONE = re.compile(r"\+?\d(?:[\d \-.()]*\d)?")
+
+
+def mask(text: str) -> str:
+    """`text` with every email shown as `d***@domain` and every run of four or
+    more digits (a possible phone number) hidden but for its last four digits,
+    or entirely when it is shorter than eight characters."""
+    text = _EMAIL.sub(lambda m: f"{m[1][0]}***@{m[2]}", text)
+    return _PHONE.sub(_mask_digits, text)
+
+
+def _mask_digits(match: re.Match[str]) -> str:
+    digits = match[0]
+    if sum(c.isdigit() for c in digits) < 4:
+        return digits
+    if len(digits) < 8:
+        return "*" * len(digits)
+    return "*" * (len(digits) - 4) + digits[-4:]
+
+
+class MaskingJsonFormatter(JsonFormatter):
+    """JSON log lines with the request id added and every text value masked."""
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        first = {"time": log_data.pop("time"), "level": log_data.pop("level")}
+        if has_request_context() and "request_id" in g:
+            first["request_id"] = g.request_id
+        masked = {
+            key: mask(value) if isinstance(value, str) else value
+            for key, value in log_data.items()
+        }
+        return first | masked
+
+
+class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the sys.stdout of the moment, which test runners replace."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+HANDLER = StdoutHandler()
+HANDLER.setFormatter(
+    MaskingJsonFormatter(
+        ["levelname", "message"],
+        rename_fields={"levelname": "level"},
+        timestamp="time",
+    )
+)
+ACCESS_LOG = logging.getLogger("identify.access")
+
+
+def init_app(app: Flask) -> None:
+    """Log every request of `app` as one JSON line on stdout, with its errors,
+    and count it in the metrics. Register before any other before_request hook
+    so that requests refused there are logged and counted too."""
+    for logger in (ACCESS_LOG, app.logger):
+        if HANDLER not in logger.handlers:
+            logger.addHandler(HANDLER)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    app.before_request(_start)
+    app.after_request(_finish)
+
+
+def metrics() -> Response:
+    """Every metric in Prometheus text format, summed over all worker
+    processes when PROMETHEUS_MULTIPROC_DIR is set, else of this process."""
+    registry = REGISTRY
+    if current_app.config.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def record_identity(identity: Identity, retries: int) -> None:
+    """Count an identify request's outcome and note it for its log line."""
+    g.identity = identity
+    OUTCOMES.labels(identity.outcome.value).inc()
+    if identity.outcome is Outcome.MERGED:
+        MERGES.inc()
+    if retries:
+        RETRIES.inc(retries)
+        g.retries = retries
+
+
+def record_rejection(reason: str) -> None:
+    """Name why the request is refused, for the metrics; otherwise a refusal
+    is counted under its status (for example `unsupported_media_type`)."""
+    g.rejection = reason
+
+
+def _start() -> None:
+    g.started = time.perf_counter()
+    sent = request.headers.get("X-Request-ID", "")
+    g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+
+
+def _finish(response: Response) -> Response:
+    duration = time.perf_counter() - g.started
+    route = request.url_rule.rule if request.url_rule else UNMATCHED_ROUTE
+    status = str(response.status_code)
+    REQUESTS.labels(route, request.method, status).inc()
+    LATENCY.labels(route, request.method, status).observe(duration)
+    if 400 <= response.status_code < 500:
+        reason = g.get("rejection") or HTTPStatus(response.status_code).name
+        REJECTIONS.labels(reason.lower()).inc()
+    response.headers["X-Request-ID"] = g.request_id
+    fields: dict[str, Any] = {
+        "method": request.method,
+        "path": request.path,
+        "status": response.status_code,
+        "duration_ms": round(duration * 1000, 3),
+    }
+    identity: Identity | None = g.get("identity")
+    if identity is not None:
+        fields["outcome"] = identity.outcome.value
+        fields["primary_contact_id"] = identity.primary_id
+        fields["secondary_contact_ids"] = identity.secondary_ids
+        fields["retries"] = g.get("retries", 0)
+    ACCESS_LOG.info("request", extra=fields)
+    return response

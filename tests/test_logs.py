@@ -1,0 +1,151 @@
+"""One JSON line per request on stdout, with no email or phone number in clear."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask.testing import FlaskClient
+
+from app import create_app
+from live import live_service
+from observability import mask
+
+EMAIL = "lorraine@hillvalley.edu"
+PHONE = "5551234567"
+
+
+def log_lines(captured: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in captured.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("doc@fluxkart.com", "d***@fluxkart.com"),
+        ("call 9876543456 now", "call ******3456 now"),
+        ("+1 (555) 123-4567", "*************4567"),
+        ("pin 1234", "pin ****"),
+        ("after 8 attempts", "after 8 attempts"),
+    ],
+)
+def test_mask_hides_emails_and_phone_numbers(text: str, masked: str) -> None:
+    assert mask(text) == masked
+
+
+def test_each_request_is_logged_as_one_json_line_with_its_fields(
+    client: FlaskClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client.post("/identify", json={"email": EMAIL, "phoneNumber": PHONE})
+    response = client.post(
+        "/identify", json={"email": "mcfly@hillvalley.edu", "phoneNumber": PHONE}
+    )
+
+    (first, second) = log_lines(capsys.readouterr().out)
+    assert second["request_id"] == response.headers["X-Request-ID"]
+    assert second["method"] == "POST"
+    assert second["path"] == "/identify"
+    assert second["status"] == 200
+    assert second["duration_ms"] >= 0
+    assert second["outcome"] == "linked"
+    assert second["primary_contact_id"] == 1
+    assert second["secondary_contact_ids"] == [2]
+    assert second["time"].endswith("+00:00")
+    assert first["outcome"] == "created"
+
+
+def test_request_id_is_taken_from_the_header_and_echoed(
+    client: FlaskClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    response = client.get("/health", headers={"X-Request-ID": "order-42.retry-1"})
+
+    assert response.headers["X-Request-ID"] == "order-42.retry-1"
+    assert log_lines(capsys.readouterr().out)[0]["request_id"] == "order-42.retry-1"
+
+
+@pytest.mark.parametrize(
+    "sent", [None, "", "has spaces", "doc@fluxkart.com", "x" * 129]
+)
+def test_request_id_is_generated_when_absent_or_unusable(
+    client: FlaskClient, sent: str | None
+) -> None:
+    headers = {} if sent is None else {"X-Request-ID": sent}
+    first = client.get("/health", headers=headers).headers["X-Request-ID"]
+    second = client.get("/health", headers=headers).headers["X-Request-ID"]
+
+    assert first != second
+    assert not sent or sent not in first
+
+
+def test_rejected_input_is_logged_without_the_values_sent(
+    client: FlaskClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client.post("/identify", json={"email": "not-an-email@", "phoneNumber": "12ab3456"})
+
+    output = capsys.readouterr().out
+    assert log_lines(output)[0]["status"] == 400
+    assert "not-an-email" not in output
+    assert "12ab3456" not in output
+
+
+def test_errors_are_logged_with_the_request_id_and_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'c.db'}"})
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError(f"cannot store {EMAIL} with {PHONE}")
+
+    response = app.test_client().get("/boom", headers={"X-Request-ID": "boom-1"})
+
+    output = capsys.readouterr().out
+    error, access = log_lines(output)
+    assert response.status_code == 500
+    assert error["level"] == "ERROR"
+    assert error["request_id"] == "boom-1"
+    assert "l***@hillvalley.edu" in error["exc_info"]
+    assert access["request_id"] == "boom-1"
+    assert EMAIL not in output
+    assert PHONE not in output
+
+
+def test_gunicorn_writes_exactly_one_json_line_per_request_without_clear_values(
+    tmp_path: Path,
+) -> None:
+    log_file = tmp_path / "stdout.log"
+    bodies = [
+        {"email": EMAIL, "phoneNumber": PHONE},
+        {"email": "mcfly@hillvalley.edu", "phoneNumber": PHONE},
+        {"email": "george@hillvalley.edu", "phoneNumber": "919191"},
+        {"email": "george@hillvalley.edu", "phoneNumber": PHONE},
+        {"email": "bad@", "phoneNumber": "0"},
+    ]
+    with log_file.open("w") as stdout, live_service(tmp_path, stdout=stdout) as url:
+        ids = [
+            requests.post(f"{url}/identify", json=body, timeout=10).headers[
+                "X-Request-ID"
+            ]
+            for body in bodies
+        ]
+
+    output = log_file.read_text()
+    # Every line must parse as JSON; /health lines come from waiting for boot.
+    lines = [line for line in log_lines(output) if line.get("path") == "/identify"]
+    assert [line["request_id"] for line in lines] == ids
+    assert [line.get("outcome") for line in lines] == [
+        "created",
+        "linked",
+        "created",
+        "merged",
+        None,
+    ]
+    for value in (
+        EMAIL,
+        PHONE,
+        "mcfly@hillvalley.edu",
+        "george@hillvalley.edu",
+        "919191",
+    ):
+        assert value not in output
