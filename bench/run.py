@@ -404,6 +404,23 @@ def machine() -> dict[str, str]:
     }
 
 
+def commit() -> str:
+    """The commit measured, marked when the work tree had changes."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{head or 'unknown'}{' with local changes' if dirty else ''}"
+
+
 def gunicorn_settings() -> str:
     workers = os.environ.get("WEB_CONCURRENCY", f"{2 * (os.cpu_count() or 1)}")
     return f"gunicorn.conf.py: workers={workers} (WEB_CONCURRENCY), sync worker class"
@@ -435,12 +452,13 @@ def report(
         "gunicorn settings. Written by `make bench` (bench/run.py); do not edit",
         "by hand.",
         "",
-        f"- Command: `{command}`",
+        f"- Command: `{command}`, at commit {commit()}",
         f"- Date: {started:%Y-%m-%d %H:%M} UTC; the matrix took {minutes:.0f} min",
         f"- Machine: {facts['nproc']} cores ({facts['cpu']}), {facts['memory']} RAM,"
         f" Python {facts['python']}, Linux {facts['kernel']}; shared with other"
         " work, so noisy",
-        f"- Server: {gunicorn_settings()}, bound to 127.0.0.1, access log on",
+        f"- Server: {gunicorn_settings()}, bound to 127.0.0.1, logging as in"
+        " production (its output discarded)",
         f"- Load: wrk -t{settings.threads} -c{settings.connections}"
         f" -d{settings.duration}s, {settings.repeats} runs per workload, each run"
         " right after a floor run with the same script",
