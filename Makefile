@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test ci browser
+.PHONY: run test ci browser bench
 
 ## Install the service, migrate its database and serve it (SQLite by default).
 run: $(VENV)/.run-installed
@@ -16,6 +16,12 @@ test: $(VENV)/.dev-installed node_modules/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+## Seed databases, load the service and a bare Flask floor with wrk, write
+## BENCHMARKS.md. Settings: BENCH_* variables (README: "Benchmarks").
+bench: $(VENV)/.run-installed
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python bench/run.py
 
 $(VENV)/.run-installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)

@@ -1,9 +1,12 @@
+import sqlite3
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
     CheckConstraint,
+    Connection,
     DateTime,
     Dialect,
     Engine,
@@ -14,6 +17,7 @@ from sqlalchemy import (
     event,
     make_url,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -79,11 +83,11 @@ def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
     """Engine settings for the database at `url`.
 
     A sync gunicorn worker serves one request at a time, so it needs few
-    PostgreSQL connections; pre-ping replaces those the server closed while
-    they sat idle."""
+    PostgreSQL connections. They are not pinged before use, which would cost
+    a round trip per request: reconcile_and_commit() replaces one that the
+    server closed."""
     if make_url(url).get_backend_name() == "postgresql":
         return {
-            "pool_pre_ping": True,
             "pool_size": pool_size,
             "max_overflow": pool_size,
             "pool_recycle": 1800,
@@ -93,7 +97,13 @@ def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
 
 def prepare_engine(engine: Engine) -> None:
     """Make SQLite transactions real: pysqlite would BEGIN only before the
-    first write, so a request's reads and writes would not be one snapshot."""
+    first write, so a request's reads and writes would not be one snapshot.
+
+    SQLite gets no busy timeout: a transaction that finds the write lock taken
+    fails at once (a lost race, retried by the caller) instead of sleeping in
+    SQLite's busy handler, whose 1, 2, 5, 10... ms naps are far longer than a
+    write transaction here. Only BEGIN IMMEDIATE waits, polling briefly, for
+    at most BUSY_TIMEOUT seconds."""
     if engine.dialect.name != "sqlite":
         return
 
@@ -103,12 +113,34 @@ def prepare_engine(engine: Engine) -> None:
         for pragma in (
             "journal_mode = WAL",
             "synchronous = NORMAL",
-            "busy_timeout = 10000",
+            "busy_timeout = 0",
             "foreign_keys = ON",
         ):
             dbapi_connection.execute(f"PRAGMA {pragma}")
 
     @event.listens_for(engine, "begin")
-    def begin(connection: Any) -> None:
-        locked = connection.get_execution_options().get(EXCLUSIVE_WRITER)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if locked else "BEGIN")
+    def begin(connection: Connection) -> None:
+        if connection.get_execution_options().get(EXCLUSIVE_WRITER):
+            _begin_immediate(connection)
+        else:
+            # Straight to the driver: this runs on every request.
+            connection.connection.driver_connection.execute("BEGIN")  # type: ignore[union-attr]
+
+
+BUSY_TIMEOUT = 10.0
+_BUSY_POLL = 0.0001
+
+
+def _begin_immediate(connection: Connection) -> None:
+    """BEGIN IMMEDIATE, retried every _BUSY_POLL seconds while another
+    connection holds the write lock. Raises OperationalError after BUSY_TIMEOUT."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        except OperationalError as error:
+            code = getattr(error.orig, "sqlite_errorcode", 0)
+            if code & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(_BUSY_POLL)

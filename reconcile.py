@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, Row, func, insert, or_, select, union, update
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    Row,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    union,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -102,7 +113,8 @@ def reconcile_and_commit(
 ) -> tuple[Identity, int]:
     """Run reconcile() and commit it, retrying the whole transaction after a
     lost race: a moved cluster, a deadlock or serialization failure, or
-    SQLite's stale snapshot.
+    SQLite's stale snapshot; and once after finding that the server had
+    dropped the pooled connection.
 
     Returns the identity and how many retries it took. The first attempt runs
     beside other writers; a retry runs alone among writers (SQLite's write
@@ -119,6 +131,12 @@ def reconcile_and_commit(
             return identity, attempt
         except (DBAPIError, ClusterMoved) as error:
             session.rollback()
+            # A pooled connection the server dropped is replaced once; checking
+            # each one before use would cost a round trip on every request.
+            if isinstance(error, DBAPIError) and error.connection_invalidated:
+                if not attempt:
+                    continue
+                raise
             if isinstance(error, DBAPIError) and not lost_race(error):
                 raise
     raise LostRace(f"gave up after {attempts} attempts")
@@ -153,19 +171,38 @@ def _matches(email: str | None, phone_number: str | None) -> ColumnElement[bool]
     return Contact.deleted_at.is_(None) & or_(*conditions)
 
 
+def _cluster_query(
+    *, by_email: bool, by_phone: bool
+) -> CompoundSelect[int, str | None, str | None, int | None, str, datetime]:
+    live = Contact.deleted_at.is_(None)
+    matches: list[ColumnElement[bool]] = []
+    if by_email:
+        matches.append(Contact.email == bindparam("email"))
+    if by_phone:
+        matches.append(Contact.phone_number == bindparam("phone_number"))
+    primary_id = func.coalesce(Contact.linked_id, Contact.id).label("primary_id")
+    hits = select(primary_id).where(live, or_(*matches)).cte("hits")
+    by_id = select(*_COLUMNS).join(hits, Contact.id == hits.c.primary_id)
+    by_link = select(*_COLUMNS).join(hits, Contact.linked_id == hits.c.primary_id)
+    return union(by_id.where(live), by_link.where(live)).order_by("id")
+
+
+# Built once: constructing the statement cost more than running it.
+_CLUSTER_QUERIES = {
+    (by_email, by_phone): _cluster_query(by_email=by_email, by_phone=by_phone)
+    for by_email, by_phone in ((True, True), (True, False), (False, True))
+}
+
+
 def _cluster_rows(
     session: Session, *, email: str | None, phone_number: str | None
 ) -> Sequence[ContactRow]:
     """Every live row of every cluster that holds the email or the phone, in
     one round trip, ascending id. Clusters are reached through their primary's
     id, so the cost is their size, whatever the size of the table."""
-    live = Contact.deleted_at.is_(None)
-    primary_id = func.coalesce(Contact.linked_id, Contact.id).label("primary_id")
-    hits = select(primary_id).where(_matches(email, phone_number)).cte("hits")
-    by_id = select(*_COLUMNS).join(hits, Contact.id == hits.c.primary_id)
-    by_link = select(*_COLUMNS).join(hits, Contact.linked_id == hits.c.primary_id)
-    statement = union(by_id.where(live), by_link.where(live)).order_by("id")
-    return session.execute(statement).all()
+    query = _CLUSTER_QUERIES[email is not None, phone_number is not None]
+    parameters = {"email": email, "phone_number": phone_number}
+    return session.connection().execute(query, parameters).all()
 
 
 # Every PostgreSQL writer holds this advisory lock, shared; a retry holds it
@@ -244,6 +281,22 @@ def _changes(
     )
 
 
+_PROMOTE = (
+    update(Contact)
+    .where(Contact.id == bindparam("row_id"))
+    .values(linked_id=None, link_precedence=PRIMARY, updated_at=bindparam("now"))
+)
+_LINK = (
+    update(Contact)
+    .where(Contact.id.in_(bindparam("row_ids", expanding=True)))
+    .values(
+        linked_id=bindparam("primary_id"),
+        link_precedence=SECONDARY,
+        updated_at=bindparam("now"),
+    )
+)
+
+
 def _relink(
     session: Session,
     primary: ContactRow,
@@ -254,20 +307,19 @@ def _relink(
 
     This is the merge of rule 4, and it also heals a cluster whose primary was
     soft-deleted: its oldest live row takes over."""
+    connection = session.connection()
     misplaced = _misplaced(primary, rows)
     if primary.id in misplaced:
-        session.execute(
-            update(Contact)
-            .where(Contact.id == primary.id)
-            .values(linked_id=None, link_precedence=PRIMARY, updated_at=now)
-        )
+        connection.execute(_PROMOTE, {"row_id": primary.id, "now": now})
     stale = [row_id for row_id in misplaced if row_id != primary.id]
     if stale:
-        session.execute(
-            update(Contact)
-            .where(Contact.id.in_(stale))
-            .values(linked_id=primary.id, link_precedence=SECONDARY, updated_at=now)
+        connection.execute(
+            _LINK, {"row_ids": stale, "primary_id": primary.id, "now": now}
         )
+
+
+# Built once, like the cluster queries and the updates above.
+_INSERT = insert(Contact).returning(Contact.id)
 
 
 def _insert(
@@ -277,19 +329,15 @@ def _insert(
     linked_id: int | None,
     created_at: datetime,
 ) -> int:
-    statement = (
-        insert(Contact)
-        .values(
-            email=email,
-            phone_number=phone_number,
-            linked_id=linked_id,
-            link_precedence=PRIMARY if linked_id is None else SECONDARY,
-            created_at=created_at,
-            updated_at=created_at,
-        )
-        .returning(Contact.id)
-    )
-    return session.execute(statement).scalar_one()
+    values = {
+        "email": email,
+        "phone_number": phone_number,
+        "linked_id": linked_id,
+        "link_precedence": PRIMARY if linked_id is None else SECONDARY,
+        "created_at": created_at,
+        "updated_at": created_at,
+    }
+    return session.connection().execute(_INSERT, values).scalar_one()
 
 
 def _brings_new(

@@ -1,0 +1,539 @@
+"""Benchmark POST /identify against a bare Flask floor and write BENCHMARKS.md.
+
+For each database and size: seed (bench/seed.py), serve the app exactly as
+production does (migrations applied, gunicorn with gunicorn.conf.py) and the
+floor (bench/floor.py) under the same settings, then for each repetition and
+workload run wrk against the floor and then against the service, so that each
+service number has a floor number measured next to it. Medians are reported.
+
+Settings, all from the environment:
+  BENCH_DATABASES   sqlite,postgresql
+  BENCH_SIZES       10000,1000000       contacts seeded
+  BENCH_WORKLOADS   lookup,secondary,primary,merge,mix
+  BENCH_DURATION    10                  seconds per wrk run
+  BENCH_REPEATS     3                   runs per workload, alternating with the floor
+  BENCH_CONNECTIONS 8                   wrk connections (BENCH_THREADS 2 wrk threads)
+  BENCH_RESEED_MAX  100000              reseed before every repetition up to this size
+  BENCH_PG_URL      postgresql://postgres@127.0.0.1/bench
+  BENCH_PORT        28001               the service; the floor listens on the next port
+  BENCH_OUT         BENCHMARKS.md       the report; every run goes beside it as .json
+  WEB_CONCURRENCY   gunicorn workers, as in production (gunicorn.conf.py)
+Only ever loads 127.0.0.1.
+"""
+
+import json
+import os
+import platform
+import shlex
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+WORKLOADS = ("lookup", "secondary", "primary", "merge", "mix")
+DESCRIPTIONS = {
+    "lookup": "identifiers of an existing row; inserts nothing",
+    "secondary": "existing phone + brand-new email; inserts a secondary",
+    "primary": "brand-new email and phone; inserts a primary",
+    "merge": "email of one cluster + phone of another; merges two primaries",
+    "mix": "80% lookup, 15% secondary, 4% primary, 1% merge",
+}
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+@dataclass
+class Settings:
+    databases: list[str]
+    sizes: list[int]
+    workloads: list[str]
+    duration: int
+    repeats: int
+    connections: int
+    threads: int
+    reseed_max: int
+    pg_url: str
+    port: int
+    out: Path
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls(
+            databases=env_list("BENCH_DATABASES", "sqlite,postgresql"),
+            sizes=[int(size) for size in env_list("BENCH_SIZES", "10000,1000000")],
+            workloads=env_list("BENCH_WORKLOADS", ",".join(WORKLOADS)),
+            duration=int(env("BENCH_DURATION", "10")),
+            repeats=int(env("BENCH_REPEATS", "3")),
+            connections=int(env("BENCH_CONNECTIONS", "8")),
+            threads=int(env("BENCH_THREADS", "2")),
+            reseed_max=int(env("BENCH_RESEED_MAX", "100000")),
+            pg_url=env("BENCH_PG_URL", "postgresql://postgres@127.0.0.1/bench"),
+            port=int(env("BENCH_PORT", "28001")),
+            out=ROOT / env("BENCH_OUT", "BENCHMARKS.md"),
+        )
+
+
+class Database:
+    """Where a size is seeded, and what the harness reads back to check a run."""
+
+    def __init__(self, kind: str, settings: Settings) -> None:
+        self.kind = kind
+        if kind == "sqlite":
+            data = BENCH / ".data"
+            data.mkdir(exist_ok=True)
+            self.path = str(data / "bench.db")
+            self.url = f"sqlite:///{self.path}"
+        elif kind == "postgresql":
+            self.url = settings.pg_url
+        else:
+            raise SystemExit(f"unknown database {kind!r}: sqlite or postgresql")
+
+    def seed(self, size: int) -> dict[str, Any]:
+        output = subprocess.run(
+            [sys.executable, str(BENCH / "seed.py"), str(size)],
+            env={**os.environ, "DATABASE_URL": self.url},
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return json.loads(output.splitlines()[-1])  # type: ignore[no-any-return]
+
+    def counts(self) -> tuple[int, int]:
+        """(live rows, live primaries)."""
+        query = (
+            "SELECT count(*), coalesce(sum(CASE WHEN link_precedence = 'primary'"
+            " THEN 1 ELSE 0 END), 0) FROM contact WHERE deleted_at IS NULL"
+        )
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.path) as connection:
+                rows, primaries = connection.execute(query).fetchone()
+        else:
+            with psycopg.connect(self.url) as connection:
+                row = connection.execute(query).fetchone()
+                assert row is not None
+                rows, primaries = row
+        return int(rows), int(primaries)
+
+
+class Server:
+    """A gunicorn started as production starts it: gunicorn.conf.py, its env."""
+
+    def __init__(self, target: str, port: int, extra_env: dict[str, str]) -> None:
+        self.target = target
+        self.port = port
+        self.env = {**os.environ, **extra_env, "HOST": HOST, "PORT": str(port)}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_path: str) -> None:
+        log = open(BENCH / ".data" / f"gunicorn-{self.port}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", self.target],
+            cwd=ROOT,
+            env=self.env,
+            # The access log goes to stdout in production too; here nobody reads it.
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                request = urllib.request.Request(
+                    f"http://{HOST}:{self.port}{ready_path}",
+                    data=b'{"email": "ready@seed.example.com"}'
+                    if ready_path == "/identify"
+                    else None,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit(f"{self.target} did not come up on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+            self.process = None
+
+
+@dataclass
+class Run:
+    database: str
+    size: int
+    workload: str
+    repeat: int
+    target: str
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+    stopped_threads: int
+    merge_fallbacks: int
+    delta_rows: int | None = None
+    delta_primaries: int | None = None
+
+
+def wrk(
+    settings: Settings, port: int, workload: str, seed: dict[str, Any], args: list[int]
+) -> dict[str, Any]:
+    command = [
+        "wrk",
+        f"-t{settings.threads}",
+        f"-c{settings.connections}",
+        f"-d{settings.duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(BENCH / "identify.lua"),
+        f"http://{HOST}:{port}",
+        "--",
+        workload,
+        str(seed["full_clusters"]),
+        *map(str, args),
+        str(settings.threads),
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True)
+    for line in output.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
+    raise SystemExit(f"wrk printed no result:\n{output.stdout}\n{output.stderr}")
+
+
+def measure(
+    settings: Settings, database: Database, size: int, floor: Server
+) -> tuple[list[Run], list[dict[str, Any]]]:
+    runs: list[Run] = []
+    seeds: list[dict[str, Any]] = []
+    service = Server("app:app", settings.port, {"DATABASE_URL": database.url})
+    pairs_per_seed = 0
+    run_number = 0
+    pair_cursor = 0
+    for repeat in range(settings.repeats):
+        if repeat == 0 or size <= settings.reseed_max:
+            seed = database.seed(size)
+            seeds.append(seed)
+            log(f"  seeded {seed}")
+            reseeds_left = 1 if size <= settings.reseed_max else settings.repeats
+            pairs_per_seed = seed["full_clusters"] // 2 // reseeds_left
+            run_number = 0
+            pair_cursor = 0
+        # Production applies migrations before serving (Procfile: release).
+        subprocess.run(
+            [str(BIN / "flask"), "--app", "app", "db", "upgrade"],
+            cwd=ROOT,
+            env=service.env,
+            check=True,
+            capture_output=True,
+        )
+        service.start("/health")
+        try:
+            # A quarter of each repetition's pairs is kept for the mix's merges.
+            mix_pairs = pairs_per_seed // 4
+            for workload in settings.workloads:
+                if workload == "merge":
+                    pairs = (pair_cursor + mix_pairs, pair_cursor + pairs_per_seed)
+                else:
+                    pairs = (pair_cursor, pair_cursor + mix_pairs)
+                for target, port in (("floor", floor.port), ("service", service.port)):
+                    # The floor touches no data: it never runs out of pairs.
+                    span = pairs if target == "service" else (0, 10**9)
+                    before = database.counts() if target == "service" else None
+                    result = wrk(settings, port, workload, seed, [run_number, *span])
+                    run_number += 1
+                    run = Run(database.kind, size, workload, repeat, target, **result)
+                    if before is not None:
+                        after = database.counts()
+                        run.delta_rows = after[0] - before[0]
+                        run.delta_primaries = after[1] - before[1]
+                    runs.append(run)
+                    log(f"  {format_run(run)}")
+            pair_cursor += pairs_per_seed
+        finally:
+            service.stop()
+    return runs, seeds
+
+
+def format_run(run: Run) -> str:
+    text = (
+        f"{run.workload:9} #{run.repeat} {run.target:7} {run.rps:8.1f} req/s"
+        f"  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:7.2f} ms"
+        f"  non-2xx {run.non_2xx}  errors {run.socket_errors}"
+    )
+    if run.delta_rows is not None:
+        text += f"  Δrows {run.delta_rows}  Δprimaries {run.delta_primaries}"
+    return text
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def summarise(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per database, size and workload: medians over the repetitions."""
+    table = []
+    keys = dict.fromkeys((run.database, run.size, run.workload) for run in runs)
+    for database, size, workload in keys:
+        mine = [
+            run
+            for run in runs
+            if (run.database, run.size, run.workload) == (database, size, workload)
+        ]
+        service = [run for run in mine if run.target == "service"]
+        floor = [run for run in mine if run.target == "floor"]
+        table.append(
+            {
+                "database": database,
+                "size": size,
+                "workload": workload,
+                "rps": statistics.median(run.rps for run in service),
+                "p50_ms": statistics.median(run.p50_ms for run in service),
+                "p99_ms": statistics.median(run.p99_ms for run in service),
+                "floor_rps": statistics.median(run.rps for run in floor),
+                # Each service run against the floor run just before it.
+                "ratio": statistics.median(
+                    s.rps / f.rps for s, f in zip(service, floor, strict=True)
+                ),
+                "non_2xx": sum(run.non_2xx for run in service),
+                "socket_errors": sum(run.socket_errors for run in service),
+                "requests": sum(run.requests for run in service),
+                # What the runs did to the table, per request wrk counted.
+                "rows_per_request": sum(run.delta_rows or 0 for run in service)
+                / max(1, sum(run.requests for run in service)),
+                "primaries_per_request": sum(
+                    run.delta_primaries or 0 for run in service
+                )
+                / max(1, sum(run.requests for run in service)),
+            }
+        )
+    return table
+
+
+# Issue 4's targets at the largest size: ratio to the floor, p99 in ms.
+RATIO_TARGETS = {
+    "sqlite": {"lookup": 0.55, "secondary": 0.28, "primary": 0.28, "merge": 0.20},
+    "postgresql": {"lookup": 0.45},
+}
+P99_TARGETS = {"lookup": 20.0, "secondary": 40.0, "primary": 40.0, "merge": 40.0}
+FLATNESS_TARGET = 0.9
+
+
+def targets(table: list[dict[str, Any]], database: str) -> list[str]:
+    """One line per target of the issue, measured against the largest and
+    smallest sizes of this database."""
+    rows = [row for row in table if row["database"] == database]
+    if not rows:
+        return []
+    large = max(row["size"] for row in rows)
+    small = min(row["size"] for row in rows)
+    at = {(row["size"], row["workload"]): row for row in rows}
+    lines = []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    for workload, target in RATIO_TARGETS.get(database, {}).items():
+        if (row := at.get((large, workload))) is not None:
+            lines.append(
+                f"- {workload} ratio to floor >= {target}: {row['ratio']:.2f},"
+                f" {verdict(row['ratio'] >= target)}"
+            )
+    for workload, limit in P99_TARGETS.items():
+        if (row := at.get((large, workload))) is not None:
+            lines.append(
+                f"- {workload} p99 <= {limit:.0f} ms: {row['p99_ms']:.1f} ms,"
+                f" {verdict(row['p99_ms'] <= limit)}"
+            )
+    if large != small:
+        for (size, workload), row in at.items():
+            if size == large and (small, workload) in at:
+                rps = row["rps"] / at[small, workload]["rps"]
+                ratio = row["ratio"] / at[small, workload]["ratio"]
+                lines.append(
+                    f"- {workload} req/s at {large:,} >= {FLATNESS_TARGET} x"
+                    f" {small:,}: x{rps:.2f} ({verdict(rps >= FLATNESS_TARGET)});"
+                    f" ratio to floor x{ratio:.2f}"
+                    f" ({verdict(ratio >= FLATNESS_TARGET)})"
+                )
+    return lines
+
+
+def machine() -> dict[str, str]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = next(
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "memory": memory,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def commit() -> str:
+    """The commit measured, marked when the work tree had changes."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{head or 'unknown'}{' with local changes' if dirty else ''}"
+
+
+def gunicorn_settings() -> str:
+    workers = os.environ.get("WEB_CONCURRENCY", f"{2 * (os.cpu_count() or 1)}")
+    return f"gunicorn.conf.py: workers={workers} (WEB_CONCURRENCY), sync worker class"
+
+
+def report(
+    settings: Settings,
+    table: list[dict[str, Any]],
+    seeds: dict[str, list[dict[str, Any]]],
+    started: datetime,
+    minutes: float,
+) -> str:
+    facts = machine()
+    command = " ".join(
+        [
+            *(
+                f"{name}={shlex.quote(value)}"
+                for name, value in sorted(os.environ.items())
+                if name.startswith("BENCH_") or name == "WEB_CONCURRENCY"
+            ),
+            "make bench",
+        ]
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        "POST /identify under wrk, against the bare Flask floor (bench/floor.py:",
+        "parse the JSON body, answer a small JSON object) served by the same",
+        "gunicorn settings. Written by `make bench` (bench/run.py); do not edit",
+        "by hand.",
+        "",
+        f"- Command: `{command}`, at commit {commit()}",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC; the matrix took {minutes:.0f} min",
+        f"- Machine: {facts['nproc']} cores ({facts['cpu']}), {facts['memory']} RAM,"
+        f" Python {facts['python']}, Linux {facts['kernel']}; shared with other"
+        " work, so noisy",
+        f"- Server: {gunicorn_settings()}, bound to 127.0.0.1, logging as in"
+        " production (its output discarded)",
+        f"- Load: wrk -t{settings.threads} -c{settings.connections}"
+        f" -d{settings.duration}s, {settings.repeats} runs per workload, each run"
+        " right after a floor run with the same script",
+        "- Numbers: medians over the runs; ratio = median of (service req/s /"
+        " req/s of the floor run just before it)",
+        "- Checks: non-2xx counts wrk's non-2xx answers and socket errors;"
+        " Δrows/req and Δprimaries/req are the table's change over the service"
+        " runs divided by the requests wrk counted (a lookup must be +0/+0, a new"
+        " secondary +1/+0, a new primary +1/+1, a merge +0/-1)",
+        "- Merges use disjoint pairs of seeded clusters; where a size has too few"
+        " (10,000 contacts: 1,250 pairs per seeding) the run stops when they run"
+        " out and its rate is taken over the time it ran",
+        "",
+        "Workloads:",
+        "",
+        *(f"- {name}: {DESCRIPTIONS[name]}" for name in settings.workloads),
+        "",
+    ]
+    for database in settings.databases:
+        lines += [
+            f"## {database}",
+            "",
+            "| contacts | workload | req/s | p50 ms | p99 ms | floor req/s"
+            " | ratio to floor | non-2xx | Δrows/req | Δprimaries/req |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in table:
+            if row["database"] != database:
+                continue
+            lines.append(
+                f"| {row['size']:,} | {row['workload']} | {row['rps']:.0f}"
+                f" | {row['p50_ms']:.1f} | {row['p99_ms']:.1f}"
+                f" | {row['floor_rps']:.0f} | {row['ratio']:.2f}"
+                f" | {row['non_2xx'] + row['socket_errors']}"
+                f" | {row['rows_per_request']:+.2f}"
+                f" | {row['primaries_per_request']:+.2f} |"
+            )
+        largest = max(row["size"] for row in table if row["database"] == database)
+        lines += ["", f"Targets (issue 4) at {largest:,} contacts:", ""]
+        lines += targets(table, database)
+        lines += ["", "Seeding (bench/seed.py, bulk load):", ""]
+        for seed in seeds.get(database, []):
+            lines.append(f"- {seed['rows']:,} contacts in {seed['seconds']} s")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    started = datetime.now(UTC)
+    runs: list[Run] = []
+    seeds: dict[str, list[dict[str, Any]]] = {}
+    (BENCH / ".data").mkdir(exist_ok=True)
+    floor = Server("bench.floor:app", settings.port + 1, {})
+    floor.start("/identify")
+    try:
+        for kind in settings.databases:
+            database = Database(kind, settings)
+            for size in settings.sizes:
+                log(f"{kind}, {size:,} contacts")
+                measured, seeded = measure(settings, database, size, floor)
+                runs += measured
+                seeds.setdefault(kind, []).append(seeded[0])
+    finally:
+        floor.stop()
+    minutes = (datetime.now(UTC) - started).total_seconds() / 60
+    table = summarise(runs)
+    settings.out.write_text(report(settings, table, seeds, started, minutes))
+    settings.out.with_suffix(".json").write_text(
+        json.dumps([asdict(run) for run in runs], indent=1) + "\n"
+    )
+    log(f"wrote {settings.out}")
+    if any(row["non_2xx"] or row["socket_errors"] for row in table):
+        raise SystemExit("some requests failed: see non-2xx in the report")
+
+
+if __name__ == "__main__":
+    main()

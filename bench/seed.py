@@ -1,0 +1,177 @@
+"""Fill an empty, migrated database with N contacts in realistic clusters.
+
+Usage: DATABASE_URL=... python bench/seed.py N
+
+The schema comes from the real migrations (`flask --app app db upgrade`), run
+here after dropping whatever the database held. Rows are bulk-loaded, never sent
+through the API: executemany in one transaction on SQLite, COPY on PostgreSQL.
+
+The data is a pure function of the row count, so the wrk scripts compute
+identifiers instead of reading them (see bench/common.lua, which must agree):
+
+- cluster k holds 1 + k % 5 rows (the last cluster may be cut short);
+- its row j has email "c{k}e{(j + 1) // 2}@seed.example.com" and phone
+  str(PHONE_BASE + 3 * k + j // 2), so consecutive rows share one identifier;
+- row 0 is the primary; the others are secondaries linked to it;
+- ids ascend through the clusters, and created_at ascends with the id.
+
+Prints one JSON line: rows, clusters, full_clusters and seconds.
+"""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+PHONE_BASE = 10_000_000_000
+EMAIL_DOMAIN = "seed.example.com"
+STEP = timedelta(milliseconds=10)
+# The exact text SQLAlchemy's DateTime writes to SQLite (UTC, no zone).
+SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+
+Row = tuple[int, str, str, int | None, str, datetime]
+
+
+def cluster_size(k: int) -> int:
+    return 1 + k % 5
+
+
+def rows(count: int) -> Iterator[Row]:
+    """The seeded rows: (id, phone_number, email, linked_id, precedence, created_at)."""
+    # Every seeded row is older than anything the service will insert.
+    start = datetime.now(UTC) - STEP * count - timedelta(days=1)
+    row_id = 0
+    k = 0
+    while row_id < count:
+        primary_id = row_id + 1
+        for j in range(min(cluster_size(k), count - row_id)):
+            row_id += 1
+            yield (
+                row_id,
+                str(PHONE_BASE + 3 * k + j // 2),
+                f"c{k}e{(j + 1) // 2}@{EMAIL_DOMAIN}",
+                None if j == 0 else primary_id,
+                "primary" if j == 0 else "secondary",
+                start + STEP * row_id,
+            )
+        k += 1
+
+
+def clusters(count: int) -> tuple[int, int]:
+    """(all clusters, clusters that got every row of their size)."""
+    cycles, rest = divmod(count, 15)
+    full = cycles * 5
+    k = full
+    while rest >= cluster_size(k):
+        rest -= cluster_size(k)
+        full += 1
+        k += 1
+    return full + (1 if rest else 0), full
+
+
+def migrate(url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": url}
+    subprocess.run(
+        [str(Path(sys.executable).parent / "flask"), "--app", "app", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+def seed_sqlite(path: str, count: int) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(path + suffix).unlink(missing_ok=True)
+    migrate(f"sqlite:///{path}")
+    connection = sqlite3.connect(path, isolation_level=None)
+    # The load is redone from scratch if it fails, so durability can wait.
+    connection.execute("PRAGMA synchronous = OFF")
+    indexes = [
+        sql
+        for (sql,) in connection.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            " AND tbl_name = 'contact'"
+        )
+    ]
+    connection.execute("BEGIN")
+    # Indexes are built once at the end, from the migration's own statements.
+    for sql in indexes:
+        name = sql.split()[2]
+        connection.execute(f"DROP INDEX {name}")
+    connection.executemany(
+        "INSERT INTO contact (id, phone_number, email, linked_id, link_precedence,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            (*row[:5], text, text)
+            for row in rows(count)
+            for text in (row[5].strftime(SQLITE_DATETIME),)
+        ),
+    )
+    for sql in indexes:
+        connection.execute(sql)
+    connection.execute("COMMIT")
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.close()
+
+
+def seed_postgresql(url: str, count: int) -> None:
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("DROP TABLE IF EXISTS contact, alembic_version CASCADE")
+    migrate(url)
+    with psycopg.connect(url) as connection:
+        indexes = connection.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'contact'"
+            " AND indexname LIKE 'ix_%'"
+        ).fetchall()
+        for name, _ in indexes:
+            connection.execute(f"DROP INDEX {name}")
+        # Every row is valid by construction; skip the per-row foreign-key check.
+        connection.execute("SET LOCAL session_replication_role = replica")
+        with connection.cursor().copy(
+            "COPY contact (id, phone_number, email, linked_id, link_precedence,"
+            " created_at, updated_at) FROM STDIN"
+        ) as copy:
+            for row in rows(count):
+                copy.write_row((*row, row[5]))
+        for _, definition in indexes:
+            connection.execute(definition)
+        connection.execute(
+            "SELECT setval(pg_get_serial_sequence('contact', 'id'),"
+            " (SELECT coalesce(max(id), 0) + 1 FROM contact), false)"
+        )
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("VACUUM ANALYZE contact")
+
+
+def main() -> None:
+    count = int(sys.argv[1])
+    url = os.environ["DATABASE_URL"]
+    started = time.perf_counter()
+    if url.startswith("sqlite:///"):
+        seed_sqlite(url.removeprefix("sqlite:///"), count)
+    else:
+        seed_postgresql(url.replace("postgres://", "postgresql://", 1), count)
+    total, full = clusters(count)
+    print(
+        json.dumps(
+            {
+                "rows": count,
+                "clusters": total,
+                "full_clusters": full,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

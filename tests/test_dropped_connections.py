@@ -1,0 +1,33 @@
+"""A pooled connection that the server has dropped (a restart, an idle
+timeout, an administrator) is replaced without the client seeing an error."""
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+
+from models import db
+
+
+def test_a_request_on_a_dropped_connection_is_answered(
+    app: Flask, client: FlaskClient
+) -> None:
+    body = {"email": "doc@fluxkart.com", "phoneNumber": "123456"}
+    assert client.post("/identify", json=body).status_code == 200
+    with app.app_context():
+        if db.engine.dialect.name != "postgresql":
+            pytest.skip("only a server can drop a pooled connection")
+        assert db.engine.pool.checkedin() == 1
+        # The pool's only connection: the one the next request will use.
+        pid = db.session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        db.session.remove()
+        url = db.engine.url
+
+    killer = create_engine(url)
+    with killer.begin() as connection:
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    killer.dispose()
+
+    response = client.post("/identify", json=body)
+    assert response.status_code == 200
+    assert response.get_json()["contact"]["primaryContactId"] == 1

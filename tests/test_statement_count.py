@@ -1,0 +1,63 @@
+"""Each request costs a fixed, small number of SQL statements, whatever the
+size of the table: one query reads every touched cluster, one statement writes.
+On PostgreSQL a request that writes first takes its locks and reads again.
+BEGIN and COMMIT are not counted (they do not pass through a cursor)."""
+
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import event
+
+from models import db
+
+
+@pytest.fixture
+def statements(app: Flask) -> Iterator[list[str]]:
+    """The SQL of every statement the app runs while the test goes on."""
+    with app.app_context():
+        engine = db.engine
+    seen: list[str] = []
+
+    def capture(*args: object) -> None:
+        seen.append(str(args[2]).split(None, 1)[0].upper())
+
+    event.listen(engine, "before_cursor_execute", capture)
+    yield seen
+    event.remove(engine, "before_cursor_execute", capture)
+
+
+def writing(app: Flask, write: str) -> list[str]:
+    """The statements of a request that writes `write`."""
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            # Identifier locks, primary-row locks, then the fresh read.
+            return ["WITH", "SELECT", "SELECT", "WITH", write]
+    return ["WITH", write]
+
+
+def post(client: FlaskClient, email: str, phone: str) -> None:
+    response = client.post("/identify", json={"email": email, "phoneNumber": phone})
+    assert response.status_code == 200
+
+
+def test_each_kind_of_request_runs_a_fixed_number_of_statements(
+    app: Flask, client: FlaskClient, statements: list[str]
+) -> None:
+    post(client, "doc@fluxkart.com", "111111")
+    assert statements == writing(app, "INSERT")
+
+    statements.clear()
+    post(client, "emmett@hillvalley.edu", "111111")
+    assert statements == writing(app, "INSERT")
+
+    statements.clear()
+    post(client, "emmett@hillvalley.edu", "111111")
+    assert statements == ["WITH"]
+
+    post(client, "george@hillvalley.edu", "222222")
+    post(client, "biff@hillvalley.edu", "222222")
+    statements.clear()
+    post(client, "doc@fluxkart.com", "222222")
+    assert statements == writing(app, "UPDATE")
