@@ -11,6 +11,7 @@ from sqlalchemy import (
     ColumnElement,
     CompoundSelect,
     Row,
+    Select,
     bindparam,
     func,
     insert,
@@ -161,13 +162,17 @@ _COLUMNS = (
 )
 
 
-def _matches(email: str | None, phone_number: str | None) -> ColumnElement[bool]:
-    """Live rows holding the email or the phone; a None matches nothing."""
+_PRIMARY_ID = func.coalesce(Contact.linked_id, Contact.id)
+
+
+def _matches(*, by_email: bool, by_phone: bool) -> ColumnElement[bool]:
+    """Live rows holding the bound :email or :phone_number. A value that was
+    not given is left out of the condition: a None matches nothing."""
     conditions: list[ColumnElement[bool]] = []
-    if email is not None:
-        conditions.append(Contact.email == email)
-    if phone_number is not None:
-        conditions.append(Contact.phone_number == phone_number)
+    if by_email:
+        conditions.append(Contact.email == bindparam("email"))
+    if by_phone:
+        conditions.append(Contact.phone_number == bindparam("phone_number"))
     return Contact.deleted_at.is_(None) & or_(*conditions)
 
 
@@ -175,23 +180,28 @@ def _cluster_query(
     *, by_email: bool, by_phone: bool
 ) -> CompoundSelect[int, str | None, str | None, int | None, str, datetime]:
     live = Contact.deleted_at.is_(None)
-    matches: list[ColumnElement[bool]] = []
-    if by_email:
-        matches.append(Contact.email == bindparam("email"))
-    if by_phone:
-        matches.append(Contact.phone_number == bindparam("phone_number"))
-    primary_id = func.coalesce(Contact.linked_id, Contact.id).label("primary_id")
-    hits = select(primary_id).where(live, or_(*matches)).cte("hits")
+    matches = _matches(by_email=by_email, by_phone=by_phone)
+    hits = select(_PRIMARY_ID.label("primary_id")).where(matches).cte("hits")
     by_id = select(*_COLUMNS).join(hits, Contact.id == hits.c.primary_id)
     by_link = select(*_COLUMNS).join(hits, Contact.linked_id == hits.c.primary_id)
     return union(by_id.where(live), by_link.where(live)).order_by("id")
 
 
-# Built once: constructing the statement cost more than running it.
-_CLUSTER_QUERIES = {
-    (by_email, by_phone): _cluster_query(by_email=by_email, by_phone=by_phone)
-    for by_email, by_phone in ((True, True), (True, False), (False, True))
-}
+def _primary_locks(*, by_email: bool, by_phone: bool) -> Select[int]:
+    matches = _matches(by_email=by_email, by_phone=by_phone)
+    return (
+        select(Contact.id)
+        .where(Contact.id.in_(select(_PRIMARY_ID).where(matches)))
+        .order_by(Contact.created_at, Contact.id)
+        .with_for_update()
+    )
+
+
+# Built once: constructing a statement cost more than running it. One of
+# each per shape of request: email and phone, email only, phone only.
+_SHAPES = ((True, True), (True, False), (False, True))
+_CLUSTER_QUERIES = {(e, p): _cluster_query(by_email=e, by_phone=p) for e, p in _SHAPES}
+_PRIMARY_LOCKS = {(e, p): _primary_locks(by_email=e, by_phone=p) for e, p in _SHAPES}
 
 
 def _cluster_rows(
@@ -235,17 +245,9 @@ def _lock_clusters(
     session.execute(
         select(writers(_WRITERS_LOCK), *(func.pg_advisory_xact_lock(k) for k in keys))
     )
-    primary_ids = select(func.coalesce(Contact.linked_id, Contact.id)).where(
-        _matches(email, phone_number)
-    )
-    locked = set(
-        session.scalars(
-            select(Contact.id)
-            .where(Contact.id.in_(primary_ids))
-            .order_by(Contact.created_at, Contact.id)
-            .with_for_update()
-        )
-    )
+    lock_primaries = _PRIMARY_LOCKS[email is not None, phone_number is not None]
+    parameters = {"email": email, "phone_number": phone_number}
+    locked = set(session.connection().execute(lock_primaries, parameters).scalars())
     rows = _cluster_rows(session, email=email, phone_number=phone_number)
     if not {row.linked_id or row.id for row in rows} <= locked:
         raise ClusterMoved
