@@ -5,7 +5,6 @@ SQLite: one instance with 4 workers on one file. PostgreSQL: two instances
 (separate ports, 4 workers each) on one database, requests spread over both."""
 
 import random
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -19,15 +18,9 @@ from sqlalchemy import create_engine
 
 from conftest import gunicorn, migrate
 from invariants import assert_invariants, clusters, live_rows
+from live import free_port
 
 THREADS = 16
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
