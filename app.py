@@ -104,9 +104,10 @@ def database_url() -> str:
 @api.post("/identify")
 def identify() -> dict[str, Any]:
     email, phone_number = parse_identify(request.get_json())
-    identity, retries = reconcile_and_commit(
-        db.session(), email=email, phone_number=phone_number
-    )
+    with db.engine.connect() as connection:
+        identity, retries = reconcile_and_commit(
+            connection, email=email, phone_number=phone_number
+        )
     observability.record_identity(identity, retries)
     return {"contact": contact_json(identity)}
 

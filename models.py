@@ -1,12 +1,9 @@
-import sqlite3
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
     CheckConstraint,
-    Connection,
     DateTime,
     Dialect,
     Engine,
@@ -17,7 +14,6 @@ from sqlalchemy import (
     event,
     make_url,
 )
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -74,20 +70,18 @@ class Contact(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-# Execution option for a transaction that must run alone among writers (a
-# retry after a lost race): on SQLite it begins with the write lock held.
-EXCLUSIVE_WRITER = "exclusive_writer"
-
-
 def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
     """Engine settings for the database at `url`.
 
+    Connections run in autocommit mode, as on SQLite (prepare_engine): a read
+    is one statement and needs no transaction, so a lookup is one round trip;
+    code that writes sends its own BEGIN (reconcile.py, migrations/env.py).
     A sync gunicorn worker serves one request at a time, so it needs few
-    PostgreSQL connections. They are not pinged before use, which would cost
-    a round trip per request: reconcile_and_commit() replaces one that the
-    server closed."""
+    connections. They are not pinged before use, which would cost a round
+    trip per request: reconcile_and_commit() replaces one the server closed."""
     if make_url(url).get_backend_name() == "postgresql":
         return {
+            "isolation_level": "AUTOCOMMIT",
             "pool_size": pool_size,
             "max_overflow": pool_size,
             "pool_recycle": 1800,
@@ -96,14 +90,11 @@ def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
 
 
 def prepare_engine(engine: Engine) -> None:
-    """Make SQLite transactions real: pysqlite would BEGIN only before the
-    first write, so a request's reads and writes would not be one snapshot.
-
-    SQLite gets no busy timeout: a transaction that finds the write lock taken
-    fails at once (a lost race, retried by the caller) instead of sleeping in
-    SQLite's busy handler, whose 1, 2, 5, 10... ms naps are far longer than a
-    write transaction here. Only BEGIN IMMEDIATE waits, polling briefly, for
-    at most BUSY_TIMEOUT seconds."""
+    """SQLite settings for every new connection: WAL (readers never block the
+    writer), synchronous=NORMAL, foreign keys, no busy timeout (reconcile.py
+    waits for the write lock itself), and autocommit: Python's sqlite3 module
+    would otherwise begin a transaction before the first write on its own,
+    after the reads that decided it."""
     if engine.dialect.name != "sqlite":
         return
 
@@ -117,30 +108,3 @@ def prepare_engine(engine: Engine) -> None:
             "foreign_keys = ON",
         ):
             dbapi_connection.execute(f"PRAGMA {pragma}")
-
-    @event.listens_for(engine, "begin")
-    def begin(connection: Connection) -> None:
-        if connection.get_execution_options().get(EXCLUSIVE_WRITER):
-            _begin_immediate(connection)
-        else:
-            # Straight to the driver: this runs on every request.
-            connection.connection.driver_connection.execute("BEGIN")  # type: ignore[union-attr]
-
-
-BUSY_TIMEOUT = 10.0
-_BUSY_POLL = 0.0001
-
-
-def _begin_immediate(connection: Connection) -> None:
-    """BEGIN IMMEDIATE, retried every _BUSY_POLL seconds while another
-    connection holds the write lock. Raises OperationalError after BUSY_TIMEOUT."""
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    while True:
-        try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-            return
-        except OperationalError as error:
-            code = getattr(error.orig, "sqlite_errorcode", 0)
-            if code & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                raise
-            time.sleep(_BUSY_POLL)

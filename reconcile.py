@@ -2,6 +2,7 @@
 
 import hashlib
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from enum import StrEnum
 from sqlalchemy import (
     ColumnElement,
     CompoundSelect,
+    Connection,
     Row,
     Select,
     bindparam,
@@ -20,10 +22,9 @@ from sqlalchemy import (
     union,
     update,
 )
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from models import EXCLUSIVE_WRITER, Contact
+from models import Contact
 
 PRIMARY = "primary"
 SECONDARY = "secondary"
@@ -65,34 +66,43 @@ ContactRow = Row[int, str | None, str | None, int | None, str, datetime]
 
 
 def reconcile(
-    session: Session, *, email: str | None, phone_number: str | None
+    connection: Connection,
+    *,
+    email: str | None,
+    phone_number: str | None,
+    alone: bool = False,
 ) -> Identity:
     """Return the identity that owns this email and/or phone number,
     inserting or relinking Contact rows so the database agrees with it.
 
-    Values must already be normalised. Flushes but never commits: the caller
-    owns the transaction. A request that changes nothing is answered from one
-    read. Raises ValueError if both values are None, and ClusterMoved when
-    another transaction won a race for the same cluster.
+    Values must already be normalised. `connection` must be outside any
+    transaction, in autocommit mode (models.py sets every connection up so):
+    a request that changes nothing is answered from one read, in no
+    transaction. A request that writes then begins a transaction, takes its
+    locks and reads again; it never commits, the caller does. `alone` makes it
+    wait until no other writer runs, then run alone among them (a retry after
+    a lost race). Raises ValueError if both values are None, and ClusterMoved
+    when another transaction won a race for the same cluster.
     """
     if email is None and phone_number is None:
         raise ValueError("reconcile() needs an email, a phone number, or both")
 
-    rows = _cluster_rows(session, email=email, phone_number=phone_number)
+    rows = _cluster_rows(connection, email=email, phone_number=phone_number)
     if rows and not _changes(rows, email, phone_number):
         return _identity(_oldest(rows), rows, [], Outcome.UNCHANGED)
-    if session.get_bind().dialect.name == "postgresql":
-        rows = _lock_clusters(session, email=email, phone_number=phone_number)
+    rows = _begin_writing(
+        connection, email=email, phone_number=phone_number, alone=alone
+    )
 
     now = datetime.now(UTC)
     if not rows:
-        new_id = _insert(session, email, phone_number, None, now)
+        new_id = _insert(connection, email, phone_number, None, now)
         member = _Member(new_id, email, phone_number)
         return _identity(member, [], [member], Outcome.CREATED)
 
     primary = _oldest(rows)
     merged = len({row.linked_id or row.id for row in rows}) > 1
-    _relink(session, primary, rows, now)
+    _relink(connection, primary, rows, now)
     outcome = Outcome.MERGED if merged else Outcome.UNCHANGED
     if not _brings_new(rows, email, phone_number):
         return _identity(primary, rows, [], outcome)
@@ -100,38 +110,37 @@ def reconcile(
     # Clocks of several app instances may disagree; a secondary must never
     # look older than the primary it joins.
     created_at = max(now, max(row.created_at for row in rows))
-    new_id = _insert(session, email, phone_number, primary.id, created_at)
+    new_id = _insert(connection, email, phone_number, primary.id, created_at)
     added = _Member(new_id, email, phone_number)
     return _identity(primary, rows, [added], outcome if merged else Outcome.LINKED)
 
 
 def reconcile_and_commit(
-    session: Session,
+    connection: Connection,
     *,
     email: str | None,
     phone_number: str | None,
     attempts: int = 3,
 ) -> tuple[Identity, int]:
     """Run reconcile() and commit it, retrying the whole transaction after a
-    lost race: a moved cluster, a deadlock or serialization failure, or
-    SQLite's stale snapshot; and once after finding that the server had
+    lost race (a moved cluster, a deadlock or serialization failure, a SQLite
+    write lock that stayed busy), and once after finding that the server had
     dropped the pooled connection.
 
-    Returns the identity and how many retries it took. The first attempt runs
-    beside other writers; a retry runs alone among writers (SQLite's write
-    lock, PostgreSQL's writers lock held exclusively), so it cannot lose
-    again. Raises LostRace when every attempt lost; any other database error
-    is re-raised at once. Rolls back on error.
+    Returns the identity and how many retries it took. A retry runs alone
+    among writers, so it cannot lose again. Raises LostRace when every
+    attempt lost; any other database error is re-raised at once. Rolls back
+    on error.
     """
     for attempt in range(attempts):
         try:
-            if attempt:
-                session.connection(execution_options={EXCLUSIVE_WRITER: True})
-            identity = reconcile(session, email=email, phone_number=phone_number)
-            session.commit()
+            identity = reconcile(
+                connection, email=email, phone_number=phone_number, alone=attempt > 0
+            )
+            connection.commit()
             return identity, attempt
         except (DBAPIError, ClusterMoved) as error:
-            session.rollback()
+            connection.rollback()
             # A pooled connection the server dropped is replaced once; checking
             # each one before use would cost a round trip on every request.
             if isinstance(error, DBAPIError) and error.connection_invalidated:
@@ -205,50 +214,93 @@ _PRIMARY_LOCKS = {(e, p): _primary_locks(by_email=e, by_phone=p) for e, p in _SH
 
 
 def _cluster_rows(
-    session: Session, *, email: str | None, phone_number: str | None
+    connection: Connection, *, email: str | None, phone_number: str | None
 ) -> Sequence[ContactRow]:
     """Every live row of every cluster that holds the email or the phone, in
-    one round trip, ascending id. Clusters are reached through their primary's
-    id, so the cost is their size, whatever the size of the table."""
+    one statement (so in one snapshot, even outside a transaction), ascending
+    id. Clusters are reached through their primary's id, so the cost is their
+    size, whatever the size of the table."""
     query = _CLUSTER_QUERIES[email is not None, phone_number is not None]
     parameters = {"email": email, "phone_number": phone_number}
-    return session.connection().execute(query, parameters).all()
+    return connection.execute(query, parameters).all()
 
 
-# Every PostgreSQL writer holds this advisory lock, shared; a retry holds it
-# exclusively, so it waits for the writers in flight and then runs alone.
+def _begin_writing(
+    connection: Connection,
+    *,
+    email: str | None,
+    phone_number: str | None,
+    alone: bool,
+) -> Sequence[ContactRow]:
+    """Begin the transaction of a request that writes, make every other writer
+    of these identifiers and clusters wait for it, and read the clusters
+    afresh: what this request decides from them stays true until it commits."""
+    if connection.dialect.name == "postgresql":
+        return _lock_clusters(
+            connection, email=email, phone_number=phone_number, alone=alone
+        )
+    _begin_immediate(connection)
+    return _cluster_rows(connection, email=email, phone_number=phone_number)
+
+
+BUSY_TIMEOUT = 10.0
+_BUSY_POLL = 0.0001
+
+
+def _begin_immediate(connection: Connection) -> None:
+    """SQLite: BEGIN IMMEDIATE takes the database's one write lock, so every
+    writer runs alone. Another connection holding it makes the statement fail
+    at once (the service sets no busy timeout, whose naps of 1, 2, 5, 10 ms
+    are far longer than a write here); it is retried every _BUSY_POLL seconds.
+    Raises OperationalError (SQLITE_BUSY) after BUSY_TIMEOUT."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        except OperationalError as error:
+            code = getattr(error.orig, "sqlite_errorcode", 0)
+            if code & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(_BUSY_POLL)
+
+
+# Every PostgreSQL writer holds this advisory lock, shared; a writer that must
+# run alone holds it exclusively, so it waits for the writers in flight.
 _WRITERS_LOCK = 0x1D3471
 
 
 def _lock_clusters(
-    session: Session, *, email: str | None, phone_number: str | None
+    connection: Connection,
+    *,
+    email: str | None,
+    phone_number: str | None,
+    alone: bool,
 ) -> Sequence[ContactRow]:
-    """PostgreSQL: make every writer of these identifiers and clusters wait
-    for the others, then read the clusters afresh (READ COMMITTED reads what
-    committed while it waited).
+    """PostgreSQL: begin a READ COMMITTED transaction, make every writer of
+    these identifiers and clusters wait for the others, then read the clusters
+    afresh (READ COMMITTED reads what committed while it waited).
 
     Identifier locks stop two requests with the same new email or phone from
     both inserting a primary; primary-row locks, taken oldest first, stop a
     merge from racing an insert into the cluster it demotes. All are released
     at commit or rollback. Raises ClusterMoved when a locked primary stopped
-    being one while this request waited for it; that cannot happen to an
-    exclusive writer."""
-    exclusive = session.connection().get_execution_options().get(EXCLUSIVE_WRITER)
-    writers = (
-        func.pg_advisory_xact_lock if exclusive else func.pg_advisory_xact_lock_shared
-    )
+    being one while this request waited for it; that cannot happen to a
+    writer that runs alone."""
+    writers = func.pg_advisory_xact_lock if alone else func.pg_advisory_xact_lock_shared
     keys = sorted(
         _lock_key(kind, value)
         for kind, value in (("email", email), ("phone", phone_number))
         if value is not None
     )
-    session.execute(
+    connection.exec_driver_sql("BEGIN")
+    connection.execute(
         select(writers(_WRITERS_LOCK), *(func.pg_advisory_xact_lock(k) for k in keys))
     )
     lock_primaries = _PRIMARY_LOCKS[email is not None, phone_number is not None]
     parameters = {"email": email, "phone_number": phone_number}
-    locked = set(session.connection().execute(lock_primaries, parameters).scalars())
-    rows = _cluster_rows(session, email=email, phone_number=phone_number)
+    locked = set(connection.execute(lock_primaries, parameters).scalars())
+    rows = _cluster_rows(connection, email=email, phone_number=phone_number)
     if not {row.linked_id or row.id for row in rows} <= locked:
         raise ClusterMoved
     return rows
@@ -300,7 +352,7 @@ _LINK = (
 
 
 def _relink(
-    session: Session,
+    connection: Connection,
     primary: ContactRow,
     rows: Iterable[ContactRow],
     now: datetime,
@@ -309,7 +361,6 @@ def _relink(
 
     This is the merge of rule 4, and it also heals a cluster whose primary was
     soft-deleted: its oldest live row takes over."""
-    connection = session.connection()
     misplaced = _misplaced(primary, rows)
     if primary.id in misplaced:
         connection.execute(_PROMOTE, {"row_id": primary.id, "now": now})
@@ -325,7 +376,7 @@ _INSERT = insert(Contact).returning(Contact.id)
 
 
 def _insert(
-    session: Session,
+    connection: Connection,
     email: str | None,
     phone_number: str | None,
     linked_id: int | None,
@@ -339,7 +390,7 @@ def _insert(
         "created_at": created_at,
         "updated_at": created_at,
     }
-    return session.connection().execute(_INSERT, values).scalar_one()
+    return connection.execute(_INSERT, values).scalar_one()
 
 
 def _brings_new(

@@ -32,7 +32,12 @@ if context.is_offline_mode():
         context.run_migrations()
 else:
     options.setdefault("process_revision_directives", skip_empty_autogenerate)
+    # The service's connections autocommit (models.py), so the migrations ask
+    # for their transaction, one for all of them: they apply whole or not at
+    # all, on SQLite too, whose DDL is transactional once BEGIN is sent.
+    options.setdefault("transactional_ddl", True)
     with db.engine.connect() as connection:
         context.configure(connection=connection, target_metadata=db.metadata, **options)
         with context.begin_transaction():
+            connection.exec_driver_sql("BEGIN")
             context.run_migrations()

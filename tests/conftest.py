@@ -18,9 +18,8 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from app import create_app
 from models import db
@@ -110,9 +109,10 @@ def client(app: Flask) -> FlaskClient:
 
 
 @pytest.fixture
-def session(app: Flask) -> Iterator[Session]:
-    with app.app_context():
-        yield db.session()
+def connection(app: Flask) -> Iterator[Connection]:
+    """A connection of the app's engine, set up as the app sets up its own."""
+    with app.app_context(), db.engine.connect() as connection:
+        yield connection
 
 
 def empty_database() -> None:

@@ -1,7 +1,8 @@
 """Each request costs a fixed, small number of SQL statements, whatever the
-size of the table: one query reads every touched cluster, one statement writes.
-On PostgreSQL a request that writes first takes its locks and reads again.
-BEGIN and COMMIT are not counted (they do not pass through a cursor)."""
+size of the table: a lookup is one query, in no transaction. A request that
+writes then begins its transaction, takes its locks (SQLite's write lock comes
+with BEGIN IMMEDIATE), reads again and writes once. COMMIT is not counted: the
+driver sends it (it does not pass through a cursor)."""
 
 from collections.abc import Iterator
 
@@ -33,8 +34,8 @@ def writing(app: Flask, write: str) -> list[str]:
     with app.app_context():
         if db.engine.dialect.name == "postgresql":
             # Identifier locks, primary-row locks, then the fresh read.
-            return ["WITH", "SELECT", "SELECT", "WITH", write]
-    return ["WITH", write]
+            return ["WITH", "BEGIN", "SELECT", "SELECT", "WITH", write]
+    return ["WITH", "BEGIN", "WITH", write]
 
 
 def post(client: FlaskClient, email: str, phone: str) -> None:
