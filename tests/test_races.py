@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import Engine, event, func, insert, select, text
 
+import reconcile
 from invariants import assert_invariants, live_rows
 from models import Contact, db
 from reconcile import Outcome, reconcile_and_commit
@@ -124,3 +126,30 @@ def test_a_cluster_merged_while_its_lock_was_awaited_is_retried(app: Flask) -> N
         assert result["identity"].outcome is Outcome.LINKED
         with engine.connect() as connection:
             assert_invariants(live_rows(connection))
+
+
+def test_a_writer_kept_from_the_sqlite_write_lock_gives_up_with_a_503(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: another connection holds the write lock for longer than
+    BUSY_TIMEOUT. A lookup is still answered; a request that must write is
+    refused with 503 and Retry-After, and stores nothing."""
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the write lock is SQLite's; PostgreSQL locks rows and keys")
+    assert client.post("/identify", json={"email": "a@shop.com"}).status_code == 200
+    monkeypatch.setattr(reconcile, "BUSY_TIMEOUT", 0.2)
+
+    with engine.connect() as holder:
+        holder.exec_driver_sql("BEGIN IMMEDIATE")
+        lookup = client.post("/identify", json={"email": "a@shop.com"})
+        write = client.post("/identify", json={"email": "b@shop.com"})
+        holder.rollback()
+
+    assert lookup.status_code == 200
+    assert write.status_code == 503
+    assert write.mimetype == "application/problem+json"
+    assert write.headers["Retry-After"] == "1"
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(Contact)) == 1
