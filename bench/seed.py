@@ -29,6 +29,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.sql import SQL, Identifier
 
 ROOT = Path(__file__).resolve().parent.parent
 PHONE_BASE = 10_000_000_000
@@ -123,7 +125,19 @@ def seed_sqlite(path: str, count: int) -> None:
     connection.close()
 
 
+def create_database(url: str) -> None:
+    """Create the database named by `url` unless the server already has it."""
+    name = str(conninfo_to_dict(url)["dbname"])
+    server = make_conninfo(url, dbname="postgres")
+    with psycopg.connect(server, autocommit=True) as connection:
+        if not connection.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+        ).fetchone():
+            connection.execute(SQL("CREATE DATABASE {}").format(Identifier(name)))
+
+
 def seed_postgresql(url: str, count: int) -> None:
+    create_database(url)
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute("DROP TABLE IF EXISTS contact, alembic_version CASCADE")
     migrate(url)
