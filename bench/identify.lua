@@ -2,6 +2,8 @@
 --
 -- wrk -t2 -c8 -d10s -s bench/identify.lua URL -- WORKLOAD FULL_CLUSTERS RUN PAIR_LO PAIR_HI THREADS
 --
+-- Requests go to POST /identify, or to the path of URL when it has one (the
+-- references of bench/reference.py serve /select and /insert).
 -- WORKLOAD is lookup, secondary, primary, merge or mix. FULL_CLUSTERS is the
 -- number of complete seeded clusters (bench/seed.py; the identifiers below
 -- must match the ones it writes). RUN numbers this run among all runs against
@@ -37,9 +39,10 @@ end
 
 -- Each thread's own Lua state. The tallies are globals because done() reads
 -- them through thread:get(), which sees only globals.
-local workload, full_clusters, run, pair_next, pair_end, counter
+local workload, full_clusters, run, pair_next, pair_end, counter, path
 
 function init(args)
+  path = (wrk.path ~= nil and wrk.path ~= "" and wrk.path ~= "/") and wrk.path or "/identify"
   workload = args[1]
   full_clusters = tonumber(args[2])
   run = tonumber(args[3])
@@ -136,7 +139,7 @@ function request()
     wrk.thread:stop()
     payload = lookup()
   end
-  return wrk.format("POST", "/identify", HEADERS, payload)
+  return wrk.format("POST", path, HEADERS, payload)
 end
 
 function response(status, headers, body)

@@ -4,7 +4,10 @@ For each database and size: seed (bench/seed.py), serve the app exactly as
 production does (migrations applied, gunicorn with gunicorn.conf.py) and the
 floor (bench/floor.py) under the same settings, then for each repetition and
 workload run wrk against the floor and then against the service, so that each
-service number has a floor number measured next to it. Medians are reported.
+service number has a floor number measured next to it. Lookups and new
+primaries are also run against the issue's references (bench/reference.py:
+one SELECT, one INSERT and COMMIT), right after the service. Medians are
+reported.
 
 Settings, all from the environment:
   BENCH_DATABASES   sqlite,postgresql
@@ -15,7 +18,7 @@ Settings, all from the environment:
   BENCH_CONNECTIONS 8                   wrk connections (BENCH_THREADS 2 wrk threads)
   BENCH_RESEED_MAX  100000              reseed before every repetition up to this size
   BENCH_PG_URL      postgresql://postgres@127.0.0.1/bench
-  BENCH_PORT        28001               the service; the floor listens on the next port
+  BENCH_PORT        28001               the service; floor and references: the next two
   BENCH_OUT         BENCHMARKS.md       the report; every run goes beside it as .json
   WEB_CONCURRENCY   gunicorn workers, as in production (gunicorn.conf.py)
 Only ever loads 127.0.0.1.
@@ -159,9 +162,9 @@ class Server:
             try:
                 request = urllib.request.Request(
                     f"http://{HOST}:{self.port}{ready_path}",
-                    data=b'{"email": "ready@seed.example.com"}'
-                    if ready_path == "/identify"
-                    else None,
+                    data=None
+                    if ready_path == "/health"
+                    else b'{"email": "ready@seed.example.com", "phoneNumber": null}',
                     headers={"Content-Type": "application/json"},
                 )
                 with urllib.request.urlopen(request, timeout=2):
@@ -198,7 +201,7 @@ class Run:
 
 
 def wrk(
-    settings: Settings, port: int, workload: str, seed: dict[str, Any], args: list[int]
+    settings: Settings, url: str, workload: str, seed: dict[str, Any], args: list[int]
 ) -> dict[str, Any]:
     command = [
         "wrk",
@@ -209,7 +212,7 @@ def wrk(
         "10s",
         "-s",
         str(BENCH / "identify.lua"),
-        f"http://{HOST}:{port}",
+        url,
         "--",
         workload,
         str(seed["full_clusters"]),
@@ -229,6 +232,9 @@ def measure(
     runs: list[Run] = []
     seeds: list[dict[str, Any]] = []
     service = Server("app:app", settings.port, {"DATABASE_URL": database.url})
+    reference = Server(
+        "bench.reference:app", settings.port + 2, {"DATABASE_URL": database.url}
+    )
     pairs_per_seed = 0
     run_number = 0
     pair_cursor = 0
@@ -250,6 +256,7 @@ def measure(
             capture_output=True,
         )
         service.start("/health")
+        reference.start("/select")
         try:
             # A quarter of each repetition's pairs is kept for the mix's merges.
             mix_pairs = pairs_per_seed // 4
@@ -258,11 +265,20 @@ def measure(
                     pairs = (pair_cursor + mix_pairs, pair_cursor + pairs_per_seed)
                 else:
                     pairs = (pair_cursor, pair_cursor + mix_pairs)
-                for target, port in (("floor", floor.port), ("service", service.port)):
-                    # The floor touches no data: it never runs out of pairs.
+                targets = [
+                    ("floor", f"http://{HOST}:{floor.port}"),
+                    ("service", f"http://{HOST}:{service.port}"),
+                ]
+                if workload in REFERENCES:
+                    path = REFERENCES[workload]
+                    targets.append(
+                        ("reference", f"http://{HOST}:{reference.port}{path}")
+                    )
+                for target, url in targets:
+                    # Only the service merges: the others never run out of pairs.
                     span = pairs if target == "service" else (0, 10**9)
                     before = database.counts() if target == "service" else None
-                    result = wrk(settings, port, workload, seed, [run_number, *span])
+                    result = wrk(settings, url, workload, seed, [run_number, *span])
                     run_number += 1
                     run = Run(database.kind, size, workload, repeat, target, **result)
                     if before is not None:
@@ -274,12 +290,19 @@ def measure(
             pair_cursor += pairs_per_seed
         finally:
             service.stop()
+            reference.stop()
     return runs, seeds
+
+
+# The reference (bench/reference.py) that each workload is compared with: the
+# one database operation it cannot do without.
+REFERENCES = {"lookup": "/select", "primary": "/insert"}
+REFERENCE_NAMES = {"lookup": "one SELECT", "primary": "one INSERT and COMMIT"}
 
 
 def format_run(run: Run) -> str:
     text = (
-        f"{run.workload:9} #{run.repeat} {run.target:7} {run.rps:8.1f} req/s"
+        f"{run.workload:9} #{run.repeat} {run.target:9} {run.rps:8.1f} req/s"
         f"  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:7.2f} ms"
         f"  non-2xx {run.non_2xx}  errors {run.socket_errors}"
     )
@@ -304,6 +327,7 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
         ]
         service = [run for run in mine if run.target == "service"]
         floor = [run for run in mine if run.target == "floor"]
+        reference = [run for run in mine if run.target == "reference"]
         table.append(
             {
                 "database": database,
@@ -317,8 +341,16 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
                 "ratio": statistics.median(
                     s.rps / f.rps for s, f in zip(service, floor, strict=True)
                 ),
-                "non_2xx": sum(run.non_2xx for run in service),
-                "socket_errors": sum(run.socket_errors for run in service),
+                "reference_rps": statistics.median(run.rps for run in reference)
+                if reference
+                else None,
+                "reference_ratio": statistics.median(
+                    r.rps / f.rps for r, f in zip(reference, floor, strict=True)
+                )
+                if reference
+                else None,
+                "non_2xx": sum(run.non_2xx for run in service + reference),
+                "socket_errors": sum(run.socket_errors for run in service + reference),
                 "requests": sum(run.requests for run in service),
                 # What the runs did to the table, per request wrk counted.
                 "rows_per_request": sum(run.delta_rows or 0 for run in service)
@@ -496,6 +528,23 @@ def report(
                 f" | {row['rows_per_request']:+.2f}"
                 f" | {row['primaries_per_request']:+.2f} |"
             )
+        lines += [
+            "",
+            "The issue's references (bench/reference.py), each run right after the"
+            " service, against the same floor run:",
+            "",
+            "| contacts | reference | req/s | ratio to floor | service workload"
+            " | service ÷ reference |",
+            "|---:|---|---:|---:|---|---:|",
+        ]
+        for row in table:
+            if row["database"] == database and row["reference_rps"] is not None:
+                lines.append(
+                    f"| {row['size']:,} | {REFERENCE_NAMES[row['workload']]}"
+                    f" | {row['reference_rps']:.0f} | {row['reference_ratio']:.2f}"
+                    f" | {row['workload']}"
+                    f" | {row['ratio'] / row['reference_ratio']:.2f} |"
+                )
         largest = max(row["size"] for row in table if row["database"] == database)
         lines += ["", f"Targets (issue 4) at {largest:,} contacts:", ""]
         lines += targets(table, database)

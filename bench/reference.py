@@ -1,0 +1,59 @@
+"""The references of issue 4: the single cheapest database operation that a
+lookup or a new contact must do, in a plain Flask endpoint through
+Flask-SQLAlchemy with its default settings (on SQLite: WAL and
+synchronous=NORMAL, as the issue describes them, and Python's default busy
+timeout), without validation, logging or metrics.
+
+POST /select runs one indexed SELECT by the body's email; POST /insert inserts
+one row with the body's email and phone and commits. The same wrk scripts
+drive them (bench/identify.lua, with the path in the URL), so that BENCHMARKS.md
+can say how the issue's orientation figures hold on the machine measured.
+"""
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, request
+from sqlalchemy import event, select
+
+from models import Contact, db
+
+app = Flask(__name__)
+app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["DATABASE_URL"].replace(
+    "postgresql://", "postgresql+psycopg://", 1
+)
+db.init_app(app)
+
+
+def wal(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA journal_mode = WAL")
+    dbapi_connection.execute("PRAGMA synchronous = NORMAL")
+
+
+with app.app_context():
+    if db.engine.dialect.name == "sqlite":
+        event.listen(db.engine, "connect", wal)
+
+
+@app.post("/select")
+def select_one() -> dict[str, Any]:
+    email = request.get_json()["email"]
+    found = db.session.scalars(select(Contact).where(Contact.email == email)).first()
+    return {"contact": {"id": found.id if found else None}}
+
+
+@app.post("/insert")
+def insert_one() -> dict[str, Any]:
+    body = request.get_json()
+    now = datetime.now(UTC)
+    contact = Contact(
+        email=body["email"],
+        phone_number=body["phoneNumber"],
+        link_precedence="primary",
+        created_at=now,
+        updated_at=now,
+    )
+    db.session.add(contact)
+    db.session.commit()
+    return {"contact": {"id": contact.id}}
