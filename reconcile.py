@@ -295,16 +295,19 @@ def _lock_clusters(
     at commit or rollback. Raises ClusterMoved when a locked primary stopped
     being one while this request waited for it; that cannot happen to a
     writer that runs alone."""
-    writers = func.pg_advisory_xact_lock if alone else func.pg_advisory_xact_lock_shared
+    writers = "pg_advisory_xact_lock" if alone else "pg_advisory_xact_lock_shared"
     keys = sorted(
         _lock_key(kind, value)
         for kind, value in (("email", email), ("phone", phone_number))
         if value is not None
     )
-    connection.exec_driver_sql("BEGIN")
-    connection.execute(
-        select(writers(_WRITERS_LOCK), *(func.pg_advisory_xact_lock(k) for k in keys))
-    )
+    locks = [
+        f"{writers}({_WRITERS_LOCK})",
+        *(f"pg_advisory_xact_lock({k})" for k in keys),
+    ]
+    # One round trip for BEGIN and the locks: a statement without parameters
+    # (the keys are integers, written into it) may hold several.
+    connection.exec_driver_sql(f"BEGIN; SELECT {', '.join(locks)}")
     lock_primaries = _PRIMARY_LOCKS[email is not None, phone_number is not None]
     parameters = {"email": email, "phone_number": phone_number}
     locked = set(connection.execute(lock_primaries, parameters).scalars())

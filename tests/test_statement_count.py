@@ -23,7 +23,7 @@ def statements(app: Flask) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def capture(*args: object) -> None:
-        seen.append(str(args[2]).split(None, 1)[0].upper())
+        seen.append(str(args[2]).split(None, 1)[0].rstrip(";").upper())
 
     event.listen(engine, "before_cursor_execute", capture)
     yield seen
@@ -34,8 +34,8 @@ def writing(app: Flask, write: str) -> list[str]:
     """The statements of a request that writes `write`."""
     with app.app_context():
         if db.engine.dialect.name == "postgresql":
-            # Identifier locks, primary-row locks, then the fresh read.
-            return ["WITH", "BEGIN", "SELECT", "SELECT", "WITH", write]
+            # BEGIN with the identifier locks, primary-row locks, the fresh read.
+            return ["WITH", "BEGIN", "SELECT", "WITH", write]
     return ["WITH", "WITH", write]
 
 
