@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,7 @@ class Server:
     def __init__(self, target: str, port: int, extra_env: dict[str, str]) -> None:
         self.target = target
         self.port = port
+        self.url = f"http://{HOST}:{port}"
         self.env = {**os.environ, **extra_env, "HOST": HOST, "PORT": str(port)}
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -161,7 +162,7 @@ class Server:
         while time.monotonic() < deadline:
             try:
                 request = urllib.request.Request(
-                    f"http://{HOST}:{self.port}{ready_path}",
+                    f"{self.url}{ready_path}",
                     data=None
                     if ready_path == "/health"
                     else b'{"email": "ready@seed.example.com", "phoneNumber": null}',
@@ -257,6 +258,11 @@ def measure(
         )
         service.start("/health")
         reference.start("/select")
+        # Every worker opens its connections and warms its caches before
+        # anything is measured: one second of lookups each, not recorded.
+        warm_up = replace(settings, duration=1)
+        for url in (floor.url, service.url, f"{reference.url}/select"):
+            wrk(warm_up, url, "lookup", seed, [run_number, 0, 0])
         try:
             # A quarter of each repetition's pairs is kept for the mix's merges.
             mix_pairs = pairs_per_seed // 4
@@ -265,15 +271,10 @@ def measure(
                     pairs = (pair_cursor + mix_pairs, pair_cursor + pairs_per_seed)
                 else:
                     pairs = (pair_cursor, pair_cursor + mix_pairs)
-                targets = [
-                    ("floor", f"http://{HOST}:{floor.port}"),
-                    ("service", f"http://{HOST}:{service.port}"),
-                ]
+                targets = [("floor", floor.url), ("service", service.url)]
                 if workload in REFERENCES:
                     path = REFERENCES[workload]
-                    targets.append(
-                        ("reference", f"http://{HOST}:{reference.port}{path}")
-                    )
+                    targets.append(("reference", f"{reference.url}{path}"))
                 for target, url in targets:
                     # Only the service merges: the others never run out of pairs.
                     span = pairs if target == "service" else (0, 10**9)
@@ -493,7 +494,8 @@ def report(
         " production (its output discarded)",
         f"- Load: wrk -t{settings.threads} -c{settings.connections}"
         f" -d{settings.duration}s, {settings.repeats} runs per workload, each run"
-        " right after a floor run with the same script",
+        " right after a floor run with the same script; before them, each server"
+        " gets 1 s of lookups, not recorded, to open its connections",
         "- Numbers: medians over the runs; ratio = median of (service req/s /"
         " req/s of the floor run just before it)",
         "- Checks: non-2xx counts wrk's non-2xx answers and socket errors;"
