@@ -7,7 +7,7 @@ here after dropping whatever the database held. Rows are bulk-loaded, never sent
 through the API: executemany in one transaction on SQLite, COPY on PostgreSQL.
 
 The data is a pure function of the row count, so the wrk scripts compute
-identifiers instead of reading them (see bench/common.lua, which must agree):
+identifiers instead of reading them (see bench/identify.lua, which must agree):
 
 - cluster k holds 1 + k % 5 rows (the last cluster may be cut short);
 - its row j has email "c{k}e{(j + 1) // 2}@seed.example.com" and phone
