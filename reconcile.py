@@ -56,7 +56,7 @@ class _Member:
 
 class LostRace(Exception):
     """The request gave up without changing anything: every attempt lost a
-    race, or SQLite's write lock stayed taken for BUSY_TIMEOUT seconds."""
+    race, or a lock it needed stayed taken for BUSY_TIMEOUT seconds."""
 
 
 class ClusterMoved(Exception):
@@ -148,9 +148,16 @@ def reconcile_and_commit(
                 if not attempt:
                     continue
                 raise
+            if isinstance(error, DBAPIError) and _lock_timed_out(error):
+                raise LostRace(f"a lock stayed taken for {BUSY_TIMEOUT} s") from error
             if isinstance(error, DBAPIError) and not lost_race(error):
                 raise
     raise LostRace(f"gave up after {attempts} attempts")
+
+
+def _lock_timed_out(error: DBAPIError) -> bool:
+    """PostgreSQL's lock_timeout ended the wait (SQLSTATE 55P03)."""
+    return getattr(error.orig, "sqlstate", None) == "55P03"
 
 
 def lost_race(error: DBAPIError) -> bool:
@@ -244,6 +251,8 @@ def _begin_writing(
     return _cluster_rows(connection, email=email, phone_number=phone_number)
 
 
+# How long a writer waits for a lock before it gives up with LostRace (503):
+# SQLite's write lock, or each of PostgreSQL's advisory and row locks.
 BUSY_TIMEOUT = 10.0
 _BUSY_POLL = 0.0001
 
@@ -292,9 +301,9 @@ def _lock_clusters(
     Identifier locks stop two requests with the same new email or phone from
     both inserting a primary; primary-row locks, taken oldest first, stop a
     merge from racing an insert into the cluster it demotes. All are released
-    at commit or rollback. Raises ClusterMoved when a locked primary stopped
-    being one while this request waited for it; that cannot happen to a
-    writer that runs alone."""
+    at commit or rollback; each wait for one ends after BUSY_TIMEOUT. Raises
+    ClusterMoved when a locked primary stopped being one while this request
+    waited for it; that cannot happen to a writer that runs alone."""
     writers = "pg_advisory_xact_lock" if alone else "pg_advisory_xact_lock_shared"
     keys = sorted(
         _lock_key(kind, value)
@@ -305,9 +314,12 @@ def _lock_clusters(
         f"{writers}({_WRITERS_LOCK})",
         *(f"pg_advisory_xact_lock({k})" for k in keys),
     ]
-    # One round trip for BEGIN and the locks: a statement without parameters
-    # (the keys are integers, written into it) may hold several.
-    connection.exec_driver_sql(f"BEGIN; SELECT {', '.join(locks)}")
+    # One round trip for BEGIN, the wait limit and the locks: a statement
+    # without parameters (the numbers are written into it) may hold several.
+    connection.exec_driver_sql(
+        f"BEGIN; SET LOCAL lock_timeout = {round(BUSY_TIMEOUT * 1000)};"
+        f" SELECT {', '.join(locks)}"
+    )
     lock_primaries = _PRIMARY_LOCKS[email is not None, phone_number is not None]
     parameters = {"email": email, "phone_number": phone_number}
     locked = set(connection.execute(lock_primaries, parameters).scalars())

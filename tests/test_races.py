@@ -128,21 +128,25 @@ def test_a_cluster_merged_while_its_lock_was_awaited_is_retried(app: Flask) -> N
             assert_invariants(live_rows(connection))
 
 
-def test_a_writer_kept_from_the_sqlite_write_lock_gives_up_with_a_503(
+def test_a_writer_kept_from_its_lock_gives_up_with_a_503(
     app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SQLite: another connection holds the write lock for longer than
-    BUSY_TIMEOUT. A lookup is still answered; a request that must write is
-    refused with 503 and Retry-After, and stores nothing."""
+    """Another connection holds what writers wait for (SQLite's write lock;
+    PostgreSQL's writers lock, exclusively) for longer than BUSY_TIMEOUT. A
+    lookup is still answered; a request that must write is refused with 503
+    and Retry-After, and stores nothing."""
     with app.app_context():
         engine = db.engine
-    if engine.dialect.name != "sqlite":
-        pytest.skip("the write lock is SQLite's; PostgreSQL locks rows and keys")
     assert client.post("/identify", json={"email": "a@shop.com"}).status_code == 200
     monkeypatch.setattr(reconcile, "BUSY_TIMEOUT", 0.2)
 
     with engine.connect() as holder:
-        holder.exec_driver_sql("BEGIN IMMEDIATE")
+        if engine.dialect.name == "sqlite":
+            holder.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            holder.exec_driver_sql(
+                f"BEGIN; SELECT pg_advisory_xact_lock({reconcile._WRITERS_LOCK})"
+            )
         lookup = client.post("/identify", json={"email": "a@shop.com"})
         write = client.post("/identify", json={"email": "b@shop.com"})
         holder.rollback()
