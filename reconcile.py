@@ -130,8 +130,8 @@ def reconcile_and_commit(
 
     Returns the identity and how many retries it took. A retry runs alone
     among writers, so it cannot lose again. Raises LostRace when every
-    attempt lost; any other database error is re-raised at once. Rolls back
-    on error.
+    attempt lost, or at once when a lock stayed taken for BUSY_TIMEOUT; any
+    other database error is re-raised at once. Rolls back on error.
     """
     for attempt in range(attempts):
         try:
