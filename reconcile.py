@@ -89,11 +89,17 @@ def reconcile(
     if email is None and phone_number is None:
         raise ValueError("reconcile() needs an email, a phone number, or both")
 
+    version = _data_version(connection)
     rows = _cluster_rows(connection, email=email, phone_number=phone_number)
     if rows and not _changes(rows, email, phone_number):
         return _identity(_oldest(rows), rows, [], Outcome.UNCHANGED)
     rows = _begin_writing(
-        connection, email=email, phone_number=phone_number, alone=alone
+        connection,
+        rows,
+        version,
+        email=email,
+        phone_number=phone_number,
+        alone=alone,
     )
 
     now = datetime.now(UTC)
@@ -235,6 +241,8 @@ def _cluster_rows(
 
 def _begin_writing(
     connection: Connection,
+    rows: Sequence[ContactRow],
+    version: int | None,
     *,
     email: str | None,
     phone_number: str | None,
@@ -242,13 +250,30 @@ def _begin_writing(
 ) -> Sequence[ContactRow]:
     """Begin the transaction of a request that writes, make every other writer
     of these identifiers and clusters wait for it, and read the clusters
-    afresh: what this request decides from them stays true until it commits."""
+    afresh: what this request decides from them stays true until it commits.
+
+    On SQLite `rows` are still fresh, and are kept, when no other connection
+    committed since `version` was taken, before they were read."""
     if connection.dialect.name == "postgresql":
         return _lock_clusters(
             connection, email=email, phone_number=phone_number, alone=alone
         )
     _begin_immediate(connection)
+    if _data_version(connection) == version:
+        return rows
     return _cluster_rows(connection, email=email, phone_number=phone_number)
+
+
+def _data_version(connection: Connection) -> int | None:
+    """SQLite: a number that changes whenever another connection commits
+    (PRAGMA data_version, read straight through the driver). None elsewhere."""
+    if connection.dialect.name != "sqlite":
+        return None
+    driver_connection = cast(
+        sqlite3.Connection, connection.connection.driver_connection
+    )
+    (version,) = driver_connection.execute("PRAGMA data_version").fetchone()
+    return int(version)
 
 
 # How long a writer waits for a lock before it gives up with LostRace (503):
