@@ -81,7 +81,8 @@ def reconcile(
     transaction, in autocommit mode (models.py sets every connection up so):
     a request that changes nothing is answered from one read, in no
     transaction. A request that writes then begins a transaction, takes its
-    locks and reads again; it never commits, the caller does. `alone` makes it
+    locks and reads again (on SQLite only if another connection committed in
+    between); it never commits, the caller does. `alone` makes it
     wait until no other writer runs, then run alone among them (a retry after
     a lost race). Raises ValueError if both values are None, and ClusterMoved
     when another transaction won a race for the same cluster.
