@@ -270,11 +270,14 @@ def _data_version(connection: Connection) -> int | None:
     (PRAGMA data_version, read straight through the driver). None elsewhere."""
     if connection.dialect.name != "sqlite":
         return None
-    driver_connection = cast(
-        sqlite3.Connection, connection.connection.driver_connection
-    )
-    (version,) = driver_connection.execute("PRAGMA data_version").fetchone()
+    (version,) = _driver(connection).execute("PRAGMA data_version").fetchone()
     return int(version)
+
+
+def _driver(connection: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under `connection`: statements sent on every
+    request go straight to it, at a fraction of the cost of SQLAlchemy's."""
+    return cast(sqlite3.Connection, connection.connection.driver_connection)
 
 
 # How long a writer waits for a lock before it gives up with LostRace (503):
@@ -288,11 +291,8 @@ def _begin_immediate(connection: Connection) -> None:
     writer runs alone. Another connection holding it makes the statement fail
     at once (the service sets no busy timeout, whose naps of 1, 2, 5, 10 ms
     are far longer than a write here); it is retried every _BUSY_POLL seconds,
-    straight through the driver, which costs a fraction of a statement sent
-    through SQLAlchemy. Raises LostRace after BUSY_TIMEOUT."""
-    driver_connection = cast(
-        sqlite3.Connection, connection.connection.driver_connection
-    )
+    straight through the driver. Raises LostRace after BUSY_TIMEOUT."""
+    driver_connection = _driver(connection)
     deadline = time.monotonic() + BUSY_TIMEOUT
     while True:
         try:
