@@ -443,19 +443,15 @@ def machine() -> dict[str, str]:
 
 def commit() -> str:
     """The commit measured, marked when the work tree had changes."""
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
     return f"{head or 'unknown'}{' with local changes' if dirty else ''}"
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def gunicorn_settings() -> str:
