@@ -9,22 +9,35 @@ from typing import Any
 import yaml
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
+from flask import (
+    Blueprint,
+    Flask,
+    Request,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    request,
+)
 from flask_migrate import Migrate
 from flask_swagger_ui import get_swaggerui_blueprint  # type: ignore[import-untyped]
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
+    NotFound,
     RequestEntityTooLarge,
     ServiceUnavailable,
 )
 
+import ledger
 import observability
+import store
 from auth import parse_api_keys, require_api_key
+from locks import LostRace
 from models import db, engine_options, prepare_engine
-from reconcile import Identity, LostRace, reconcile_and_commit
-from validation import InvalidInput, parse_identify
+from reconcile import Identity
+from validation import InvalidInput, parse_identify, parse_page
 
 MAX_BODY_BYTES = 64 * 1024
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -105,11 +118,56 @@ def database_url() -> str:
 def identify() -> dict[str, Any]:
     email, phone_number = parse_identify(request.get_json())
     with db.engine.connect() as connection:
-        identity, retries = reconcile_and_commit(
-            connection, email=email, phone_number=phone_number
+        served = store.identify_and_commit(
+            connection,
+            email=email,
+            phone_number=phone_number,
+            request_id=g.request_id,
         )
-    observability.record_identity(identity, retries)
-    return {"contact": contact_json(identity)}
+    observability.record_identity(served)
+    return {"contact": contact_json(served.identity)}
+
+
+@api.post("/customers/lookup")
+def lookup_customers() -> dict[str, Any]:
+    """The customers an email or phone belongs to; never writes."""
+    email, phone_number = parse_identify(request.get_json())
+    with db.engine.connect() as connection:
+        found = store.lookup(connection, email=email, phone_number=phone_number)
+    observability.record_customers(found)
+    return {"contacts": [contact_json(identity) for identity in found]}
+
+
+@api.get("/customers/<int:contact_id>")
+def get_customer(contact_id: int) -> dict[str, Any]:
+    with db.engine.connect() as connection:
+        found = store.customer(connection, contact_id)
+    if found is None:
+        raise no_contact(contact_id)
+    observability.record_customers([found])
+    return {"contact": contact_json(found)}
+
+
+@api.get("/customers/<int:contact_id>/history")
+def customer_history(contact_id: int) -> dict[str, Any]:
+    after, limit = parse_page(request.args)
+    with db.engine.connect() as connection:
+        page = ledger.history(connection, contact_id, after=after, limit=limit)
+    if page is None:
+        raise no_contact(contact_id)
+    return {"events": page.events, "next": page.next}
+
+
+@api.get("/events")
+def events() -> dict[str, Any]:
+    after, limit = parse_page(request.args)
+    with db.engine.connect() as connection:
+        page = ledger.feed(connection, after=after, limit=limit)
+    return {"events": page.events, "next": page.next}
+
+
+def no_contact(contact_id: int) -> NotFound:
+    return NotFound(f"No live contact has the id {contact_id}.")
 
 
 @api.get("/health")

@@ -3,11 +3,13 @@ from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
+    JSON,
     CheckConstraint,
     DateTime,
     Dialect,
     Engine,
     ForeignKey,
+    Integer,
     MetaData,
     String,
     TypeDecorator,
@@ -51,7 +53,7 @@ db = SQLAlchemy(model_class=Base)
 
 
 class Contact(Base):
-    """One row per request that brought new information (see SPEC.md)."""
+    """One row per request that brought new information (README: "The contract")."""
 
     __tablename__ = "contact"
     __table_args__ = (
@@ -68,6 +70,28 @@ class Contact(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Event(Base):
+    """One change to the contact table, with the values that caused it: the
+    ledger (README: "The ledger"). Ids grow in commit order (ledger.py)."""
+
+    __tablename__ = "event"
+    # AUTOINCREMENT on SQLite: an id is never given out twice, even if the
+    # newest event were ever deleted, so a reader's cursor stays valid.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    customer_id: Mapped[int] = mapped_column(index=True)
+    contact_ids: Mapped[list[int]] = mapped_column(JSON)
+    absorbed_customer_id: Mapped[int | None]
+    previous_customer_id: Mapped[int | None]
+    email: Mapped[str | None] = mapped_column(String(254), index=True)
+    phone_number: Mapped[str | None] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(String(32))
 
 
 def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from prometheus_client import (
 )
 from pythonjsonlogger.json import JsonFormatter
 
-from reconcile import Identity, Outcome
+from reconcile import EventType, Identity, Outcome
+from store import Served
 
 # The *_created series say when each series began; nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -120,15 +121,26 @@ def metrics() -> Response:
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
-def record_identity(identity: Identity, retries: int) -> None:
+def record_identity(served: Served) -> None:
     """Count an identify request's outcome and note it for its log line."""
+    identity = served.identity
     g.identity = identity
+    g.absorbed = [
+        event.absorbed_customer_id
+        for event in served.events
+        if event.type is EventType.MERGED
+    ]
     OUTCOMES.labels(identity.outcome.value).inc()
     if identity.outcome is Outcome.MERGED:
         MERGES.inc()
-    if retries:
-        RETRIES.inc(retries)
-        g.retries = retries
+    if served.retries:
+        RETRIES.inc(served.retries)
+        g.retries = served.retries
+
+
+def record_customers(found: list[Identity]) -> None:
+    """Note the customers a read answered, for its log line."""
+    g.customer_ids = [identity.primary_id for identity in found]
 
 
 def record_rejection(reason: str) -> None:
@@ -165,5 +177,9 @@ def _finish(response: Response) -> Response:
         fields["primary_contact_id"] = identity.primary_id
         fields["secondary_contact_ids"] = identity.secondary_ids
         fields["retries"] = g.get("retries", 0)
+        if g.absorbed:
+            fields["absorbed_customer_ids"] = g.absorbed
+    if "customer_ids" in g:
+        fields["customer_ids"] = g.customer_ids
     ACCESS_LOG.info("request", extra=fields)
     return response

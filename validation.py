@@ -1,6 +1,8 @@
-"""Parsing and normalising the body of POST /identify (SPEC.md, "Normalisation")."""
+"""Parsing and normalising what clients send: the identify body (README: "The
+contract", normalisation) and the paging parameters of the lists."""
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -67,3 +69,27 @@ def normalise_phone_number(value: Any) -> str | None:
             " spaces, hyphens, dots and parentheses are ignored."
         )
     return phone_number
+
+
+MAX_PAGE = 100
+DEFAULT_PAGE = 50
+
+
+def parse_page(args: Mapping[str, str]) -> tuple[int, int]:
+    """Return (after, limit) of a list's query string: `after` an event id,
+    0 or more (default 0, the start); `limit` 1 to MAX_PAGE (default
+    DEFAULT_PAGE). Raises InvalidInput for anything else."""
+    after = _whole_number(args, "after", 0)
+    limit = _whole_number(args, "limit", DEFAULT_PAGE)
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}.")
+    return after, limit
+
+
+def _whole_number(args: Mapping[str, str], name: str, default: int) -> int:
+    value = args.get(name)
+    if value is None:
+        return default
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
+        raise InvalidInput(f"{name} must be a whole number, 0 or more.")
+    return int(value)

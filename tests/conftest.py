@@ -116,12 +116,9 @@ def connection(app: Flask) -> Iterator[Connection]:
 
 
 def empty_database() -> None:
-    """Delete every contact and restart ids at 1. Needs an app context."""
-    if db.engine.dialect.name == "postgresql":
-        db.session.execute(text("TRUNCATE contact RESTART IDENTITY"))
-    else:
-        db.session.execute(text("DELETE FROM contact"))
-    db.session.commit()
+    """Delete every contact and event and restart ids at 1. Needs an app context."""
+    with db.engine.begin() as connection:
+        empty_tables(connection)
 
 
 def migrate(database_url: str) -> None:
@@ -137,11 +134,17 @@ def migrate(database_url: str) -> None:
     )
     engine = create_engine(database_url)
     with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            connection.execute(text("TRUNCATE contact RESTART IDENTITY"))
-        else:
-            connection.execute(text("DELETE FROM contact"))
+        empty_tables(connection)
     engine.dispose()
+
+
+def empty_tables(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("TRUNCATE contact, event RESTART IDENTITY"))
+    else:
+        connection.execute(text("DELETE FROM contact"))
+        connection.execute(text("DELETE FROM event"))
+        connection.execute(text("DELETE FROM sqlite_sequence"))
 
 
 @contextmanager

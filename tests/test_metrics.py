@@ -7,9 +7,10 @@ import requests
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-import app as app_module
+import store
 from live import live_service
 from reconcile import Identity, Outcome
+from store import Served
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -83,7 +84,7 @@ def test_retries_after_lost_races_are_counted(
 ) -> None:
     identity = Identity(1, ["a@x.io"], [], [], Outcome.CREATED)
     monkeypatch.setattr(
-        app_module, "reconcile_and_commit", lambda *a, **k: (identity, 3)
+        store, "identify_and_commit", lambda *a, **k: Served(identity, [], 3)
     )
     before = metric(client, "identify_race_retries_total")
 

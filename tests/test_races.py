@@ -10,10 +10,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, event, func, insert, select, text
 
-import reconcile
+import locks
+import store
 from invariants import assert_invariants, live_rows
 from models import Contact, db
-from reconcile import Outcome, reconcile_and_commit
+from reconcile import Outcome
 
 
 def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
@@ -32,16 +33,23 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
                 return
             competitor["started"] = True
             with engine.connect() as other:
-                competitor["identity"], _ = reconcile_and_commit(
-                    other, email="doc@fluxkart.com", phone_number="123456"
-                )
+                competitor["identity"] = store.identify_and_commit(
+                    other,
+                    email="doc@fluxkart.com",
+                    phone_number="123456",
+                    request_id=None,
+                ).identity
 
         event.listen(engine, "after_cursor_execute", commit_the_same_contact_first)
         try:
             with engine.connect() as connection:
-                identity, retries = reconcile_and_commit(
-                    connection, email="doc@fluxkart.com", phone_number="123456"
+                served = store.identify_and_commit(
+                    connection,
+                    email="doc@fluxkart.com",
+                    phone_number="123456",
+                    request_id=None,
                 )
+                identity, retries = served.identity, served.retries
         finally:
             event.remove(engine, "after_cursor_execute", commit_the_same_contact_first)
 
@@ -96,9 +104,13 @@ def test_a_cluster_merged_while_its_lock_was_awaited_is_retried(app: Flask) -> N
 
         def request() -> None:
             with engine.connect() as connection:
-                result["identity"], result["retries"] = reconcile_and_commit(
-                    connection, email="c@fluxkart.com", phone_number="3333"
+                served = store.identify_and_commit(
+                    connection,
+                    email="c@fluxkart.com",
+                    phone_number="3333",
+                    request_id=None,
                 )
+                result["identity"], result["retries"] = served.identity, served.retries
 
         with engine.connect() as merger:
             merger.exec_driver_sql("BEGIN")
@@ -138,14 +150,14 @@ def test_a_writer_kept_from_its_lock_gives_up_with_a_503(
     with app.app_context():
         engine = db.engine
     assert client.post("/identify", json={"email": "a@shop.com"}).status_code == 200
-    monkeypatch.setattr(reconcile, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(locks, "BUSY_TIMEOUT", 0.2)
 
     with engine.connect() as holder:
         if engine.dialect.name == "sqlite":
             holder.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             holder.exec_driver_sql(
-                f"BEGIN; SELECT pg_advisory_xact_lock({reconcile._WRITERS_LOCK})"
+                f"BEGIN; SELECT pg_advisory_xact_lock({locks.WRITERS_LOCK})"
             )
         lookup = client.post("/identify", json={"email": "a@shop.com"})
         write = client.post("/identify", json={"email": "b@shop.com"})

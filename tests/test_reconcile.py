@@ -1,4 +1,5 @@
-"""reconcile() against a real database: every rule of SPEC.md."""
+"""The rules applied to a real database (store.py over reconcile.py): every
+rule of the contract."""
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -6,17 +7,19 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Row, event, func, select, update
 
+import store
 from invariants import assert_invariants, live_rows
 from models import Contact
-from reconcile import Identity, Outcome, reconcile
+from reconcile import Identity, Outcome, decide
 
 
 def identify(
     connection: Connection, email: str | None = None, phone: str | None = None
 ) -> Identity:
-    identity = reconcile(connection, email=email, phone_number=phone)
-    connection.commit()
-    return identity
+    served = store.identify_and_commit(
+        connection, email=email, phone_number=phone, request_id=None
+    )
+    return served.identity
 
 
 def view(identity: Identity) -> tuple[int, list[str], list[str], list[int]]:
@@ -314,9 +317,9 @@ def test_phone_only_request_does_not_match_rows_without_an_email(
     assert view(identity) == (2, [], ["2222"], [])
 
 
-def test_reconcile_without_email_or_phone_raises(connection: Connection) -> None:
+def test_deciding_without_email_or_phone_raises() -> None:
     with pytest.raises(ValueError, match="email"):
-        reconcile(connection, email=None, phone_number=None)
+        decide([], email=None, phone_number=None, now=datetime.now(UTC))
 
 
 def test_a_new_secondary_is_never_older_than_its_primary(
@@ -346,7 +349,7 @@ def test_cluster_lookup_reads_indexes_not_the_whole_table(
 
     event.listen(engine, "before_cursor_execute", capture)
     try:
-        reconcile(connection, email="a@shop.com", phone_number="1111")
+        store.read_clusters(connection, email="a@shop.com", phone_number="1111")
     finally:
         event.remove(engine, "before_cursor_execute", capture)
     connection.rollback()

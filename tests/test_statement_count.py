@@ -1,8 +1,10 @@
 """Each request costs a fixed, small number of SQL statements, whatever the
 size of the table: a lookup is one query, in no transaction. A request that
 writes then begins its transaction, takes its locks, reads again and writes
-once; on SQLite it reads again only if another connection committed since its
-first read, which none does here. Counted are the statements SQLAlchemy sends
+once, then appends its events to the ledger in one more statement (on
+PostgreSQL one message: the ledger lock, the insert and COMMIT); on SQLite it
+reads again only if another connection committed since its first read, which
+none does here. Counted are the statements SQLAlchemy sends
 through a cursor: not COMMIT, which the driver sends, nor what goes straight
 to the driver on SQLite (BEGIN IMMEDIATE, PRAGMA data_version)."""
 
@@ -32,12 +34,13 @@ def statements(app: Flask) -> Iterator[list[str]]:
 
 
 def writing(app: Flask, write: str) -> list[str]:
-    """The statements of a request that writes `write`."""
+    """The statements of a request that writes `write`, then its events."""
     with app.app_context():
         if db.engine.dialect.name == "postgresql":
-            # BEGIN with the identifier locks, primary-row locks, the fresh read.
-            return ["WITH", "BEGIN", "SELECT", "WITH", write]
-    return ["WITH", write]
+            # BEGIN with the identifier locks, primary-row locks, the fresh
+            # read, the write, the ledger lock with the insert and COMMIT.
+            return ["WITH", "BEGIN", "SELECT", "WITH", write, "SELECT"]
+    return ["WITH", write, "INSERT"]
 
 
 def post(client: FlaskClient, email: str, phone: str) -> None:

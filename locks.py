@@ -1,0 +1,165 @@
+"""What makes writers wait for each other, per engine (README: "Concurrency").
+
+SQLite has one write lock: BEGIN IMMEDIATE takes it, so every writer runs
+alone. PostgreSQL runs writers side by side at READ COMMITTED, each holding
+advisory locks on its identifiers and row locks on the primaries it touches;
+a retry after a lost race runs alone among writers."""
+
+import hashlib
+import sqlite3
+import time
+from typing import cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    bindparam,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.exc import DBAPIError
+
+from models import Contact
+
+# How long a writer waits for a lock before it gives up with LostRace (503):
+# SQLite's write lock, or each of PostgreSQL's advisory and row locks.
+BUSY_TIMEOUT = 10.0
+_BUSY_POLL = 0.0001
+
+# Every PostgreSQL writer holds this advisory lock, shared; a writer that must
+# run alone holds it exclusively, so it waits for the writers in flight.
+WRITERS_LOCK = 0x1D3471
+
+
+class LostRace(Exception):
+    """The request gave up without changing anything: every attempt lost a
+    race, or a lock it needed stayed taken for BUSY_TIMEOUT seconds."""
+
+
+class ClusterMoved(Exception):
+    """A cluster this transaction locked was merged into another before the
+    lock was granted. Nothing was written; run the transaction again."""
+
+
+def driver(connection: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under `connection`: statements sent on every
+    request go straight to it, at a fraction of the cost of SQLAlchemy's."""
+    return cast(sqlite3.Connection, connection.connection.driver_connection)
+
+
+def data_version(connection: Connection) -> int | None:
+    """SQLite: a number that changes whenever another connection commits
+    (PRAGMA data_version). None elsewhere."""
+    if connection.dialect.name != "sqlite":
+        return None
+    (version,) = driver(connection).execute("PRAGMA data_version").fetchone()
+    return int(version)
+
+
+def begin_immediate(connection: Connection) -> None:
+    """SQLite: BEGIN IMMEDIATE takes the database's one write lock. Another
+    connection holding it makes the statement fail at once (the service sets
+    no busy timeout, whose naps of 1, 2, 5, 10 ms are far longer than a write
+    here); it is retried every _BUSY_POLL seconds, straight through the
+    driver. Raises LostRace after BUSY_TIMEOUT."""
+    sqlite_connection = driver(connection)
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            sqlite_connection.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            if time.monotonic() > deadline:
+                raise LostRace(
+                    f"the SQLite write lock stayed taken for {BUSY_TIMEOUT} s"
+                ) from error
+            time.sleep(_BUSY_POLL)
+
+
+_PRIMARY_ID = func.coalesce(Contact.linked_id, Contact.id)
+
+
+def matches(*, by_email: bool, by_phone: bool) -> ColumnElement[bool]:
+    """Live rows holding the bound :email or :phone_number. A value that was
+    not given is left out of the condition: a None matches nothing."""
+    conditions: list[ColumnElement[bool]] = []
+    if by_email:
+        conditions.append(Contact.email == bindparam("email"))
+    if by_phone:
+        conditions.append(Contact.phone_number == bindparam("phone_number"))
+    return Contact.deleted_at.is_(None) & or_(*conditions)
+
+
+def _primary_locks(*, by_email: bool, by_phone: bool) -> Select[int]:
+    condition = matches(by_email=by_email, by_phone=by_phone)
+    return (
+        select(Contact.id)
+        .where(Contact.id.in_(select(_PRIMARY_ID).where(condition)))
+        .order_by(Contact.created_at, Contact.id)
+        .with_for_update()
+    )
+
+
+SHAPES = ((True, True), (True, False), (False, True))
+_PRIMARY_LOCKS = {(e, p): _primary_locks(by_email=e, by_phone=p) for e, p in SHAPES}
+
+
+def lock_postgresql(
+    connection: Connection,
+    *,
+    email: str | None,
+    phone_number: str | None,
+    alone: bool,
+) -> set[int]:
+    """PostgreSQL: begin a READ COMMITTED transaction and make every writer of
+    these identifiers and clusters wait for the others; return the ids of the
+    primaries locked. The caller then reads the clusters afresh (READ
+    COMMITTED reads what committed while it waited) and raises ClusterMoved
+    when a row of them is linked to a primary outside that set.
+
+    Identifier locks stop two requests with the same new email or phone from
+    both inserting a primary; primary-row locks, taken oldest first, stop a
+    merge from racing an insert into the cluster it demotes. All are released
+    at commit or rollback; each wait for one ends after BUSY_TIMEOUT."""
+    writers = "pg_advisory_xact_lock" if alone else "pg_advisory_xact_lock_shared"
+    keys = sorted(
+        _lock_key(kind, value)
+        for kind, value in (("email", email), ("phone", phone_number))
+        if value is not None
+    )
+    locks = [
+        f"{writers}({WRITERS_LOCK})",
+        *(f"pg_advisory_xact_lock({k})" for k in keys),
+    ]
+    # One round trip for BEGIN, the wait limit and the locks: a statement
+    # without parameters (the numbers are written into it) may hold several.
+    connection.exec_driver_sql(
+        f"BEGIN; SET LOCAL lock_timeout = {round(BUSY_TIMEOUT * 1000)};"
+        f" SELECT {', '.join(locks)}"
+    )
+    lock_primaries = _PRIMARY_LOCKS[email is not None, phone_number is not None]
+    parameters = {"email": email, "phone_number": phone_number}
+    return set(connection.execute(lock_primaries, parameters).scalars())
+
+
+def _lock_key(kind: str, value: str) -> int:
+    digest = hashlib.blake2b(f"{kind}:{value}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_timed_out(error: DBAPIError) -> bool:
+    """PostgreSQL's lock_timeout ended the wait (SQLSTATE 55P03)."""
+    return getattr(error.orig, "sqlstate", None) == "55P03"
+
+
+def lost_race(error: DBAPIError) -> bool:
+    """True when the transaction failed only because another one won a race."""
+    cause = error.orig
+    if getattr(cause, "sqlstate", None) in {"40001", "40P01"}:
+        return True
+    code = getattr(cause, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
