@@ -1,4 +1,5 @@
-"""The invariants of SPEC.md, checked on the live rows of a whole table."""
+"""The invariants of the contract, checked on the live rows of a whole table,
+and the ledger checked against them."""
 
 from collections import Counter
 from dataclasses import dataclass
@@ -7,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from models import Contact
+from models import Contact, Event
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def live_rows(bind: Session | Connection) -> list[Row]:
 def clusters(rows: list[Row]) -> list[list[Row]]:
     """Rows joined by a shared email or phone, or by a link, directly or through
     other rows. Links count: a merge joins two clusters without inserting the
-    row that holds both values (spec, rule 4)."""
+    row that holds both values (rule 4)."""
     parent = {row.id: row.id for row in rows}
 
     def root(row_id: int) -> int:
@@ -76,3 +77,52 @@ def assert_invariants(rows: list[Row]) -> None:
     pairs = Counter((row.email, row.phone_number) for row in rows)
     repeated = [pair for pair, count in pairs.items() if count > 1]
     assert not repeated, f"the same information was inserted twice: {repeated}"
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    id: int
+    type: str
+    customer_id: int
+    contact_ids: list[int]
+    absorbed_customer_id: int | None
+
+
+def ledger_events(bind: Session | Connection) -> list[LedgerEvent]:
+    statement = select(
+        Event.id,
+        Event.type,
+        Event.customer_id,
+        Event.contact_ids,
+        Event.absorbed_customer_id,
+    ).order_by(Event.id)
+    return [LedgerEvent(*row) for row in bind.execute(statement)]
+
+
+def replay(events: list[LedgerEvent]) -> dict[int, int]:
+    """The customer of every contact, rebuilt from the ledger alone. A contact
+    is created by exactly one event; merges and changes of primary move it."""
+    customer_of: dict[int, int] = {}
+    for event in events:
+        if event.type in {"customer.created", "customer.contact_added"}:
+            (contact_id,) = event.contact_ids
+            assert contact_id not in customer_of, f"{contact_id} created twice"
+            customer_of[contact_id] = event.customer_id
+        elif event.type in {"customer.merged", "customer.primary_changed"}:
+            for contact_id in event.contact_ids:
+                assert contact_id in customer_of, f"{event} moves an unknown row"
+                customer_of[contact_id] = event.customer_id
+    return customer_of
+
+
+def assert_ledger_explains(rows: list[Row], events: list[LedgerEvent]) -> None:
+    """Replaying the ledger from empty gives exactly the table's customers, and
+    every absorbed customer is now a secondary of its survivor's customer."""
+    customer_of = replay(events)
+    assert set(customer_of) == {row.id for row in rows}
+    assert customer_of == {row.id: row.linked_id or row.id for row in rows}
+    for event in events:
+        if event.type == "customer.merged":
+            absorbed = customer_of[event.absorbed_customer_id or 0]
+            assert absorbed == customer_of[event.customer_id], event
+            assert event.absorbed_customer_id != absorbed, event

@@ -17,7 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
 from conftest import gunicorn, migrate
-from invariants import assert_invariants, clusters, live_rows
+from invariants import (
+    LedgerEvent,
+    assert_invariants,
+    assert_ledger_explains,
+    clusters,
+    ledger_events,
+    live_rows,
+)
 from live import free_port
 
 THREADS = 16
@@ -94,6 +101,57 @@ def table(url: str) -> list[Any]:
     return rows
 
 
+def ledger(url: str) -> list[LedgerEvent]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        events = ledger_events(connection)
+    engine.dispose()
+    return events
+
+
+def assert_ledger_explains_the_table(url: str) -> None:
+    """Every change has its event, none twice, and every merge event's
+    absorbed customer is now a secondary of its survivor's customer."""
+    assert_ledger_explains(table(url), ledger(url))
+
+
+class FeedReader:
+    """Pages through GET /events with `after` while the test runs, as a shop
+    polls it; keeps every event id it was shown."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.seen: list[int] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        with requests.Session() as http:
+            while True:
+                finished = self.done.is_set()
+                self.read_to_the_end(http)
+                if finished:
+                    return
+
+    def read_to_the_end(self, http: requests.Session) -> None:
+        while True:
+            after = self.seen[-1] if self.seen else 0
+            page = http.get(
+                f"{self.base_url}/events", params={"after": after}, timeout=60
+            ).json()
+            self.seen += [event["id"] for event in page["events"]]
+            if page["next"] is None:
+                return
+
+    def __enter__(self) -> "FeedReader":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=120)
+
+
 def test_racing_identical_new_requests_create_one_primary(
     service: tuple[str, list[str]],
 ) -> None:
@@ -116,6 +174,7 @@ def test_racing_identical_new_requests_create_one_primary(
 
     rows = table(url)
     assert_invariants(rows)
+    assert_ledger_explains_the_table(url)
     assert len(rows) == 1 + THREADS + THREADS
     assert len(clusters(rows)) == 3
     print(
@@ -146,6 +205,7 @@ def test_racing_chained_merges_leave_one_primary_and_no_chain(
     assert {r.status_code for r in created + merges} == {200}
     rows = table(url)
     assert_invariants(rows)
+    assert_ledger_explains_the_table(url)
     assert len(rows) == THREADS
     assert len(clusters(rows)) == 1
     print(
@@ -179,11 +239,15 @@ def test_racing_merges_over_a_small_pool_keep_every_invariant(
                 with lock:
                     statuses.append(response.status_code)
 
-    run_threads([lambda seed=seed: client(seed) for seed in range(THREADS)])
+    with FeedReader(base_urls[-1]) as reader:
+        run_threads([lambda seed=seed: client(seed) for seed in range(THREADS)])
 
     assert statuses == [200] * (THREADS * per_thread)
     rows = table(url)
     assert_invariants(rows)
+    assert_ledger_explains_the_table(url)
+    events = ledger(url)
+    assert reader.seen == [event.id for event in events], "the feed missed events"
     for cluster in clusters(rows):
         primary = min(cluster, key=lambda row: (row.created_at, row.id))
         answer = requests.post(
@@ -199,5 +263,39 @@ def test_racing_merges_over_a_small_pool_keep_every_invariant(
     print(
         f"\nmerge-race: {len(statuses)} requests from {THREADS} threads,"
         f" {len(rows)} rows, {len(clusters(rows))} clusters,"
-        f" {retries(base_urls)} retries, invariants hold"
+        f" {retries(base_urls)} retries, invariants hold; {len(events)} events,"
+        f" each seen once by a reader paging the feed meanwhile, and the ledger"
+        f" replays to the table"
     )
+
+
+def test_a_reader_paging_the_feed_during_racing_writes_misses_no_event(
+    service: tuple[str, list[str]],
+) -> None:
+    """Every request writes (new customers, and secondaries of a few shared
+    phones), spread over the instances, while a reader pages GET /events. A
+    later commit never shows an id below one the reader already passed."""
+    url, base_urls = service
+    per_thread = 25
+
+    def client(seed: int) -> None:
+        with requests.Session() as http:
+            for n in range(per_thread):
+                response = http.post(
+                    f"{base_urls[(seed + n) % len(base_urls)]}/identify",
+                    json={
+                        "email": f"feed-{seed}-{n}@fluxkart.com",
+                        "phoneNumber": f"9{seed:02d}{n % 3:04d}",
+                    },
+                    timeout=60,
+                )
+                assert response.status_code == 200
+
+    with FeedReader(base_urls[0]) as reader:
+        run_threads([lambda seed=seed: client(seed) for seed in range(THREADS)])
+
+    events = ledger(url)
+    assert len(events) == THREADS * per_thread
+    assert reader.seen == [event.id for event in events]
+    assert_ledger_explains_the_table(url)
+    print(f"\nfeed race: {len(events)} events, each seen once, in order")

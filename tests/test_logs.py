@@ -149,3 +149,28 @@ def test_gunicorn_writes_exactly_one_json_line_per_request_without_clear_values(
         "919191",
     ):
         assert value not in output
+
+
+def test_merges_and_reads_log_one_line_naming_customers_not_values(
+    client: FlaskClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client.post("/identify", json={"email": EMAIL, "phoneNumber": "919191"})
+    client.post(
+        "/identify", json={"email": "biff@hillvalley.edu", "phoneNumber": PHONE}
+    )
+    capsys.readouterr()
+
+    client.post("/identify", json={"email": EMAIL, "phoneNumber": PHONE})
+    client.post("/customers/lookup", json={"email": EMAIL, "phoneNumber": PHONE})
+    client.get("/customers/2")
+    client.get("/customers/2/history")
+    client.get("/events")
+
+    output = capsys.readouterr().out
+    merge, lookup, customer, history, feed = log_lines(output)
+    assert merge["outcome"] == "merged"
+    assert merge["absorbed_customer_ids"] == [2]
+    assert lookup["customer_ids"] == [1]
+    assert customer["customer_ids"] == [1]
+    assert (history["path"], feed["path"]) == ("/customers/2/history", "/events")
+    assert EMAIL not in output and PHONE not in output and "919191" not in output

@@ -1,5 +1,6 @@
 """Random request sequences: the service answers exactly as a small reference
-model of the spec's rules, and the table keeps every invariant."""
+model of the contract's rules, the table keeps every invariant, and replaying
+the ledger rebuilds the table's customers."""
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,7 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import empty_database
-from invariants import assert_invariants, live_rows
+from invariants import (
+    assert_invariants,
+    assert_ledger_explains,
+    ledger_events,
+    live_rows,
+)
 from models import db
 
 EMAILS = ["lorraine@hillvalley.edu", "mcfly@hillvalley.edu", "doc@fluxkart.com"]
@@ -26,7 +32,7 @@ class ModelRow:
 
 @dataclass
 class ReferenceModel:
-    """SPEC.md's rules over a list, written to be obviously right, not fast.
+    """The contract's rules over a list, written to be obviously right, not fast.
     Rows are created in id order, so the oldest row is the lowest id."""
 
     rows: list[ModelRow] = field(default_factory=list)
@@ -115,4 +121,6 @@ def test_service_answers_like_the_reference_model_and_keeps_invariants(
         assert response.status_code == 200
         assert response.get_json()["contact"] == model.identify(email, phone)
         with app.app_context():
-            assert_invariants(live_rows(db.session()))
+            rows = live_rows(db.session())
+            assert_invariants(rows)
+            assert_ledger_explains(rows, ledger_events(db.session()))

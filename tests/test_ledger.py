@@ -1,0 +1,259 @@
+"""The ledger: the events each change appends, in the same transaction, with
+their evidence; none for a request that changes nothing; events for the rows
+of a database upgraded from before the ledger; ids in commit order."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy.exc import DBAPIError
+
+from conftest import ROOT, postgres_schema
+from invariants import assert_ledger_explains, ledger_events, live_rows
+from ledger import LEDGER_LOCK
+from models import Contact, Event, db
+
+
+def post(
+    client: FlaskClient, email: str | None, phone: str | None, **headers: str
+) -> Any:
+    response = client.post(
+        "/identify", json={"email": email, "phoneNumber": phone}, headers=headers
+    )
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["contact"]
+
+
+def events(client: FlaskClient, after: int = 0) -> list[dict[str, Any]]:
+    response = client.get(f"/events?after={after}&limit=100")
+    assert response.status_code == 200
+    found: list[dict[str, Any]] = response.get_json()["events"]
+    return found
+
+
+def stable(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in {"at", "requestId"}}
+
+
+def test_each_rule_appends_its_event_with_the_request_as_evidence(
+    client: FlaskClient,
+) -> None:
+    post(client, "lorraine@hillvalley.edu", "123456", **{"X-Request-ID": "req-1"})
+    post(client, "mcfly@hillvalley.edu", "123456")
+    post(client, None, "123456")
+    post(client, "george@hillvalley.edu", "919191")
+    post(client, "biffsucks@hillvalley.edu", "717171")
+    post(client, "george@hillvalley.edu", "717171")
+
+    found = events(client)
+
+    assert [stable(event) for event in found] == [
+        {"id": 1, "type": "customer.created", "customerId": 1, "contactIds": [1],
+         "email": "lorraine@hillvalley.edu", "phoneNumber": "123456"},
+        {"id": 2, "type": "customer.contact_added", "customerId": 1,
+         "contactIds": [2], "email": "mcfly@hillvalley.edu", "phoneNumber": "123456"},
+        {"id": 3, "type": "customer.created", "customerId": 3, "contactIds": [3],
+         "email": "george@hillvalley.edu", "phoneNumber": "919191"},
+        {"id": 4, "type": "customer.created", "customerId": 4, "contactIds": [4],
+         "email": "biffsucks@hillvalley.edu", "phoneNumber": "717171"},
+        {"id": 5, "type": "customer.merged", "customerId": 3, "contactIds": [4],
+         "absorbedCustomerId": 4, "email": "george@hillvalley.edu",
+         "phoneNumber": "717171"},
+    ]  # fmt: skip
+    assert found[0]["requestId"] == "req-1"
+    assert all(event["requestId"] for event in found)
+    assert found[0]["at"].endswith("Z")
+    at = [datetime.fromisoformat(event["at"]) for event in found]
+    assert at == sorted(at)
+
+
+def test_a_request_that_changes_nothing_appends_nothing(client: FlaskClient) -> None:
+    post(client, "doc@fluxkart.com", "123456")
+    before = events(client)
+
+    post(client, "doc@fluxkart.com", "123456")
+    post(client, "doc@fluxkart.com", None)
+    post(client, None, "123 456")
+
+    assert events(client) == before
+
+
+def test_a_soft_deleted_primary_hands_over_with_a_primary_changed_event(
+    app: Flask, client: FlaskClient
+) -> None:
+    post(client, "a@shop.com", "1111")
+    post(client, "b@shop.com", "1111")
+    post(client, "c@shop.com", "1111")
+    with app.app_context():
+        db.session.execute(
+            update(Contact).where(Contact.id == 1).values(deleted_at=datetime.now(UTC))
+        )
+        db.session.commit()
+
+    post(client, None, "1111")
+
+    last = events(client)[-1]
+    assert stable(last) == {
+        "id": 4, "type": "customer.primary_changed", "customerId": 2,
+        "contactIds": [2, 3], "previousCustomerId": 1, "email": None,
+        "phoneNumber": "1111",
+    }  # fmt: skip
+
+
+def test_events_and_rows_of_a_failed_write_are_both_absent(
+    app: Flask, client: FlaskClient
+) -> None:
+    """A write whose transaction fails stores neither its rows nor its events:
+    here a trigger added for the test refuses the event."""
+    with app.app_context():
+        engine = db.engine
+    with engine.connect() as connection:
+        connection.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON event"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            if engine.dialect.name == "sqlite"
+            else "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'refused'; END $$;"
+            " CREATE TRIGGER refuse BEFORE INSERT ON event"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    try:
+        with pytest.raises(DBAPIError, match="refused"):
+            client.post("/identify", json={"email": "doc@fluxkart.com"})
+    finally:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(
+                "DROP TRIGGER refuse"
+                + (
+                    ""
+                    if engine.dialect.name == "sqlite"
+                    else " ON event; DROP FUNCTION refuse()"
+                )
+            )
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(Contact)) == 0
+        assert connection.scalar(select(func.count()).select_from(Event)) == 0
+
+
+def upgrade_to(database_url: str, revision: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade", revision],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def bare_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    request.getfixturevalue("postgres_url")
+    with postgres_schema(f"ledger_upgrade_{os.getpid()}") as url:
+        yield url
+
+
+def test_upgrading_a_populated_database_gives_each_live_row_its_event(
+    bare_database_url: str,
+) -> None:
+    upgrade_to(bare_database_url, "0001")
+    engine = create_engine(bare_database_url)
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    rows = [
+        # id, email, phone, linked_id, precedence, deleted
+        (1, "a@shop.com", "1111", None, "primary", False),
+        (2, "b@shop.com", "2222", None, "primary", False),
+        (3, "a2@shop.com", "1111", 1, "secondary", False),
+        (4, "b@shop.com", "3333", 2, "secondary", True),
+        # merged long ago: no shared value explains this link
+        (5, "c@shop.com", "4444", 1, "secondary", False),
+    ]
+    with engine.begin() as connection:
+        for row_id, email, phone, linked, precedence, deleted in rows:
+            at = start + timedelta(days=row_id)
+            connection.execute(
+                Contact.__table__.insert().values(
+                    id=row_id, email=email, phone_number=phone, linked_id=linked,
+                    link_precedence=precedence, created_at=at, updated_at=at,
+                    deleted_at=at if deleted else None,
+                )
+            )  # fmt: skip
+
+    upgrade_to(bare_database_url, "head")
+
+    with engine.connect() as connection:
+        found = connection.execute(
+            select(Event.type, Event.customer_id, Event.contact_ids, Event.email,
+                   Event.phone_number, Event.request_id, Event.at).order_by(Event.id)
+        ).all()  # fmt: skip
+        assert_ledger_explains(live_rows(connection), ledger_events(connection))
+    engine.dispose()
+    assert [tuple(row[:6]) for row in found] == [
+        ("customer.created", 1, [1], "a@shop.com", "1111", None),
+        ("customer.created", 2, [2], "b@shop.com", "2222", None),
+        ("customer.contact_added", 1, [3], "a2@shop.com", "1111", None),
+        ("customer.contact_added", 1, [5], "c@shop.com", "4444", None),
+    ]
+    assert found[0].at == start + timedelta(days=1)
+
+
+def waiting_for_the_ledger_lock(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return bool(
+            connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND NOT granted AND objid = :key"
+                ),
+                {"key": LEDGER_LOCK},
+            )
+        )
+
+
+def test_event_ids_follow_commit_order_on_postgresql(
+    app: Flask, client: FlaskClient
+) -> None:
+    """A transaction has taken an event id and not committed yet. A request
+    that commits meanwhile must not publish a greater id first: a reader that
+    saw it would page past the smaller one when it commits. The request waits
+    for the ledger lock, so the feed shows nothing until the first commits,
+    then both in order."""
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time: ids follow commits")
+    result: dict[str, Any] = {}
+
+    with engine.connect() as slow:
+        slow.exec_driver_sql(
+            f"BEGIN; SELECT pg_advisory_xact_lock({LEDGER_LOCK});"
+            " INSERT INTO event (type, at, customer_id, contact_ids)"
+            " VALUES ('customer.created', now(), 99, '[99]')"
+        )
+        thread = threading.Thread(
+            target=lambda: result.update(
+                response=post(client, "doc@fluxkart.com", "1111")
+            )
+        )
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not waiting_for_the_ledger_lock(engine):
+            assert time.monotonic() < deadline, "the request never waited"
+            time.sleep(0.01)
+        seen_meanwhile = events(client)
+        slow.commit()
+    thread.join(timeout=10)
+
+    assert seen_meanwhile == []
+    assert [(e["id"], e["customerId"]) for e in events(client)] == [(1, 99), (2, 1)]
