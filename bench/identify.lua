@@ -4,7 +4,9 @@
 --
 -- Requests go to POST /identify, or to the path of URL when it has one (the
 -- references of bench/reference.py serve /select and /insert).
--- WORKLOAD is lookup, secondary, primary, merge or mix. FULL_CLUSTERS is the
+-- WORKLOAD is lookup, secondary, primary, merge, mix, customers_lookup (the
+-- lookup bodies sent to POST /customers/lookup) or history (GET the history of
+-- a seeded 5-row customer, whose 5 events the migration wrote). FULL_CLUSTERS is the
 -- number of complete seeded clusters (bench/seed.py; the identifiers below
 -- must match the ones it writes). RUN numbers this run among all runs against
 -- the same seeded database (0 to 999), so brand-new identifiers never repeat. Merges use
@@ -42,8 +44,9 @@ end
 local workload, full_clusters, run, pair_next, pair_end, counter, path
 
 function init(args)
-  path = (wrk.path ~= nil and wrk.path ~= "" and wrk.path ~= "/") and wrk.path or "/identify"
   workload = args[1]
+  local default = workload == "customers_lookup" and "/customers/lookup" or "/identify"
+  path = (wrk.path ~= nil and wrk.path ~= "" and wrk.path ~= "/") and wrk.path or default
   full_clusters = tonumber(args[2])
   run = tonumber(args[3])
   local pair_lo, pair_hi = tonumber(args[4]), tonumber(args[5])
@@ -126,11 +129,22 @@ local bodies = {
   primary = new_primary,
   merge = merge,
   mix = mixed,
+  customers_lookup = lookup,
 }
+
+-- Cluster k = 5m + 4 has 5 rows; 15 rows precede each group of five clusters,
+-- and 10 the fifth cluster within its group, so its primary's id is 15m + 11.
+local function history()
+  local m = math.random(0, math.floor(full_clusters / 5) - 1)
+  return wrk.format("GET", string.format("/customers/%d/history", 15 * m + 11))
+end
 
 function request()
   if first_us == nil then
     first_us = now_us()
+  end
+  if workload == "history" then
+    return history()
   end
   local payload = bodies[workload]()
   if payload == nil then

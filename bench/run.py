@@ -9,16 +9,22 @@ primaries are also run against the issue's references (bench/reference.py:
 one SELECT, one INSERT and COMMIT), right after the service. Medians are
 reported.
 
+With BENCH_BASELINE set to a git revision, that revision of the app is
+served too (from a worktree under bench/.data, on the same database) and
+measured right after the service on each workload it can serve, so that a
+change is compared with what came before it in one run.
+
 Settings, all from the environment:
+  BENCH_BASELINE    unset               a git revision to measure beside the service
   BENCH_DATABASES   sqlite,postgresql
   BENCH_SIZES       10000,1000000       contacts seeded
-  BENCH_WORKLOADS   lookup,secondary,primary,merge,mix
+  BENCH_WORKLOADS   lookup,secondary,primary,merge,mix,customers_lookup,history
   BENCH_DURATION    10                  seconds per wrk run
   BENCH_REPEATS     3                   runs per workload, alternating with the floor
   BENCH_CONNECTIONS 8                   wrk connections (BENCH_THREADS 1 wrk thread)
   BENCH_RESEED_MAX  100000              reseed before every repetition up to this size
   BENCH_PG_URL      postgresql://postgres@127.0.0.1/bench
-  BENCH_PORT        28001               the service; floor and references: the next two
+  BENCH_PORT        28001               the service; then floor, references, baseline
   BENCH_OUT         BENCHMARKS.md       the report; every run goes beside it as .json
   WEB_CONCURRENCY   gunicorn workers, as in production (gunicorn.conf.py)
 Only ever loads 127.0.0.1.
@@ -46,13 +52,16 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
-WORKLOADS = ("lookup", "secondary", "primary", "merge", "mix")
+IDENTIFY_WORKLOADS = ("lookup", "secondary", "primary", "merge", "mix")
+WORKLOADS = (*IDENTIFY_WORKLOADS, "customers_lookup", "history")
 DESCRIPTIONS = {
     "lookup": "identifiers of an existing row; inserts nothing",
     "secondary": "existing phone + brand-new email; inserts a secondary",
     "primary": "brand-new email and phone; inserts a primary",
     "merge": "email of one cluster + phone of another; merges two primaries",
     "mix": "80% lookup, 15% secondary, 4% primary, 1% merge",
+    "customers_lookup": "POST /customers/lookup with the lookup bodies; never writes",
+    "history": "GET /customers/{id}/history of a 5-row customer (5 events)",
 }
 
 
@@ -77,6 +86,7 @@ class Settings:
     pg_url: str
     port: int
     out: Path
+    baseline: str | None
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -96,6 +106,7 @@ class Settings:
             pg_url=env("BENCH_PG_URL", "postgresql://postgres@127.0.0.1/bench"),
             port=int(env("BENCH_PORT", "28001")),
             out=ROOT / env("BENCH_OUT", "BENCHMARKS.md"),
+            baseline=os.environ.get("BENCH_BASELINE") or None,
         )
 
 
@@ -145,8 +156,11 @@ class Database:
 class Server:
     """A gunicorn started as production starts it: gunicorn.conf.py, its env."""
 
-    def __init__(self, target: str, port: int, extra_env: dict[str, str]) -> None:
+    def __init__(
+        self, target: str, port: int, extra_env: dict[str, str], cwd: Path = ROOT
+    ) -> None:
         self.target = target
+        self.cwd = cwd
         self.port = port
         self.url = f"http://{HOST}:{port}"
         self.env = {**os.environ, **extra_env, "HOST": HOST, "PORT": str(port)}
@@ -156,7 +170,7 @@ class Server:
         log = open(BENCH / ".data" / f"gunicorn-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", self.target],
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             # The access log goes to stdout in production too; here nobody reads it.
             stdout=subprocess.DEVNULL,
@@ -240,6 +254,14 @@ def measure(
     reference = Server(
         "bench.reference:app", settings.port + 2, {"DATABASE_URL": database.url}
     )
+    baseline = None
+    if settings.baseline:
+        baseline = Server(
+            "app:app",
+            settings.port + 3,
+            {"DATABASE_URL": database.url},
+            cwd=baseline_tree(settings.baseline),
+        )
     pairs_per_seed = 0
     run_number = 0
     pair_cursor = 0
@@ -262,10 +284,15 @@ def measure(
         )
         service.start("/health")
         reference.start("/select")
+        warm = [floor.url, service.url, f"{reference.url}/select"]
+        if baseline is not None:
+            # Its migrations may be older than the database's: no /health.
+            baseline.start("/identify")
+            warm.append(baseline.url)
         # Every worker opens its connections and warms its caches before
         # anything is measured: one second of lookups each, not recorded.
         warm_up = replace(settings, duration=1)
-        for url in (floor.url, service.url, f"{reference.url}/select"):
+        for url in warm:
             wrk(warm_up, url, "lookup", seed, [run_number, 0, 0])
         try:
             # A quarter of each repetition's pairs is kept for the mix's merges.
@@ -279,10 +306,20 @@ def measure(
                 if workload in REFERENCES:
                     path = REFERENCES[workload]
                     targets.append(("reference", f"{reference.url}{path}"))
+                spans = {"service": pairs}
+                if baseline is not None and workload in IDENTIFY_WORKLOADS:
+                    targets.append(("baseline", baseline.url))
+                    # The service and the baseline merge disjoint halves.
+                    middle = (pairs[0] + pairs[1]) // 2
+                    spans = {
+                        "service": (pairs[0], middle),
+                        "baseline": (middle, pairs[1]),
+                    }
                 for target, url in targets:
-                    # Only the service merges: the others never run out of pairs.
-                    span = pairs if target == "service" else (0, 10**9)
-                    before = database.counts() if target == "service" else None
+                    # The floor and references never run out of pairs.
+                    span = spans.get(target, (0, 10**9))
+                    measured = target in spans
+                    before = database.counts() if measured else None
                     result = wrk(settings, url, workload, seed, [run_number, *span])
                     run_number += 1
                     run = Run(database.kind, size, workload, repeat, target, **result)
@@ -296,7 +333,25 @@ def measure(
         finally:
             service.stop()
             reference.stop()
+            if baseline is not None:
+                baseline.stop()
     return runs, seeds
+
+
+def baseline_tree(revision: str) -> Path:
+    """A worktree of `revision` under bench/.data, made once per commit."""
+    sha = git("rev-parse", "--short", revision)
+    if not sha:
+        raise SystemExit(f"BENCH_BASELINE={revision} is not a git revision here")
+    tree = BENCH / ".data" / f"baseline-{sha}"
+    if not tree.exists():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), sha],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+    return tree
 
 
 # The reference (bench/reference.py) that each workload is compared with: the
@@ -333,6 +388,7 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
         service = [run for run in mine if run.target == "service"]
         floor = [run for run in mine if run.target == "floor"]
         reference = [run for run in mine if run.target == "reference"]
+        baseline = [run for run in mine if run.target == "baseline"]
         table.append(
             {
                 "database": database,
@@ -354,8 +410,22 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
                 )
                 if reference
                 else None,
-                "non_2xx": sum(run.non_2xx for run in service + reference),
-                "socket_errors": sum(run.socket_errors for run in service + reference),
+                # Each service run against the baseline run just after it.
+                "baseline_rps": statistics.median(run.rps for run in baseline)
+                if baseline
+                else None,
+                "baseline_p99_ms": statistics.median(run.p99_ms for run in baseline)
+                if baseline
+                else None,
+                "baseline_ratio": statistics.median(
+                    s.rps / b.rps for s, b in zip(service, baseline, strict=True)
+                )
+                if baseline
+                else None,
+                "non_2xx": sum(run.non_2xx for run in service + reference + baseline),
+                "socket_errors": sum(
+                    run.socket_errors for run in service + reference + baseline
+                ),
                 "requests": sum(run.requests for run in service),
                 # What the runs did to the table, per request wrk counted.
                 "rows_per_request": sum(run.delta_rows or 0 for run in service)
@@ -369,13 +439,19 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
     return table
 
 
-# Issue 4's targets at the largest size: ratio to the floor, p99 in ms.
+# Targets at the largest size. Issue 4: ratio to the floor, p99 in ms.
 RATIO_TARGETS = {
     "sqlite": {"lookup": 0.55, "secondary": 0.28, "primary": 0.28, "merge": 0.20},
     "postgresql": {"lookup": 0.45},
 }
 P99_TARGETS = {"lookup": 20.0, "secondary": 40.0, "primary": 40.0, "merge": 40.0}
 FLATNESS_TARGET = 0.9
+# Issue 10: writes keep 0.9 of the baseline's throughput; a history read
+# reaches 0.3 of the floor; on SQLite a lookup reaches the one-SELECT
+# reference; /customers/lookup is as fast as an identify lookup.
+BASELINE_TARGET = {"secondary": 0.9, "primary": 0.9, "merge": 0.9}
+HISTORY_TARGET = 0.3
+REFERENCE_TARGETS = {"sqlite": {"lookup": 1.0}}
 
 
 def targets(table: list[dict[str, Any]], database: str) -> list[str]:
@@ -398,6 +474,34 @@ def targets(table: list[dict[str, Any]], database: str) -> list[str]:
                 f"- {workload} ratio to floor >= {target}: {row['ratio']:.2f},"
                 f" {verdict(row['ratio'] >= target)}"
             )
+    for workload, target in BASELINE_TARGET.items():
+        row = at.get((large, workload))
+        if row is not None and row["baseline_ratio"] is not None:
+            share = row["baseline_ratio"]
+            lines.append(
+                f"- {workload} req/s >= {target} x baseline: x{share:.2f},"
+                f" {verdict(share >= target)}"
+            )
+    for workload, target in REFERENCE_TARGETS.get(database, {}).items():
+        row = at.get((large, workload))
+        if row is not None and row["reference_ratio"]:
+            share = row["ratio"] / row["reference_ratio"]
+            lines.append(
+                f"- {workload} >= {target} x the one-SELECT reference: x{share:.2f},"
+                f" {verdict(share >= target)}"
+            )
+    if (row := at.get((large, "history"))) is not None:
+        lines.append(
+            f"- history ratio to floor >= {HISTORY_TARGET}: {row['ratio']:.2f},"
+            f" {verdict(row['ratio'] >= HISTORY_TARGET)}"
+        )
+    read, lookup = at.get((large, "customers_lookup")), at.get((large, "lookup"))
+    if read is not None and lookup is not None:
+        share = read["ratio"] / lookup["ratio"]
+        lines.append(
+            f"- customers_lookup >= identify lookup (ratios to floor):"
+            f" x{share:.2f}, {verdict(share >= 1.0)}"
+        )
     for workload, limit in P99_TARGETS.items():
         if (row := at.get((large, workload))) is not None:
             lines.append(
@@ -480,7 +584,7 @@ def report(
     lines = [
         "# Benchmarks",
         "",
-        "POST /identify under wrk, against the bare Flask floor (bench/floor.py:",
+        "The API under wrk, against the bare Flask floor (bench/floor.py:",
         "parse the JSON body, answer a small JSON object) served by the same",
         "gunicorn settings. Written by `make bench` (bench/run.py); do not edit",
         "by hand.",
@@ -548,8 +652,28 @@ def report(
                     f" | {row['workload']}"
                     f" | {row['ratio'] / row['reference_ratio']:.2f} |"
                 )
+        if any(row["baseline_rps"] for row in table):
+            lines += [
+                "",
+                f"Beside the baseline (BENCH_BASELINE={settings.baseline}, commit"
+                f" {git('rev-parse', '--short', settings.baseline or 'HEAD')}),"
+                " each baseline run right after the service run, on the same"
+                " database:",
+                "",
+                "| contacts | workload | service req/s | baseline req/s"
+                " | service ÷ baseline | baseline p99 ms |",
+                "|---:|---|---:|---:|---:|---:|",
+            ]
+            for row in table:
+                if row["database"] == database and row["baseline_rps"]:
+                    lines.append(
+                        f"| {row['size']:,} | {row['workload']} | {row['rps']:.0f}"
+                        f" | {row['baseline_rps']:.0f}"
+                        f" | {row['baseline_ratio']:.2f}"
+                        f" | {row['baseline_p99_ms']:.1f} |"
+                    )
         largest = max(row["size"] for row in table if row["database"] == database)
-        lines += ["", f"Targets (issue 4) at {largest:,} contacts:", ""]
+        lines += ["", f"Targets at {largest:,} contacts:", ""]
         lines += targets(table, database)
         lines += ["", "Seeding (bench/seed.py, bulk load):", ""]
         for seed in seeds.get(database, []):

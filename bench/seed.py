@@ -3,8 +3,10 @@
 Usage: DATABASE_URL=... python bench/seed.py N
 
 The schema comes from the real migrations (`flask --app app db upgrade`), run
-here after dropping whatever the database held. Rows are bulk-loaded, never sent
-through the API: executemany in one transaction on SQLite, COPY on PostgreSQL.
+here after dropping whatever the database held: the contacts are loaded at
+revision 0001, then the ledger's migration writes one event per contact. Rows
+are bulk-loaded, never sent through the API: executemany in one transaction
+on SQLite, COPY on PostgreSQL.
 
 The data is a pure function of the row count, so the wrk scripts compute
 identifiers instead of reading them (see bench/identify.lua, which must agree):
@@ -33,6 +35,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.sql import SQL, Identifier
 
 ROOT = Path(__file__).resolve().parent.parent
+# Contacts are loaded into the schema as it was before the ledger; the
+# ledger's migration then writes their events, as it does for a shop's data.
+CONTACTS_ONLY = "0001"
 PHONE_BASE = 10_000_000_000
 EMAIL_DOMAIN = "seed.example.com"
 STEP = timedelta(milliseconds=10)
@@ -79,10 +84,11 @@ def clusters(count: int) -> tuple[int, int]:
     return full + (1 if rest else 0), full
 
 
-def migrate(url: str) -> None:
+def migrate(url: str, revision: str) -> None:
     env = {**os.environ, "DATABASE_URL": url}
+    flask = str(Path(sys.executable).parent / "flask")
     subprocess.run(
-        [str(Path(sys.executable).parent / "flask"), "--app", "app", "db", "upgrade"],
+        [flask, "--app", "app", "db", "upgrade", revision],
         cwd=ROOT,
         env=env,
         check=True,
@@ -93,7 +99,7 @@ def migrate(url: str) -> None:
 def seed_sqlite(path: str, count: int) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(path + suffix).unlink(missing_ok=True)
-    migrate(f"sqlite:///{path}")
+    migrate(f"sqlite:///{path}", CONTACTS_ONLY)
     connection = sqlite3.connect(path, isolation_level=None)
     # The load is redone from scratch if it fails, so durability can wait.
     connection.execute("PRAGMA synchronous = OFF")
@@ -139,8 +145,10 @@ def create_database(url: str) -> None:
 def seed_postgresql(url: str, count: int) -> None:
     create_database(url)
     with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute("DROP TABLE IF EXISTS contact, alembic_version CASCADE")
-    migrate(url)
+        connection.execute(
+            "DROP TABLE IF EXISTS contact, event, alembic_version CASCADE"
+        )
+    migrate(url, CONTACTS_ONLY)
     with psycopg.connect(url) as connection:
         indexes = connection.execute(
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'contact'"
@@ -173,7 +181,9 @@ def main() -> None:
     if url.startswith("sqlite:///"):
         seed_sqlite(url.removeprefix("sqlite:///"), count)
     else:
-        seed_postgresql(url.replace("postgres://", "postgresql://", 1), count)
+        url = url.replace("postgres://", "postgresql://", 1)
+        seed_postgresql(url, count)
+    migrate(url, "head")
     total, full = clusters(count)
     print(
         json.dumps(
