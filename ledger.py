@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import psycopg
 from psycopg.types.json import Json
-from sqlalchemy import Connection, Row, insert, or_, select
+from sqlalchemy import Connection, Row, bindparam, insert, select, text
 
 from models import Contact, Event
 from reconcile import Event as NewEvent
@@ -101,59 +101,57 @@ _EVENT_COLUMNS = tuple(Event.__table__.columns)
 def feed(connection: Connection, *, after: int, limit: int) -> Page:
     """Every event with an id above `after`, oldest first."""
     query = select(*_EVENT_COLUMNS).where(Event.id > after)
-    return _page(connection, query, limit)
+    return _page(
+        connection.execute(query.order_by(Event.id).limit(limit + 1)).all(), limit
+    )
+
+
+_HISTORY = text(
+    """
+    WITH root AS (
+        SELECT coalesce(linked_id, id) AS id FROM contact
+        WHERE id = :contact_id AND deleted_at IS NULL
+    ),
+    members AS (
+        SELECT contact.id FROM contact JOIN root ON contact.id = root.id
+        UNION SELECT contact.id FROM contact JOIN root ON contact.linked_id = root.id
+    ),
+    customers AS (
+        SELECT id FROM members
+        UNION SELECT previous_customer_id FROM event
+        WHERE type = 'customer.primary_changed'
+        AND customer_id IN (SELECT id FROM members)
+    )
+    SELECT * FROM event
+    WHERE customer_id IN (SELECT id FROM customers) AND id > :after
+    ORDER BY id LIMIT :limit
+    """
+).columns(*_EVENT_COLUMNS)
+_LIVE_CONTACT = select(Contact.id).where(
+    Contact.id == bindparam("contact_id"), Contact.deleted_at.is_(None)
+)
 
 
 def history(
     connection: Connection, contact_id: int, *, after: int, limit: int
 ) -> Page | None:
-    """The events of the customer that live contact `contact_id` belongs to
-    and of every customer merged into it, oldest first; None when no live
-    contact has that id."""
-    customers = _customer_ids(connection, contact_id)
-    if customers is None:
-        return None
-    query = select(*_EVENT_COLUMNS).where(
-        Event.customer_id.in_(customers), Event.id > after
-    )
-    return _page(connection, query, limit)
+    """The events of the customer that live contact `contact_id` belongs to,
+    oldest first; None when no live contact has that id. They are the events
+    of every contact id the customer has had: its primary's, those of the
+    customers it absorbed (now its rows, live or soft-deleted), and that of a
+    soft-deleted primary it took over from (`customer.primary_changed`, one
+    hand-over back: README, "Decisions")."""
+    parameters = {"contact_id": contact_id, "after": after, "limit": limit + 1}
+    page = _page(connection.execute(_HISTORY, parameters).all(), limit)
+    if page.events or connection.execute(_LIVE_CONTACT, parameters).first():
+        return page
+    return None
 
 
-def _page(connection: Connection, query: Any, limit: int) -> Page:
-    rows = connection.execute(query.order_by(Event.id).limit(limit + 1)).all()
+def _page(rows: Sequence[Row[Any]], limit: int) -> Page:
     more = len(rows) > limit
     events = [event_json(row) for row in rows[:limit]]
     return Page(events, events[-1]["id"] if more else None)
-
-
-def _customer_ids(connection: Connection, contact_id: int) -> set[int] | None:
-    """Every id the customer of `contact_id` has had: its primary's, those of
-    the customers it absorbed (now rows of it, live or soft-deleted), and
-    those of primaries it took over from (`customer.primary_changed`)."""
-    primary = connection.execute(
-        select(Contact.linked_id, Contact.id).where(
-            Contact.id == contact_id, Contact.deleted_at.is_(None)
-        )
-    ).first()
-    if primary is None:
-        return None
-    ids: set[int] = set()
-    frontier = {primary.linked_id or primary.id}
-    while frontier:
-        members = connection.execute(
-            select(Contact.id).where(
-                or_(Contact.id.in_(frontier), Contact.linked_id.in_(frontier))
-            )
-        ).scalars()
-        ids |= frontier | set(members)
-        previous = connection.execute(
-            select(Event.previous_customer_id).where(
-                Event.type == "customer.primary_changed",
-                Event.customer_id.in_(ids),
-            )
-        ).scalars()
-        frontier = {id_ for id_ in previous if id_ is not None} - ids
-    return ids
 
 
 def event_json(row: Row[Any]) -> dict[str, Any]:

@@ -2,12 +2,13 @@
 by any of its contact ids, its history through merges, the event feed, and
 their paging and errors."""
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from models import Contact, Event, db
 from test_http import assert_problem
@@ -187,3 +188,25 @@ def test_the_reads_need_the_api_key_when_one_is_set(app: Flask) -> None:
         assert_problem(response, 401)
     authorised = client.get("/events", headers={"Authorization": "Bearer secret"})
     assert authorised.status_code == 200
+
+
+def test_history_keeps_the_events_of_a_soft_deleted_primary_it_took_over_from(
+    app: Flask, client: FlaskClient
+) -> None:
+    post(client, "a@shop.com", "1111")
+    post(client, "b@shop.com", "1111")
+    with app.app_context():
+        db.session.execute(
+            update(Contact).where(Contact.id == 1).values(deleted_at=datetime.now(UTC))
+        )
+        db.session.commit()
+    post(client, None, "1111")
+
+    events = client.get("/customers/2/history").get_json()["events"]
+
+    assert [(e["type"], e["customerId"]) for e in events] == [
+        ("customer.created", 1),
+        ("customer.contact_added", 1),
+        ("customer.primary_changed", 2),
+    ]
+    assert_problem(client.get("/customers/1/history"), 404)
