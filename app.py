@@ -1,6 +1,7 @@
 """The HTTP edge: the Flask app, its routes, and errors as problem documents."""
 
 import os
+import sqlite3
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -98,6 +99,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(HTTPException, problem)
     app.register_error_handler(InvalidInput, invalid_input)
     app.register_error_handler(OperationalError, database_unavailable)
+    # Statements sent straight to the sqlite3 driver (store.py, ledger.py)
+    # raise its own errors, not SQLAlchemy's.
+    app.register_error_handler(sqlite3.OperationalError, database_unavailable)
     app.register_error_handler(LostRace, database_busy)
     return app
 
@@ -231,8 +235,11 @@ def invalid_input(error: InvalidInput) -> Response:
     return problem(BadRequest(str(error)))
 
 
-def database_unavailable(error: OperationalError) -> Response:
-    current_app.logger.error("database unavailable: %s", error.orig)
+def database_unavailable(
+    error: OperationalError | sqlite3.OperationalError,
+) -> Response:
+    cause = error.orig if isinstance(error, OperationalError) else error
+    current_app.logger.error("database unavailable: %s", cause)
     return problem(
         ServiceUnavailable(
             "The database is unreachable or not ready. Nothing was changed;"

@@ -2,6 +2,7 @@
 same transaction as the change, and read back by customer or as one feed
 (README: "The ledger")."""
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -9,8 +10,9 @@ from typing import Any, cast
 
 import psycopg
 from psycopg.types.json import Json
-from sqlalchemy import Connection, Row, bindparam, insert, select, text
+from sqlalchemy import Connection, Row, bindparam, select, text
 
+from locks import driver
 from models import Contact, Event
 from reconcile import Event as NewEvent
 
@@ -35,7 +37,12 @@ _COLUMNS = (
 )
 _PG_INSERT = f"INSERT INTO event ({', '.join(_COLUMNS)}) VALUES "
 _PG_VALUES = f"({', '.join(['%s'] * len(_COLUMNS))})"
-_INSERT = insert(Event)
+_SQLITE_INSERT = (
+    f"INSERT INTO event ({', '.join(_COLUMNS)})"
+    f" VALUES ({', '.join(['?'] * len(_COLUMNS))})"
+)
+# The text SQLAlchemy's DateTime stores on SQLite (UTC, no zone).
+SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 def append_and_commit(
@@ -50,9 +57,13 @@ def append_and_commit(
     On PostgreSQL the ledger lock, the insert and COMMIT go to the server as
     one message: the lock is held only while the server runs it, never while
     it waits for this process, so a frozen or killed worker cannot hold it."""
-    rows = [_row(event, at, request_id) for event in events]
-    if connection.dialect.name != "postgresql":
-        connection.execute(_INSERT, rows)
+    if connection.dialect.name == "sqlite":
+        stamp = at.astimezone(UTC).strftime(SQLITE_DATETIME)
+        rows = [
+            _values(event, stamp, request_id, json.dumps(event.contact_ids))
+            for event in events
+        ]
+        driver(connection).executemany(_SQLITE_INSERT, rows)
         connection.commit()
         return
     cursor = psycopg.ClientCursor(
@@ -61,12 +72,9 @@ def append_and_commit(
     values = ", ".join(
         cursor.mogrify(
             _PG_VALUES,
-            [
-                Json(row[name]) if name == "contact_ids" else row[name]
-                for name in _COLUMNS
-            ],
+            _values(event, at, request_id, Json(list(event.contact_ids))),
         )
-        for row in rows
+        for event in events
     )
     connection.exec_driver_sql(
         f"SELECT pg_advisory_xact_lock({LEDGER_LOCK}); {_PG_INSERT}{values}; COMMIT"
@@ -74,19 +82,23 @@ def append_and_commit(
     connection.commit()
 
 
-def _row(event: NewEvent, at: datetime, request_id: str | None) -> dict[str, Any]:
-    return {
-        "type": event.type.value,
-        "at": at,
-        "request_id": request_id,
-        "customer_id": event.customer_id,
-        "contact_ids": list(event.contact_ids),
-        "absorbed_customer_id": event.absorbed_customer_id,
-        "previous_customer_id": event.previous_customer_id,
-        "email": event.email,
-        "phone_number": event.phone_number,
-        "reason": None,
-    }
+def _values(
+    event: NewEvent, at: Any, request_id: str | None, contact_ids: Any
+) -> tuple[Any, ...]:
+    """The event's values in the order of _COLUMNS, with `at` and the contact
+    ids as the driver takes them."""
+    return (
+        event.type.value,
+        at,
+        request_id,
+        event.customer_id,
+        contact_ids,
+        event.absorbed_customer_id,
+        event.previous_customer_id,
+        event.email,
+        event.phone_number,
+        None,
+    )
 
 
 @dataclass(frozen=True)

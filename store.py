@@ -19,6 +19,7 @@ from sqlalchemy import (
     union,
     update,
 )
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
 import ledger
@@ -62,9 +63,14 @@ def _cluster_query(
 
 
 # Built once: constructing a statement cost more than running it. One of
-# each per shape of request: email and phone, email only, phone only.
+# each per shape of request: email and phone, email only, phone only. On
+# SQLite they are also compiled once, and sent straight to the driver.
 _CLUSTER_QUERIES = {
     (e, p): _cluster_query(by_email=e, by_phone=p) for e, p in locks.SHAPES
+}
+_SQLITE_CLUSTER_QUERIES = {
+    shape: str(query.compile(dialect=sqlite.dialect(paramstyle="named")))
+    for shape, query in _CLUSTER_QUERIES.items()
 }
 
 
@@ -75,9 +81,24 @@ def read_clusters(
     one statement (so in one snapshot, even outside a transaction), ascending
     id. Clusters are reached through their primary's id, so the cost is their
     size, whatever the size of the table."""
-    query = _CLUSTER_QUERIES[email is not None, phone_number is not None]
+    shape = email is not None, phone_number is not None
     parameters = {"email": email, "phone_number": phone_number}
-    return [Member(*row) for row in connection.execute(query, parameters)]
+    if connection.dialect.name == "sqlite":
+        cursor = locks.driver(connection).execute(
+            _SQLITE_CLUSTER_QUERIES[shape], parameters
+        )
+        return [
+            Member(row_id, row_email, row_phone, linked_id, precedence, _utc(created))
+            for row_id, row_email, row_phone, linked_id, precedence, created in cursor
+        ]
+    return [
+        Member(*row) for row in connection.execute(_CLUSTER_QUERIES[shape], parameters)
+    ]
+
+
+def _utc(value: str) -> datetime:
+    """A timestamp as SQLAlchemy's DateTime stores it on SQLite (UTC, no zone)."""
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 def identify(

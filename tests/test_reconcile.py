@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Row, event, func, select, update
+from sqlalchemy import Connection, Row, func, select, update
 
 import store
 from invariants import assert_invariants, live_rows
@@ -339,25 +339,17 @@ def test_a_new_secondary_is_never_older_than_its_primary(
 def test_cluster_lookup_reads_indexes_not_the_whole_table(
     connection: Connection,
 ) -> None:
-    engine = connection.engine
-    if engine.dialect.name != "sqlite":
+    if connection.dialect.name != "sqlite":
         pytest.skip("asserted on SQLite, whose plan does not depend on table size")
-    queries: list[tuple[str, tuple[object, ...]]] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
-        queries.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", capture)
+    driver = connection.connection.driver_connection
+    sent: list[str] = []
+    driver.set_trace_callback(sent.append)
     try:
         store.read_clusters(connection, email="a@shop.com", phone_number="1111")
     finally:
-        event.remove(engine, "before_cursor_execute", capture)
-    connection.rollback()
-    statement, parameters = next(q for q in queries if q[0].startswith("WITH"))
-    with engine.connect() as connection:
-        plan = connection.exec_driver_sql(
-            f"EXPLAIN QUERY PLAN {statement}", parameters
-        ).all()
+        driver.set_trace_callback(None)
+    query = next(sql for sql in sent if sql.startswith("WITH"))
+    plan = driver.execute(f"EXPLAIN QUERY PLAN {query}").fetchall()
     details = " | ".join(row[-1] for row in plan)
     assert "SCAN contact" not in details, details
     assert "USING INDEX ix_contact_email" in details, details
