@@ -38,7 +38,7 @@ from auth import parse_api_keys, require_api_key
 from locks import LostRace
 from models import db, engine_options, prepare_engine
 from reconcile import Identity
-from validation import InvalidInput, parse_identify, parse_page
+from validation import MAX_ID, InvalidInput, parse_identify, parse_page
 
 MAX_BODY_BYTES = 64 * 1024
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -144,6 +144,8 @@ def lookup_customers() -> dict[str, Any]:
 
 @api.get("/customers/<int:contact_id>")
 def get_customer(contact_id: int) -> dict[str, Any]:
+    if contact_id > MAX_ID:
+        raise no_contact(contact_id)
     with db.engine.connect() as connection:
         found = store.customer(connection, contact_id)
     if found is None:
@@ -155,6 +157,8 @@ def get_customer(contact_id: int) -> dict[str, Any]:
 @api.get("/customers/<int:contact_id>/history")
 def customer_history(contact_id: int) -> dict[str, Any]:
     after, limit = parse_page(request.args)
+    if contact_id > MAX_ID:
+        raise no_contact(contact_id)
     with db.engine.connect() as connection:
         page = ledger.history(connection, contact_id, after=after, limit=limit)
     if page is None:

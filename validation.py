@@ -73,13 +73,18 @@ def normalise_phone_number(value: Any) -> str | None:
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
+# The largest id a contact or an event can have: their id columns are
+# INTEGER, 32 bits on PostgreSQL, which refuses a larger parameter.
+MAX_ID = 2**31 - 1
 
 
 def parse_page(args: Mapping[str, str]) -> tuple[int, int]:
     """Return (after, limit) of a list's query string: `after` an event id,
-    0 or more (default 0, the start); `limit` 1 to MAX_PAGE (default
+    0 to MAX_ID (default 0, the start); `limit` 1 to MAX_PAGE (default
     DEFAULT_PAGE). Raises InvalidInput for anything else."""
     after = _whole_number(args, "after", 0)
+    if after > MAX_ID:
+        raise InvalidInput(f"after must be from 0 to {MAX_ID}.")
     limit = _whole_number(args, "limit", DEFAULT_PAGE)
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}.")

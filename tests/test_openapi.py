@@ -47,7 +47,8 @@ def test_openapi_document_describes_exactly_the_app_routes(
         if method in HTTP_METHODS
     }
     served = {
-        (rule.rule, method)
+        # Flask's "<int:contact_id>" is OpenAPI's "{contact_id}".
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
         for rule in app.url_map.iter_rules()
         # The docs page and its assets are described by the page itself.
         if not rule.endpoint.startswith("swagger_ui.")
@@ -55,6 +56,15 @@ def test_openapi_document_describes_exactly_the_app_routes(
         if method not in {"HEAD", "OPTIONS"}
     }
     assert documented == served
+
+
+# The read operations whose examples all hold after the worked example.
+READS = [
+    ("/customers/lookup", "post"),
+    ("/customers/{contact_id}", "get"),
+    ("/customers/{contact_id}/history", "get"),
+    ("/events", "get"),
+]
 
 
 def test_worked_example_of_the_document_is_what_the_service_answers(
@@ -70,6 +80,59 @@ def test_worked_example_of_the_document_is_what_the_service_answers(
         assert response.status_code == 200
         if name in answers:
             assert response.get_json() == answers[name]["value"], name
+
+
+@pytest.mark.parametrize(("path", "method"), READS)
+def test_read_examples_are_what_the_service_answers_after_the_worked_example(
+    client: FlaskClient, document: dict[str, Any], path: str, method: str
+) -> None:
+    """Each 200 example of a read is asked with the parameter and body
+    examples of the same name."""
+    asked = document["paths"]["/identify"]["post"]["requestBody"]
+    for example in asked["content"]["application/json"]["examples"].values():
+        assert client.post("/identify", json=example["value"]).status_code == 200
+    operation = document["paths"][path][method]
+    answers = operation["responses"]["200"]["content"]["application/json"]
+    bodies = operation.get("requestBody", {}).get("content", {})
+    bodies = bodies.get("application/json", {}).get("examples", {})
+
+    for name, answer in answers["examples"].items():
+        url, query = path, {}
+        for reference in operation.get("parameters", []):
+            parameter = resolve(document, reference)
+            if name not in parameter.get("examples", {}):
+                continue
+            value = parameter["examples"][name]["value"]
+            if parameter["in"] == "path":
+                url = url.replace(f"{{{parameter['name']}}}", str(value))
+            else:
+                query[parameter["name"]] = value
+        body = bodies[name]["value"] if name in bodies else None
+        response = client.open(url, method=method, query_string=query, json=body)
+        assert response.status_code == 200, (name, response.get_json())
+        assert stable(response.get_json()) == stable(answer["value"]), name
+
+
+def resolve(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """`node`, or what its "$ref" (a local one) points to."""
+    if "$ref" not in node:
+        return node
+    for key in node["$ref"].removeprefix("#/").split("/"):
+        document = document[key]
+    return document
+
+
+def stable(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` without what differs on every run: when each event happened and
+    the id of the request that caused it."""
+    if "events" not in body:
+        return body
+    unstable = {"at", "requestId"}
+    events = [
+        {key: value for key, value in event.items() if key not in unstable}
+        for event in body["events"]
+    ]
+    return {**body, "events": events}
 
 
 def test_docs_page_loads_its_assets_from_the_app_itself(client: FlaskClient) -> None:
