@@ -8,17 +8,17 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, event, func, insert, select, text
+from sqlalchemy import Connection, Engine, func, insert, select, text
 
 import locks
 import store
 from invariants import assert_invariants, live_rows
 from models import Contact, db
-from reconcile import Outcome
+from reconcile import Member, Outcome
 
 
 def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
-    app: Flask,
+    app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another request commits the same brand-new contact between this
     request's first read and its write. The writer reads again once it holds
@@ -26,11 +26,14 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
     answers with the winner's contact, inserts nothing, and needs no retry."""
     with app.app_context():
         engine = db.engine
-        competitor: dict[str, Any] = {}
+    competitor: dict[str, Any] = {}
+    read_clusters = store.read_clusters
 
-        def commit_the_same_contact_first(conn, cursor, statement, *_: Any) -> None:  # noqa: ANN001
-            if competitor or not statement.startswith("WITH"):
-                return
+    def commit_the_same_contact_after_the_first_read(
+        connection: Connection, **values: str | None
+    ) -> list[Member]:
+        rows = read_clusters(connection, **values)
+        if not competitor:
             competitor["started"] = True
             with engine.connect() as other:
                 competitor["identity"] = store.identify_and_commit(
@@ -39,26 +42,22 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
                     phone_number="123456",
                     request_id=None,
                 ).identity
+        return rows
 
-        event.listen(engine, "after_cursor_execute", commit_the_same_contact_first)
-        try:
-            with engine.connect() as connection:
-                served = store.identify_and_commit(
-                    connection,
-                    email="doc@fluxkart.com",
-                    phone_number="123456",
-                    request_id=None,
-                )
-                identity, retries = served.identity, served.retries
-        finally:
-            event.remove(engine, "after_cursor_execute", commit_the_same_contact_first)
+    monkeypatch.setattr(
+        store, "read_clusters", commit_the_same_contact_after_the_first_read
+    )
+    with engine.connect() as connection:
+        served = store.identify_and_commit(
+            connection, email="doc@fluxkart.com", phone_number="123456", request_id=None
+        )
 
-        assert retries == 0
-        assert competitor["identity"].outcome is Outcome.CREATED
-        assert identity.outcome is Outcome.UNCHANGED
-        assert identity.primary_id == competitor["identity"].primary_id
-        with engine.connect() as connection:
-            assert connection.scalar(select(func.count()).select_from(Contact)) == 1
+    assert served.retries == 0
+    assert competitor["identity"].outcome is Outcome.CREATED
+    assert served.identity.outcome is Outcome.UNCHANGED
+    assert served.identity.primary_id == competitor["identity"].primary_id
+    with engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(Contact)) == 1
 
 
 def seed(engine: Engine, *rows: tuple[str, str]) -> list[int]:
