@@ -38,7 +38,7 @@ from auth import parse_api_keys, require_api_key
 from locks import LostRace
 from models import db, engine_options, prepare_engine
 from reconcile import Identity
-from validation import MAX_ID, InvalidInput, parse_identify, parse_page
+from validation import MAX_ID, InvalidInput, check_email, parse_identify, parse_page
 
 MAX_BODY_BYTES = 64 * 1024
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -127,6 +127,7 @@ def identify() -> dict[str, Any]:
             email=email,
             phone_number=phone_number,
             request_id=g.request_id,
+            check_email=check_email,
         )
     observability.record_identity(served)
     return {"contact": contact_json(served.identity)}
@@ -137,7 +138,12 @@ def lookup_customers() -> dict[str, Any]:
     """The customers an email or phone belongs to; never writes."""
     email, phone_number = parse_identify(request.get_json())
     with db.engine.connect() as connection:
-        found = store.lookup(connection, email=email, phone_number=phone_number)
+        found = store.lookup(
+            connection,
+            email=email,
+            phone_number=phone_number,
+            check_email=check_email,
+        )
     observability.record_customers(found)
     return {"contacts": [contact_json(identity) for identity in found]}
 

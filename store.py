@@ -5,7 +5,7 @@ A request that changes nothing is answered from one read, in no transaction.
 A request that writes begins its transaction, takes its locks, reads again
 and decides again from what it now holds (reconcile.decide), then writes."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -36,6 +36,9 @@ from reconcile import (
     decide,
     views,
 )
+
+# Checks and normalises an email no row holds (validation.check_email).
+EmailCheck = Callable[[str], str]
 
 _COLUMNS = (
     Contact.id,
@@ -107,6 +110,7 @@ def identify(
     email: str | None,
     phone_number: str | None,
     request_id: str | None,
+    check_email: EmailCheck | None = None,
     alone: bool = False,
 ) -> tuple[Identity, list[Event]]:
     """The customer that owns this email and/or phone number, after inserting
@@ -116,9 +120,11 @@ def identify(
     (models.py sets every connection up so). A request that writes commits
     before this returns. `alone` makes a PostgreSQL writer wait until no other
     writer runs, then run alone among them (a retry after a lost race).
-    Raises ClusterMoved when another transaction won a race for a cluster."""
+    `check_email`, when given, checks and normalises an email that no row
+    holds (see _read_checked). Raises ClusterMoved when another transaction
+    won a race for a cluster."""
     version = locks.data_version(connection)
-    rows = read_clusters(connection, email=email, phone_number=phone_number)
+    rows, email = _read_checked(connection, email, phone_number, check_email)
     decision = decide(rows, email=email, phone_number=phone_number, now=_now())
     if not decision.changes:
         return decision.answer(), []
@@ -153,6 +159,7 @@ def identify_and_commit(
     email: str | None,
     phone_number: str | None,
     request_id: str | None,
+    check_email: EmailCheck | None = None,
     attempts: int = 3,
 ) -> Served:
     """Run identify(), retrying the whole transaction after a lost race (a
@@ -170,6 +177,7 @@ def identify_and_commit(
                 email=email,
                 phone_number=phone_number,
                 request_id=request_id,
+                check_email=check_email,
                 alone=attempt > 0,
             )
             return Served(identity, events, attempt)
@@ -191,6 +199,26 @@ def identify_and_commit(
             connection.rollback()
             raise
     raise LostRace(f"gave up after {attempts} attempts")
+
+
+def _read_checked(
+    connection: Connection,
+    email: str | None,
+    phone_number: str | None,
+    check_email: EmailCheck | None,
+) -> tuple[list[Member], str | None]:
+    """The first read of a request, and its email as it will be used.
+
+    An email that a row holds was checked when that row was stored, so the
+    check (the costliest step of parsing) runs only for an email no row
+    holds, and the clusters are read again if it changed the email."""
+    rows = read_clusters(connection, email=email, phone_number=phone_number)
+    if email is None or check_email is None or any(r.email == email for r in rows):
+        return rows, email
+    checked = check_email(email)
+    if checked != email:
+        rows = read_clusters(connection, email=checked, phone_number=phone_number)
+    return rows, checked
 
 
 def _now() -> datetime:
@@ -274,11 +302,16 @@ def apply(connection: Connection, decision: Decision) -> tuple[Identity, list[Ev
 
 
 def lookup(
-    connection: Connection, *, email: str | None, phone_number: str | None
+    connection: Connection,
+    *,
+    email: str | None,
+    phone_number: str | None,
+    check_email: EmailCheck | None = None,
 ) -> list[Identity]:
     """The customers the email or the phone belongs to (0, 1 or 2), ascending
     primary id, from one read. Never writes."""
-    return views(read_clusters(connection, email=email, phone_number=phone_number))
+    rows, _ = _read_checked(connection, email, phone_number, check_email)
+    return views(rows)
 
 
 _CUSTOMER_OF = (

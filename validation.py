@@ -17,7 +17,10 @@ class InvalidInput(ValueError):
 
 
 def parse_identify(body: Any) -> tuple[str | None, str | None]:
-    """Return the normalised (email, phone_number) of an identify request body.
+    """Return the (email, phone_number) of an identify request body: the phone
+    normalised; the email trimmed and lower-cased, with its syntax still to be
+    checked by check_email() (store.py does it unless the database holds the
+    email already: every stored email was checked when it was stored).
 
     Missing, null, empty and whitespace-only values come back as None. Raises
     InvalidInput when the body is not an object, a value is of the wrong type
@@ -25,7 +28,7 @@ def parse_identify(body: Any) -> tuple[str | None, str | None]:
     """
     if not isinstance(body, dict):
         raise InvalidInput("The body must be a JSON object.")
-    email = normalise_email(body.get("email"))
+    email = trim_email(body.get("email"))
     phone_number = normalise_phone_number(body.get("phoneNumber"))
     if email is None and phone_number is None:
         raise InvalidInput("Send an email, a phoneNumber, or both.")
@@ -33,6 +36,12 @@ def parse_identify(body: Any) -> tuple[str | None, str | None]:
 
 
 def normalise_email(value: Any) -> str | None:
+    """The email as stored: trimmed, lower-cased and checked; None when absent."""
+    email = trim_email(value)
+    return None if email is None else check_email(email)
+
+
+def trim_email(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
@@ -42,6 +51,12 @@ def normalise_email(value: Any) -> str | None:
         return None
     if len(email) > MAX_EMAIL_LENGTH:
         raise InvalidInput(f"email must be at most {MAX_EMAIL_LENGTH} characters.")
+    return email
+
+
+def check_email(email: str) -> str:
+    """The normalised form of a trimmed, lower-cased email whose syntax a
+    validation library accepts (no DNS look-up). Raises InvalidInput."""
     try:
         checked = validate_email(email, check_deliverability=False)
     except EmailNotValidError as error:

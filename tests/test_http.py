@@ -1,11 +1,12 @@
 """POST /identify and GET /health over HTTP: parsing, normalisation, errors."""
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app import create_app
 from models import Contact, db
@@ -253,3 +254,37 @@ def test_unreachable_database_is_a_503_problem(unreachable_url: str) -> None:
     ):
         assert_problem(response, 503)
         assert "database" in response.get_json()["detail"]
+
+
+def test_an_email_spelt_in_another_unicode_form_finds_the_same_customer(
+    client: FlaskClient,
+) -> None:
+    composed = identify(client, email="\u00e9mile@fluxkart.com", phoneNumber="5550001")
+
+    decomposed = identify(client, email="E\u0301MILE@fluxkart.com")
+
+    assert decomposed == composed
+    assert composed["emails"] == ["\u00e9mile@fluxkart.com"]
+
+
+def test_an_email_the_database_holds_is_not_checked_again(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Every stored email was checked when it was stored, so a request with it
+    skips the check: here a row stored by hand with an address today's check
+    refuses (a domain that cannot receive mail) is still found."""
+    with app.app_context():
+        db.session.execute(
+            text(
+                "INSERT INTO contact (email, link_precedence, created_at, updated_at)"
+                " VALUES ('old@shop.local', 'primary', :now, :now)"
+            ),
+            {"now": datetime.now(UTC)},
+        )
+        db.session.commit()
+
+    found = identify(client, email="old@shop.local")
+    refused = client.post("/identify", json={"email": "new@shop.local"})
+
+    assert found["emails"] == ["old@shop.local"]
+    assert_problem(refused, 400)
