@@ -135,3 +135,30 @@ def test_gunicorn_restart_starts_the_metrics_from_zero(tmp_path: Path) -> None:
         page = requests.get(f"{url}/metrics", timeout=10).text
 
     assert sample(page, "identify_outcomes_total", outcome="created") == 0
+
+
+def test_customer_reads_share_one_route_label_whatever_the_id(
+    client: FlaskClient,
+) -> None:
+    client.post("/identify", json={"email": "doc@fluxkart.com"})
+    route = "/customers/<int:contact_id>/history"
+    found, missing = (
+        metric(client, "http_requests_total", route=route, method="GET", status=s)
+        for s in ("200", "404")
+    )
+
+    for contact_id in (1, 1, 1):
+        client.get(f"/customers/{contact_id}/history")
+    for contact_id in (2, 3, 4):
+        client.get(f"/customers/{contact_id}/history")
+
+    text = client.get("/metrics").get_data(as_text=True)
+    assert (
+        sample(text, "http_requests_total", route=route, method="GET", status="200")
+        == found + 3
+    )
+    assert (
+        sample(text, "http_requests_total", route=route, method="GET", status="404")
+        == missing + 3
+    )
+    assert "/customers/2" not in text and "/customers/4" not in text
