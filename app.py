@@ -1,8 +1,10 @@
 """The HTTP edge: the Flask app, its routes, and errors as problem documents."""
 
+import json
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,20 +27,31 @@ from flask_swagger_ui import get_swaggerui_blueprint  # type: ignore[import-unty
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import (
     BadRequest,
+    Conflict,
     HTTPException,
     NotFound,
     RequestEntityTooLarge,
     ServiceUnavailable,
+    UnprocessableEntity,
 )
 
+import guard
 import ledger
 import observability
 import store
 from auth import parse_api_keys, require_api_key
 from locks import LostRace
 from models import db, engine_options, prepare_engine
-from reconcile import Identity
-from validation import MAX_ID, InvalidInput, check_email, parse_identify, parse_page
+from reconcile import Identity, Ignored
+from store import NothingUsable
+from validation import (
+    MAX_ID,
+    InvalidInput,
+    check_email,
+    parse_blocked_value,
+    parse_identify,
+    parse_page,
+)
 
 MAX_BODY_BYTES = 64 * 1024
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -71,6 +84,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["API_KEYS"] = parse_api_keys(os.environ.get("API_KEYS"))
     app.config["PROMETHEUS_MULTIPROC_DIR"] = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    app.config["GUARD"] = guard.guard_from_env()
     app.config.update(config or {})
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS",
@@ -103,6 +117,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # raise its own errors, not SQLAlchemy's.
     app.register_error_handler(sqlite3.OperationalError, database_unavailable)
     app.register_error_handler(LostRace, database_busy)
+    app.register_error_handler(NothingUsable, nothing_usable)
     return app
 
 
@@ -127,10 +142,11 @@ def identify() -> dict[str, Any]:
             email=email,
             phone_number=phone_number,
             request_id=g.request_id,
+            guard=current_app.config["GUARD"],
             check_email=check_email,
         )
     observability.record_identity(served)
-    return {"contact": contact_json(served.identity)}
+    return with_ignored({"contact": contact_json(served.identity)}, served.ignored)
 
 
 @api.post("/customers/lookup")
@@ -138,14 +154,87 @@ def lookup_customers() -> dict[str, Any]:
     """The customers an email or phone belongs to; never writes."""
     email, phone_number = parse_identify(request.get_json())
     with db.engine.connect() as connection:
-        found = store.lookup(
+        found, ignored = store.lookup(
             connection,
             email=email,
             phone_number=phone_number,
+            guard=current_app.config["GUARD"],
             check_email=check_email,
         )
     observability.record_customers(found)
-    return {"contacts": [contact_json(identity) for identity in found]}
+    observability.record_ignored(ignored)
+    contacts = [contact_json(identity) for identity in found]
+    return with_ignored({"contacts": contacts}, ignored)
+
+
+def with_ignored(answer: dict[str, Any], ignored: Sequence[Ignored]) -> dict[str, Any]:
+    """The answer with what the request's values were ignored for, if any."""
+    if ignored:
+        answer["ignored"] = [
+            {"field": item.field, "reason": item.reason} for item in ignored
+        ]
+    return answer
+
+
+@api.get("/blocked-values")
+def list_blocked_values() -> dict[str, Any]:
+    with db.engine.connect() as connection:
+        values = guard.list_blocked(connection)
+    rules = guard.BUILTIN_RULES if current_app.config["GUARD"].builtin else ()
+    return {
+        "blockedValues": [
+            {
+                "id": rule.id,
+                "builtin": True,
+                "field": rule.field,
+                "rule": rule.description,
+            }
+            for rule in rules
+        ]
+        + [blocked_json(value) for value in values]
+    }
+
+
+@api.post("/blocked-values")
+def add_blocked_value() -> tuple[dict[str, Any], int, dict[str, str]]:
+    field, value = parse_blocked_value(request.get_json())
+    rule = guard.builtin_rule(field, value)
+    if rule is not None and current_app.config["GUARD"].builtin:
+        raise Conflict(f"{field} is already blocked by the built-in rule {rule.id}.")
+    with db.engine.connect() as connection:
+        added = guard.add_blocked(connection, field, value, now=datetime.now(UTC))
+    if added is None:
+        raise Conflict(f"That {field} is already a blocked value.")
+    return blocked_json(added), 201, {"Location": f"/blocked-values/{added.id}"}
+
+
+@api.delete("/blocked-values/<value_id>")
+def delete_blocked_value(value_id: str) -> tuple[str, int]:
+    if any(rule.id == value_id for rule in guard.BUILTIN_RULES):
+        raise Conflict(
+            f"{value_id} is a built-in rule and cannot be deleted; set"
+            " BUILTIN_BLOCKLIST=off to turn the built-in rules off."
+        )
+    number = int(value_id) if value_id.isascii() and value_id.isdigit() else None
+    with db.engine.connect() as connection:
+        deleted = (
+            number is not None
+            and number <= MAX_ID
+            and guard.delete_blocked(connection, number)
+        )
+    if not deleted:
+        raise NotFound(f"No blocked value has the id {value_id}.")
+    return "", 204
+
+
+def blocked_json(value: guard.Blocked) -> dict[str, Any]:
+    return {
+        "id": value.id,
+        "builtin": False,
+        "field": value.field,
+        "value": value.value,
+        "createdAt": value.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    }
 
 
 @api.get("/customers/<int:contact_id>")
@@ -256,6 +345,22 @@ def database_unavailable(
             " try again later."
         )
     )
+
+
+def nothing_usable(error: NothingUsable) -> Response:
+    """422: every value was ignored, so there is nothing to match or store."""
+    observability.record_ignored(error.ignored)
+    reasons = ", ".join(f"{item.field} ({item.reason})" for item in error.ignored)
+    response = problem(
+        UnprocessableEntity(
+            f"Every value of the request was ignored: {reasons}. Nothing was"
+            " matched or stored."
+        )
+    )
+    body = response.get_json()
+    body["ignored"] = [{"field": i.field, "reason": i.reason} for i in error.ignored]
+    response.set_data(json.dumps(body))
+    return response
 
 
 def database_busy(error: LostRace) -> Response:

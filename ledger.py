@@ -97,7 +97,7 @@ def _values(
         event.previous_customer_id,
         event.email,
         event.phone_number,
-        None,
+        event.reason,
     )
 
 

@@ -94,6 +94,20 @@ class Event(Base):
     reason: Mapped[str | None] = mapped_column(String(32))
 
 
+class BlockedValue(Base):
+    """An email or a phone number the shop never wants matched or stored."""
+
+    __tablename__ = "blocked_value"
+    __table_args__ = (
+        CheckConstraint("(email IS NULL) <> (phone_number IS NULL)", name="one_value"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(254), unique=True)
+    phone_number: Mapped[str | None] = mapped_column(String(16), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
     """Engine settings for the database at `url`.
 

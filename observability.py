@@ -7,6 +7,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -23,7 +24,7 @@ from prometheus_client import (
 )
 from pythonjsonlogger.json import JsonFormatter
 
-from reconcile import EventType, Identity, Outcome
+from reconcile import EventType, Identity, Ignored, Outcome
 from store import Served
 
 # The *_created series say when each series began; nobody graphs them.
@@ -40,6 +41,14 @@ OUTCOMES = Counter(
 MERGES = Counter("identify_merges", "Identify requests that merged customers.")
 RETRIES = Counter("identify_race_retries", "Transactions retried after losing a race.")
 REJECTIONS = Counter("http_rejected_requests", "Requests refused, by why.", ["reason"])
+IGNORED = Counter(
+    "identify_ignored_values",
+    "Values of identify and lookup requests that were ignored, by why.",
+    ["reason"],
+)
+REFUSED_LINKS = Counter(
+    "identify_refused_links", "Pairs of values not linked because of a limit."
+)
 
 # Unmatched paths share one label, so scanners cannot grow the metric set.
 UNMATCHED_ROUTE = "unmatched"
@@ -133,9 +142,18 @@ def record_identity(served: Served) -> None:
     OUTCOMES.labels(identity.outcome.value).inc()
     if identity.outcome is Outcome.MERGED:
         MERGES.inc()
+    record_ignored(served.ignored)
+    if any(event.type is EventType.LINK_REFUSED for event in served.events):
+        REFUSED_LINKS.inc()
     if served.retries:
         RETRIES.inc(served.retries)
         g.retries = served.retries
+
+
+def record_ignored(ignored: Sequence[Ignored]) -> None:
+    """Count the values a request ignored, by reason."""
+    for item in ignored:
+        IGNORED.labels(item.reason).inc()
 
 
 def record_customers(found: list[Identity]) -> None:

@@ -27,6 +27,42 @@ class EventType(StrEnum):
     CONTACT_ADDED = "customer.contact_added"
     MERGED = "customer.merged"
     PRIMARY_CHANGED = "customer.primary_changed"
+    LINK_REFUSED = "customer.link_refused"
+
+
+# The names of the request's two fields, as the API spells them.
+EMAIL = "email"
+PHONE_NUMBER = "phoneNumber"
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A value of the request that was not matched or stored, and why:
+    `blocked`, `suppressed` or `limit`."""
+
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How far one customer and one value may grow (README: "Protection
+    against over-merging"). `priority` names the fields, most important
+    first: a request that would break a limit loses the other one."""
+
+    max_values: int = 100
+    max_partners: int = 20
+    priority: tuple[str, str] = (EMAIL, PHONE_NUMBER)
+
+
+@dataclass(frozen=True)
+class Partners:
+    """What the ledger knows of the request's values beyond the rows: the
+    phones each email was merged with, the emails each phone was merged with
+    (merge events store no row holding both values)."""
+
+    phones_of_email: frozenset[str] = frozenset()
+    emails_of_phone: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -69,6 +105,7 @@ class Event:
     phone_number: str | None
     absorbed_customer_id: int | None = None
     previous_customer_id: int | None = None
+    reason: str | None = None
 
     def settle(self, new_id: int) -> "Event":
         def real(contact_id: int) -> int:
@@ -104,6 +141,7 @@ class Decision:
     insert: NewRow | None
     events: tuple[Event, ...]
     members: tuple[Member, ...]
+    ignored: tuple[Ignored, ...] = ()
 
     @property
     def changes(self) -> bool:
@@ -131,9 +169,22 @@ def decide(
     email: str | None,
     phone_number: str | None,
     now: datetime,
+    limits: Limits | None = None,
+    partners: Partners | None = None,
+    ignored: Sequence[Ignored] = (),
 ) -> Decision:
     """What an identify request with these normalised values changes, given
-    every live row of every cluster that holds the email or the phone.
+    every live row of every cluster that holds the email or the phone, and
+    the values already ignored (blocked or suppressed ones: the caller left
+    them out of `email`, `phone_number` and of the read).
+
+    A request that would give one customer more than `limits.max_values`
+    emails and phones, or pair a value with more than `limits.max_partners`
+    values of the other kind (in rows or merge events: the rows' pairs are in
+    `rows`, the merges' in `partners`), is decided as if it had been sent
+    without its lower-priority value, and records the refused pair as a
+    `customer.link_refused` event. Without `partners` (a first read, before
+    any lock) only the rows' pairs count. Without `limits` nothing is refused.
 
     1. Nothing matches: a new primary row.
     2. One cluster matches and the request brings a value it lacks: a new
@@ -144,6 +195,78 @@ def decide(
 
     Rows whose primary was soft-deleted are handed over to the oldest live
     row of their cluster (`customer.primary_changed`)."""
+    decision = _link(rows, email, phone_number, now)
+    if limits is None or email is None or phone_number is None:
+        return replace(decision, ignored=tuple(ignored))
+    if not _breaks_a_limit(decision, rows, email, phone_number, limits, partners):
+        return replace(decision, ignored=tuple(ignored))
+    dropped = limits.priority[1]
+    kept_email = None if dropped == EMAIL else email
+    kept_phone = None if dropped == PHONE_NUMBER else phone_number
+    matched = {
+        row.customer_id
+        for row in rows
+        if (kept_email is not None and row.email == kept_email)
+        or (kept_phone is not None and row.phone_number == kept_phone)
+    }
+    kept = _link(
+        [r for r in rows if r.customer_id in matched], kept_email, kept_phone, now
+    )
+    refused = Event(
+        EventType.LINK_REFUSED,
+        kept.primary_id,
+        (),
+        email,
+        phone_number,
+        reason="limit",
+    )
+    return replace(
+        kept,
+        events=(*kept.events, refused),
+        ignored=(*ignored, Ignored(dropped, "limit")),
+    )
+
+
+def _breaks_a_limit(
+    decision: Decision,
+    rows: Sequence[Member],
+    email: str,
+    phone_number: str,
+    limits: Limits,
+    partners: Partners | None,
+) -> bool:
+    """True when `decision` adds values to a customer beyond max_values, or
+    pairs the email and the phone when one of them already has max_partners
+    partners. With both values sent, a decision that grows a customer pairs
+    them: its new row holds both, or its merge event has both as evidence."""
+    merges = any(event.type is EventType.MERGED for event in decision.events)
+    grows = merges or decision.insert is not None
+    if not grows:
+        return False
+    values = {m.email for m in decision.members} | {
+        m.phone_number for m in decision.members
+    }
+    if len(values - {None}) > limits.max_values:
+        return True
+    known = partners or Partners()
+    phones = {r.phone_number for r in rows if r.email == email} | known.phones_of_email
+    emails = {
+        r.email for r in rows if r.phone_number == phone_number
+    } | known.emails_of_phone
+    phones.discard(None)
+    emails.discard(None)
+    return (phone_number not in phones and len(phones) >= limits.max_partners) or (
+        email not in emails and len(emails) >= limits.max_partners
+    )
+
+
+def _link(
+    rows: Sequence[Member],
+    email: str | None,
+    phone_number: str | None,
+    now: datetime,
+) -> Decision:
+    """The four rules, with nothing refused."""
     if email is None and phone_number is None:
         raise ValueError("decide() needs an email, a phone number, or both")
     if not rows:

@@ -6,16 +6,21 @@ A request that writes begins its transaction, takes its locks, reads again
 and decides again from what it now holds (reconcile.decide), then writes."""
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     CompoundSelect,
     Connection,
+    Select,
     bindparam,
+    exists,
     func,
     insert,
     select,
+    text,
+    true,
     union,
     update,
 )
@@ -24,15 +29,20 @@ from sqlalchemy.exc import DBAPIError
 
 import ledger
 import locks
+from guard import NO_GUARD, Guard
 from locks import ClusterMoved, LostRace
-from models import Contact
+from models import BlockedValue, Contact
 from reconcile import (
+    EMAIL,
+    PHONE_NUMBER,
     PRIMARY,
     SECONDARY,
     Decision,
     Event,
     Identity,
+    Ignored,
     Member,
+    Partners,
     decide,
     views,
 )
@@ -55,6 +65,12 @@ _LIVE = Contact.deleted_at.is_(None)
 def _cluster_query(
     *, by_email: bool, by_phone: bool
 ) -> CompoundSelect[int, str | None, str | None, int | None, str, datetime]:
+    return _cluster_union(by_email=by_email, by_phone=by_phone).order_by("id")
+
+
+def _cluster_union(
+    *, by_email: bool, by_phone: bool
+) -> CompoundSelect[int, str | None, str | None, int | None, str, datetime]:
     condition = locks.matches(by_email=by_email, by_phone=by_phone)
     hits = select(_PRIMARY_ID.label("primary_id")).where(condition).distinct()
     hits_cte = hits.cte("hits")
@@ -62,7 +78,24 @@ def _cluster_query(
     by_link = select(*_COLUMNS).join(
         hits_cte, Contact.linked_id == hits_cte.c.primary_id
     )
-    return union(by_id.where(_LIVE), by_link.where(_LIVE)).order_by("id")
+    return union(by_id.where(_LIVE), by_link.where(_LIVE))
+
+
+def _flagged_cluster_query(*, by_email: bool, by_phone: bool) -> Select[Any]:
+    """PostgreSQL: whether the email and the phone are blocked values, and the
+    cluster rows, in one statement: a row of flags, left-joined to the rows."""
+    flags = select(
+        exists().where(BlockedValue.email == bindparam("email")).label("email_blocked"),
+        exists()
+        .where(BlockedValue.phone_number == bindparam("phone_number"))
+        .label("phone_blocked"),
+    ).subquery("flags")
+    cluster = _cluster_union(by_email=by_email, by_phone=by_phone).subquery("cluster")
+    return (
+        select(flags.c.email_blocked, flags.c.phone_blocked, *cluster.c)
+        .select_from(flags.outerjoin(cluster, true()))
+        .order_by(cluster.c.id)
+    )
 
 
 # Built once: constructing a statement cost more than running it. One of
@@ -75,6 +108,20 @@ _SQLITE_CLUSTER_QUERIES = {
     shape: str(query.compile(dialect=sqlite.dialect(paramstyle="named")))
     for shape, query in _CLUSTER_QUERIES.items()
 }
+_FLAGGED_CLUSTER_QUERIES = {
+    (e, p): _flagged_cluster_query(by_email=e, by_phone=p) for e, p in locks.SHAPES
+}
+_SQLITE_BLOCKED = (
+    "SELECT EXISTS (SELECT 1 FROM blocked_value WHERE email = :email),"
+    " EXISTS (SELECT 1 FROM blocked_value WHERE phone_number = :phone_number)"
+)
+_MERGE_PARTNERS = text(
+    "SELECT phone_number, NULL FROM event"
+    " WHERE type = 'customer.merged' AND email = :email AND phone_number IS NOT NULL"
+    " UNION SELECT NULL, email FROM event"
+    " WHERE type = 'customer.merged' AND phone_number = :phone_number"
+    " AND email IS NOT NULL"
+)
 
 
 def read_clusters(
@@ -99,6 +146,97 @@ def read_clusters(
     ]
 
 
+def read(
+    connection: Connection, *, email: str | None, phone_number: str | None
+) -> tuple[list[Member], set[str]]:
+    """read_clusters(), and which of the two values are the shop's blocked
+    values (EMAIL, PHONE_NUMBER). The rows are those the values match, blocked
+    or not: the caller reads again without a blocked one (rarely needed)."""
+    parameters = {"email": email, "phone_number": phone_number}
+    if connection.dialect.name == "sqlite":
+        email_blocked, phone_blocked = (
+            locks.driver(connection).execute(_SQLITE_BLOCKED, parameters).fetchone()
+        )
+        rows = read_clusters(connection, email=email, phone_number=phone_number)
+    else:
+        shape = email is not None, phone_number is not None
+        result = connection.execute(_FLAGGED_CLUSTER_QUERIES[shape], parameters).all()
+        email_blocked, phone_blocked = result[0][:2]
+        rows = [Member(*row[2:]) for row in result if row[2] is not None]
+    blocked = {EMAIL} if email_blocked else set()
+    if phone_blocked:
+        blocked.add(PHONE_NUMBER)
+    return rows, blocked
+
+
+def read_partners(connection: Connection, *, email: str, phone_number: str) -> Partners:
+    """The phones the email and the emails the phone were merged with."""
+    parameters = {"email": email, "phone_number": phone_number}
+    found = connection.execute(_MERGE_PARTNERS, parameters).all()
+    return Partners(
+        phones_of_email=frozenset(phone for phone, _ in found if phone is not None),
+        emails_of_phone=frozenset(mail for _, mail in found if mail is not None),
+    )
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A request's values once screened, and the rows they match."""
+
+    email: str | None
+    phone_number: str | None
+    ignored: tuple[Ignored, ...]
+    rows: list[Member]
+
+
+class NothingUsable(Exception):
+    """Every value of the request was ignored: nothing can be matched."""
+
+    def __init__(self, ignored: Sequence[Ignored]) -> None:
+        super().__init__("every value of the request was ignored")
+        self.ignored = list(ignored)
+
+
+def screen(
+    connection: Connection,
+    *,
+    email: str | None,
+    phone_number: str | None,
+    guard: Guard,
+    check_email: EmailCheck | None = None,
+) -> Screened:
+    """Drop the values that are blocked (built-in rules, then the shop's),
+    check an email no row holds (every stored email was checked when it was
+    stored: the check is the costliest step of parsing), and read the rows
+    the remaining values match. Raises NothingUsable when none remains."""
+    email, phone_number, ignored = guard.screen(email, phone_number)
+    if email is None and phone_number is None:
+        raise NothingUsable(ignored)
+    rows, blocked = read(connection, email=email, phone_number=phone_number)
+    if (
+        email is not None
+        and check_email is not None
+        and EMAIL not in blocked
+        and not any(row.email == email for row in rows)
+    ):
+        checked = check_email(email)
+        if checked != email:
+            email = checked
+            rows, blocked = read(connection, email=email, phone_number=phone_number)
+    if blocked:
+        ignored += [
+            Ignored(field, "blocked")
+            for field in (EMAIL, PHONE_NUMBER)
+            if field in blocked
+        ]
+        email = None if EMAIL in blocked else email
+        phone_number = None if PHONE_NUMBER in blocked else phone_number
+        if email is None and phone_number is None:
+            raise NothingUsable(ignored)
+        rows = read_clusters(connection, email=email, phone_number=phone_number)
+    return Screened(email, phone_number, tuple(ignored), rows)
+
+
 def _utc(value: str) -> datetime:
     """A timestamp as SQLAlchemy's DateTime stores it on SQLite (UTC, no zone)."""
     return datetime.fromisoformat(value).replace(tzinfo=UTC)
@@ -110,40 +248,60 @@ def identify(
     email: str | None,
     phone_number: str | None,
     request_id: str | None,
+    guard: Guard = NO_GUARD,
     check_email: EmailCheck | None = None,
     alone: bool = False,
-) -> tuple[Identity, list[Event]]:
+) -> tuple[Decision, Identity, list[Event]]:
     """The customer that owns this email and/or phone number, after inserting
-    or relinking contact rows and appending their events as the rules decide.
+    or relinking contact rows and appending their events as the rules decide,
+    with the values `guard` blocks or its limits refuse ignored.
 
     `connection` must be in autocommit mode, outside any transaction
     (models.py sets every connection up so). A request that writes commits
     before this returns. `alone` makes a PostgreSQL writer wait until no other
     writer runs, then run alone among them (a retry after a lost race).
     `check_email`, when given, checks and normalises an email that no row
-    holds (see _read_checked). Raises ClusterMoved when another transaction
-    won a race for a cluster."""
+    holds (see screen()). Raises NothingUsable when every value is ignored,
+    and ClusterMoved when another transaction won a race for a cluster."""
     version = locks.data_version(connection)
-    rows, email = _read_checked(connection, email, phone_number, check_email)
-    decision = decide(rows, email=email, phone_number=phone_number, now=_now())
-    if not decision.changes:
-        return decision.answer(), []
-    rows = _begin_writing(
+    found = screen(
         connection,
-        rows,
-        version,
         email=email,
         phone_number=phone_number,
-        alone=alone,
+        guard=guard,
+        check_email=check_email,
     )
+    decision = _decide(found, guard, None, _now())
+    if not decision.changes:
+        return decision, decision.answer(), []
+    found = _begin_writing(connection, found, version, guard=guard, alone=alone)
+    partners = None
+    if found.email is not None and found.phone_number is not None:
+        partners = read_partners(
+            connection, email=found.email, phone_number=found.phone_number
+        )
     now = _now()
-    decision = decide(rows, email=email, phone_number=phone_number, now=now)
+    decision = _decide(found, guard, partners, now)
     if not decision.changes:
         connection.rollback()
-        return decision.answer(), []
+        return decision, decision.answer(), []
     identity, events = apply(connection, decision)
     ledger.append_and_commit(connection, events, at=now, request_id=request_id)
-    return identity, events
+    return decision, identity, events
+
+
+def _decide(
+    found: Screened, guard: Guard, partners: Partners | None, now: datetime
+) -> Decision:
+    return decide(
+        found.rows,
+        email=found.email,
+        phone_number=found.phone_number,
+        now=now,
+        limits=guard.limits,
+        partners=partners,
+        ignored=found.ignored,
+    )
 
 
 @dataclass(frozen=True)
@@ -151,6 +309,7 @@ class Served:
     identity: Identity
     events: list[Event]
     retries: int
+    ignored: tuple[Ignored, ...] = ()
 
 
 def identify_and_commit(
@@ -159,6 +318,7 @@ def identify_and_commit(
     email: str | None,
     phone_number: str | None,
     request_id: str | None,
+    guard: Guard = NO_GUARD,
     check_email: EmailCheck | None = None,
     attempts: int = 3,
 ) -> Served:
@@ -172,15 +332,16 @@ def identify_and_commit(
     other error is re-raised at once. Rolls back on error."""
     for attempt in range(attempts):
         try:
-            identity, events = identify(
+            decision, identity, events = identify(
                 connection,
                 email=email,
                 phone_number=phone_number,
                 request_id=request_id,
+                guard=guard,
                 check_email=check_email,
                 alone=attempt > 0,
             )
-            return Served(identity, events, attempt)
+            return Served(identity, events, attempt, decision.ignored)
         except (DBAPIError, ClusterMoved) as error:
             connection.rollback()
             # A pooled connection the server dropped is replaced once; checking
@@ -201,57 +362,38 @@ def identify_and_commit(
     raise LostRace(f"gave up after {attempts} attempts")
 
 
-def _read_checked(
-    connection: Connection,
-    email: str | None,
-    phone_number: str | None,
-    check_email: EmailCheck | None,
-) -> tuple[list[Member], str | None]:
-    """The first read of a request, and its email as it will be used.
-
-    An email that a row holds was checked when that row was stored, so the
-    check (the costliest step of parsing) runs only for an email no row
-    holds, and the clusters are read again if it changed the email."""
-    rows = read_clusters(connection, email=email, phone_number=phone_number)
-    if email is None or check_email is None or any(r.email == email for r in rows):
-        return rows, email
-    checked = check_email(email)
-    if checked != email:
-        rows = read_clusters(connection, email=checked, phone_number=phone_number)
-    return rows, checked
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
 def _begin_writing(
     connection: Connection,
-    rows: Sequence[Member],
+    found: Screened,
     version: int | None,
     *,
-    email: str | None,
-    phone_number: str | None,
+    guard: Guard,
     alone: bool,
-) -> list[Member]:
+) -> Screened:
     """Begin the transaction of a request that writes, make every other writer
-    of these identifiers and clusters wait for it, and read the clusters
-    afresh: what it decides from them stays true until it commits.
+    of these identifiers and clusters wait for it, and screen and read afresh:
+    what it decides from them stays true until it commits.
 
-    On SQLite `rows` are still fresh, and are kept, when no other connection
-    committed since `version` was taken, before they were read."""
+    On SQLite `found` is still fresh, and is kept, when no other connection
+    committed since `version` was taken, before it was read."""
+    email, phone_number = found.email, found.phone_number
     if connection.dialect.name == "postgresql":
         locked = locks.lock_postgresql(
             connection, email=email, phone_number=phone_number, alone=alone
         )
-        fresh = read_clusters(connection, email=email, phone_number=phone_number)
-        if not {row.customer_id for row in fresh} <= locked:
+        fresh = screen(connection, email=email, phone_number=phone_number, guard=guard)
+        if not {row.customer_id for row in fresh.rows} <= locked:
             raise ClusterMoved
-        return fresh
-    locks.begin_immediate(connection)
-    if locks.data_version(connection) == version:
-        return list(rows)
-    return read_clusters(connection, email=email, phone_number=phone_number)
+    else:
+        locks.begin_immediate(connection)
+        if locks.data_version(connection) == version:
+            return found
+        fresh = screen(connection, email=email, phone_number=phone_number, guard=guard)
+    return replace(fresh, ignored=found.ignored + fresh.ignored)
 
 
 _PROMOTE = (
@@ -306,12 +448,20 @@ def lookup(
     *,
     email: str | None,
     phone_number: str | None,
+    guard: Guard = NO_GUARD,
     check_email: EmailCheck | None = None,
-) -> list[Identity]:
+) -> tuple[list[Identity], tuple[Ignored, ...]]:
     """The customers the email or the phone belongs to (0, 1 or 2), ascending
-    primary id, from one read. Never writes."""
-    rows, _ = _read_checked(connection, email, phone_number, check_email)
-    return views(rows)
+    primary id, and the values ignored as blocked. Never writes. Raises
+    NothingUsable when every value is blocked."""
+    found = screen(
+        connection,
+        email=email,
+        phone_number=phone_number,
+        guard=guard,
+        check_email=check_email,
+    )
+    return views(found.rows), found.ignored
 
 
 _CUSTOMER_OF = (

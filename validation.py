@@ -113,3 +113,18 @@ def _whole_number(args: Mapping[str, str], name: str, default: int) -> int:
     if not value.isascii() or not value.isdigit() or len(value) > 18:
         raise InvalidInput(f"{name} must be a whole number, 0 or more.")
     return int(value)
+
+
+def parse_blocked_value(body: Any) -> tuple[str, str]:
+    """The field ("email" or "phoneNumber") and normalised value of a body
+    that holds exactly one of them. Raises InvalidInput."""
+    if not isinstance(body, dict):
+        raise InvalidInput("The body must be a JSON object.")
+    email = normalise_email(body.get("email"))
+    phone_number = normalise_phone_number(body.get("phoneNumber"))
+    if (email is None) == (phone_number is None):
+        raise InvalidInput("Send exactly one of email and phoneNumber.")
+    if email is not None:
+        return "email", email
+    assert phone_number is not None
+    return "phoneNumber", phone_number

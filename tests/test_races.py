@@ -27,12 +27,12 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
     with app.app_context():
         engine = db.engine
     competitor: dict[str, Any] = {}
-    read_clusters = store.read_clusters
+    read = store.read
 
     def commit_the_same_contact_after_the_first_read(
         connection: Connection, **values: str | None
-    ) -> list[Member]:
-        rows = read_clusters(connection, **values)
+    ) -> tuple[list[Member], set[str]]:
+        rows = read(connection, **values)
         if not competitor:
             competitor["started"] = True
             with engine.connect() as other:
@@ -44,9 +44,7 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
                 ).identity
         return rows
 
-    monkeypatch.setattr(
-        store, "read_clusters", commit_the_same_contact_after_the_first_read
-    )
+    monkeypatch.setattr(store, "read", commit_the_same_contact_after_the_first_read)
     with engine.connect() as connection:
         served = store.identify_and_commit(
             connection, email="doc@fluxkart.com", phone_number="123456", request_id=None

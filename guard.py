@@ -1,0 +1,208 @@
+"""Protection against over-merging: the values never matched or stored, and
+the limits a customer and a value may reach (README: "Protection against
+over-merging"). The limits themselves are applied by reconcile.decide()."""
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from models import BlockedValue
+from reconcile import EMAIL, PHONE_NUMBER, Ignored, Limits
+
+PLACEHOLDER_LOCAL_PARTS = frozenset(
+    {
+        "test",
+        "null",
+        "none",
+        "noemail",
+        "no-email",
+        "na",
+        "n.a",
+        "unknown",
+        "noreply",
+        "no-reply",
+        "donotreply",
+        "asdf",
+        "abc",
+        "xxx",
+    }
+)
+_REPEATED_DIGIT = re.compile(r"(\d)\1{5,}")
+_RUN_LENGTH = 8
+
+
+@dataclass(frozen=True)
+class BuiltinRule:
+    id: str
+    field: str
+    description: str
+
+
+BUILTIN_RULES = (
+    BuiltinRule(
+        "builtin:repeated-digit",
+        PHONE_NUMBER,
+        "phone numbers whose digits are one digit repeated, six or more times",
+    ),
+    BuiltinRule(
+        "builtin:digit-run",
+        PHONE_NUMBER,
+        "phone numbers whose digits are an ascending or descending run of eight"
+        " or more, 0 following 9 and 9 following 0 (12345678, 1234567890,"
+        " 9876543210)",
+    ),
+    BuiltinRule(
+        "builtin:placeholder-email",
+        EMAIL,
+        "emails whose local part is one of "
+        + ", ".join(sorted(PLACEHOLDER_LOCAL_PARTS)),
+    ),
+)
+
+
+def builtin_rule(field: str, value: str) -> BuiltinRule | None:
+    """The built-in rule that blocks this normalised value, if any."""
+    if field == EMAIL:
+        local_part = value.rpartition("@")[0]
+        return BUILTIN_RULES[2] if local_part in PLACEHOLDER_LOCAL_PARTS else None
+    digits = value.removeprefix("+")
+    if _REPEATED_DIGIT.fullmatch(digits):
+        return BUILTIN_RULES[0]
+    if len(digits) >= _RUN_LENGTH and _is_run(digits):
+        return BUILTIN_RULES[1]
+    return None
+
+
+def _is_run(digits: str) -> bool:
+    steps = {(int(b) - int(a)) % 10 for a, b in zip(digits, digits[1:], strict=False)}
+    return steps in ({1}, {9})
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The protection settings the service runs with."""
+
+    builtin: bool
+    limits: Limits | None
+
+    def screen(
+        self, email: str | None, phone_number: str | None
+    ) -> tuple[str | None, str | None, list[Ignored]]:
+        """The values left once the built-in rules dropped theirs, and what
+        they dropped."""
+        ignored = []
+        if self.builtin and email is not None and builtin_rule(EMAIL, email):
+            email = None
+            ignored.append(Ignored(EMAIL, "blocked"))
+        if (
+            self.builtin
+            and phone_number is not None
+            and builtin_rule(PHONE_NUMBER, phone_number)
+        ):
+            phone_number = None
+            ignored.append(Ignored(PHONE_NUMBER, "blocked"))
+        return email, phone_number, ignored
+
+
+# No protection at all: what the rules do when no guard is given.
+NO_GUARD = Guard(builtin=False, limits=None)
+
+
+class BadSetting(ValueError):
+    """A protection setting in the environment makes no sense; the service
+    refuses to start with this message."""
+
+
+def guard_from_env(environ: Mapping[str, str] = os.environ) -> Guard:
+    """The settings BUILTIN_BLOCKLIST, MAX_VALUES_PER_CUSTOMER,
+    MAX_PARTNERS_PER_VALUE and IDENTIFIER_PRIORITY. Raises BadSetting."""
+    builtin = environ.get("BUILTIN_BLOCKLIST", "on").strip().lower()
+    if builtin not in {"on", "off"}:
+        raise BadSetting(f"BUILTIN_BLOCKLIST must be on or off, not {builtin!r}.")
+    priority = tuple(
+        part.strip()
+        for part in environ.get("IDENTIFIER_PRIORITY", "email,phoneNumber").split(",")
+    )
+    if sorted(priority) != sorted((EMAIL, PHONE_NUMBER)):
+        raise BadSetting(
+            "IDENTIFIER_PRIORITY must be email,phoneNumber or phoneNumber,email"
+            f" (the most important first), not {','.join(priority)!r}."
+        )
+    return Guard(
+        builtin=builtin == "on",
+        limits=Limits(
+            max_values=_positive(environ, "MAX_VALUES_PER_CUSTOMER", 100),
+            max_partners=_positive(environ, "MAX_PARTNERS_PER_VALUE", 20),
+            priority=(priority[0], priority[1]),
+        ),
+    )
+
+
+def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name, str(default)).strip()
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise BadSetting(f"{name} must be a whole number of at least 1, not {text!r}.")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """One of the shop's blocked values."""
+
+    id: int
+    field: str
+    value: str
+    created_at: datetime
+
+
+_COLUMNS = {EMAIL: BlockedValue.email, PHONE_NUMBER: BlockedValue.phone_number}
+
+
+def list_blocked(connection: Connection) -> list[Blocked]:
+    rows = connection.execute(
+        select(
+            BlockedValue.id,
+            BlockedValue.email,
+            BlockedValue.phone_number,
+            BlockedValue.created_at,
+        ).order_by(BlockedValue.id)
+    )
+    return [
+        Blocked(
+            row.id,
+            EMAIL if row.email else PHONE_NUMBER,
+            row.email or row.phone_number,
+            row.created_at,
+        )
+        for row in rows
+    ]
+
+
+def add_blocked(
+    connection: Connection, field: str, value: str, *, now: datetime
+) -> Blocked | None:
+    """Store a blocked value; None when it is one already."""
+    try:
+        new_id = connection.execute(
+            insert(BlockedValue)
+            .values({_COLUMNS[field]: value, BlockedValue.created_at: now})
+            .returning(BlockedValue.id)
+        ).scalar_one()
+        connection.commit()
+    except IntegrityError:
+        connection.rollback()
+        return None
+    return Blocked(new_id, field, value, now)
+
+
+def delete_blocked(connection: Connection, value_id: int) -> bool:
+    deleted = connection.execute(
+        delete(BlockedValue).where(BlockedValue.id == value_id)
+    ).rowcount
+    connection.commit()
+    return bool(deleted)
