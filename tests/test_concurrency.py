@@ -299,3 +299,70 @@ def test_a_reader_paging_the_feed_during_racing_writes_misses_no_event(
     assert reader.seen == [event.id for event in events]
     assert_ledger_explains_the_table(url)
     print(f"\nfeed race: {len(events)} events, each seen once, in order")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def limited_service(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, list[str]]]:
+    """Like `service`, with MAX_PARTNERS_PER_VALUE=3."""
+    if request.param == "sqlite":
+        url, instances = f"sqlite:///{tmp_path / 'contacts.db'}", 1
+    else:
+        url, instances = request.getfixturevalue("postgres_url"), 2
+    migrate(url)
+    env = {"MAX_PARTNERS_PER_VALUE": "3"}
+    with ExitStack() as stack:
+        base_urls = [
+            stack.enter_context(gunicorn(url, free_port(), env=env))
+            for _ in range(instances)
+        ]
+        yield url, base_urls
+
+
+def test_racing_requests_never_give_a_value_more_partners_than_its_limit(
+    limited_service: tuple[str, list[str]],
+) -> None:
+    """A phone has 2 of its 3 allowed partners; 16 requests with new emails
+    race to add the third. Exactly one links; the others are served without
+    the phone. Then the same for an email with 2 phones and 16 new phones."""
+    url, base_urls = limited_service
+    for email, phone in [
+        ("p0@fluxkart.com", "5557000"),
+        ("p1@fluxkart.com", "5557000"),
+        ("q@fluxkart.com", "5558000"),
+        ("q@fluxkart.com", "5558001"),
+    ]:
+        race(base_urls, [{"email": email, "phoneNumber": phone}])
+
+    by_phone = race(
+        base_urls,
+        [
+            {"email": f"p{i}@fluxkart.com", "phoneNumber": "5557000"}
+            for i in range(2, 18)
+        ],
+    )
+    by_email = race(
+        base_urls,
+        [
+            {"email": "q@fluxkart.com", "phoneNumber": f"55581{i:02d}"}
+            for i in range(16)
+        ],
+    )
+
+    for responses in (by_phone, by_email):
+        assert {r.status_code for r in responses} == {200}
+        refused = [r for r in responses if "ignored" in r.json()]
+        assert len(refused) == len(responses) - 1
+        assert all(
+            r.json()["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
+            for r in refused
+        )
+    rows = table(url)
+    assert_invariants(rows)
+    assert_ledger_explains_the_table(url)
+    assert len({r.email for r in rows if r.phone_number == "5557000"}) == 3
+    assert len({r.phone_number for r in rows if r.email == "q@fluxkart.com"}) == 3
+    refusals = [e for e in ledger(url) if e.type == "customer.link_refused"]
+    assert len(refusals) == 30
+    print(f"\npartner race: 32 racing requests, 2 linked, {len(refusals)} refused")

@@ -13,13 +13,15 @@ from reconcile import (
     NEW_ROW,
     Decision,
     EventType,
+    Limits,
     Member,
     NewRow,
     Outcome,
+    Partners,
     decide,
     views,
 )
-from test_properties import EMAILS, PHONES, ReferenceModel
+from test_properties import EMAILS, PHONES, LimitedModel, ReferenceModel
 
 START = datetime(2026, 11, 30, tzinfo=UTC)
 
@@ -27,10 +29,18 @@ START = datetime(2026, 11, 30, tzinfo=UTC)
 class Table:
     """Contact rows and ledger events in memory, changed as store.apply would."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
         self.rows: dict[int, Member] = {}
         self.events: list[LedgerEvent] = []
+        self.merged: set[tuple[str | None, str | None]] = set()
         self.clock = START
+        self.limits = limits
+
+    def partners(self, email: str | None, phone: str | None) -> Partners:
+        return Partners(
+            phones_of_email=frozenset(p for e, p in self.merged if e == email and p),
+            emails_of_phone=frozenset(e for e, p in self.merged if p == phone and e),
+        )
 
     def touched(self, email: str | None, phone: str | None) -> list[Member]:
         hits = {
@@ -44,7 +54,12 @@ class Table:
     def identify(self, email: str | None, phone: str | None) -> Decision:
         self.clock += timedelta(seconds=1)
         decision = decide(
-            self.touched(email, phone), email=email, phone_number=phone, now=self.clock
+            self.touched(email, phone),
+            email=email,
+            phone_number=phone,
+            now=self.clock,
+            limits=self.limits,
+            partners=self.partners(email, phone),
         )
         self.apply(decision)
         return decision
@@ -66,6 +81,8 @@ class Table:
             self.rows[new_id] = member(new_id, decision.insert)
         identity, events = decision.settle(new_id)
         for event in events:
+            if event.type is EventType.MERGED:
+                self.merged.add((event.email, event.phone_number))
             self.events.append(
                 LedgerEvent(
                     len(self.events) + 1,
@@ -202,3 +219,37 @@ def test_views_show_each_customer_once_in_ascending_primary_order() -> None:
     found = views(rows)
 
     assert [(v.primary_id, v.secondary_ids) for v in found] == [(1, [3]), (2, [])]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    requests=requests_strategy,
+    max_values=st.integers(1, 6),
+    max_partners=st.integers(1, 3),
+    phone_first=st.booleans(),
+)
+def test_decisions_under_limits_answer_like_the_limited_reference_model(
+    requests: list[tuple[str | None, str | None]],
+    max_values: int,
+    max_partners: int,
+    phone_first: bool,
+) -> None:
+    priority = ("phoneNumber", "email") if phone_first else ("email", "phoneNumber")
+    limits = Limits(max_values, max_partners, priority)
+    table = Table(limits)
+    model = LimitedModel(limits)
+    for email, phone in requests:
+        before = len(table.rows)
+        decision = table.identify(email, phone)
+        new_id = len(table.rows) if len(table.rows) > before else None
+
+        answer, ignored = model.identify(email, phone)
+        assert contact(decision, new_id) == answer
+        assert [
+            {"field": i.field, "reason": i.reason} for i in decision.ignored
+        ] == ignored
+        refused = [e for e in decision.events if e.type is EventType.LINK_REFUSED]
+        assert len(refused) == len(ignored)
+        rows = table.live()
+        assert_invariants(rows)
+        assert_ledger_explains(rows, table.events)

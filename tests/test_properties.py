@@ -2,6 +2,7 @@
 model of the contract's rules, the table keeps every invariant, and replaying
 the ledger rebuilds the table's customers."""
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import empty_database
+from guard import Guard
 from invariants import (
     assert_invariants,
     assert_ledger_explains,
@@ -17,6 +19,7 @@ from invariants import (
     live_rows,
 )
 from models import db
+from reconcile import Limits
 
 EMAILS = ["lorraine@hillvalley.edu", "mcfly@hillvalley.edu", "doc@fluxkart.com"]
 PHONES = ["123456", "919191", "717171", "5550000"]
@@ -81,6 +84,61 @@ class ReferenceModel:
         }
 
 
+class LimitedModel:
+    """The reference model with the limits, written from the contract's words:
+    a request that would give a customer more than max_values values, or a
+    value more than max_partners partners (in rows or merges), is served as
+    if sent without its lower-priority value."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.model = ReferenceModel()
+        self.merged: set[tuple[str, str]] = set()
+
+    def identify(
+        self, email: str | None, phone: str | None
+    ) -> tuple[dict[str, object], list[dict[str, str]]]:
+        trial = copy.deepcopy(self.model)
+        answer = trial.identify(email, phone)
+        if email is None or phone is None or not self.breaks(trial, email, phone):
+            if self.primaries(trial) < self.primaries(self.model):
+                self.merged.add((email, phone))  # type: ignore[arg-type]
+            self.model = trial
+            return answer, []
+        dropped = self.limits.priority[1]
+        kept_email = None if dropped == "email" else email
+        kept_phone = None if dropped == "phoneNumber" else phone
+        answer = self.model.identify(kept_email, kept_phone)
+        return answer, [{"field": dropped, "reason": "limit"}]
+
+    @staticmethod
+    def primaries(model: ReferenceModel) -> int:
+        return len({row.linked_id or row.id for row in model.rows})
+
+    def breaks(self, trial: ReferenceModel, email: str, phone: str) -> bool:
+        merged = self.primaries(trial) < self.primaries(self.model)
+        if not merged and len(trial.rows) == len(self.model.rows):
+            return False
+        cluster = next(
+            r.linked_id or r.id
+            for r in trial.rows
+            if r.email == email or r.phone == phone
+        )
+        members = trial.cluster(cluster)
+        values = {r.email for r in members} | {r.phone for r in members}
+        if len(values - {None}) > self.limits.max_values:
+            return True
+        rows = self.model.rows
+        phones = {r.phone for r in rows if r.email == email and r.phone}
+        phones |= {p for e, p in self.merged if e == email}
+        emails = {r.email for r in rows if r.phone == phone and r.email}
+        emails |= {e for e, p in self.merged if p == phone}
+        limit = self.limits.max_partners
+        return (phone not in phones and len(phones) >= limit) or (
+            email not in emails and len(emails) >= limit
+        )
+
+
 def spellings(value: str) -> st.SearchStrategy[Any]:
     """Ways a client may send the same value."""
     if "@" in value:
@@ -120,6 +178,62 @@ def test_service_answers_like_the_reference_model_and_keeps_invariants(
 
         assert response.status_code == 200
         assert response.get_json()["contact"] == model.identify(email, phone)
+        with app.app_context():
+            rows = live_rows(db.session())
+            assert_invariants(rows)
+            assert_ledger_explains(rows, ledger_events(db.session()))
+
+
+BLOCKED_PHONE = "0000000"
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.none() | st.sampled_from(EMAILS),
+            st.none() | st.sampled_from([*PHONES, BLOCKED_PHONE]),
+        ).filter(lambda pair: pair != (None, None)),
+        min_size=1,
+        max_size=14,
+    ),
+    max_values=st.integers(1, 5),
+    max_partners=st.integers(1, 3),
+)
+def test_the_service_under_limits_and_blocked_values_answers_like_the_model(
+    app: Flask,
+    requests: list[tuple[str | None, str | None]],
+    max_values: int,
+    max_partners: int,
+) -> None:
+    with app.app_context():
+        empty_database()
+    limits = Limits(max_values, max_partners)
+    app.config["GUARD"] = Guard(builtin=True, limits=limits)
+    client = app.test_client()
+    model = LimitedModel(limits)
+
+    for email, phone in requests:
+        response = client.post("/identify", json={"email": email, "phoneNumber": phone})
+
+        blocked = (
+            [{"field": "phoneNumber", "reason": "blocked"}]
+            if phone == BLOCKED_PHONE
+            else []
+        )
+        phone = None if phone == BLOCKED_PHONE else phone
+        if email is None and phone is None:
+            assert response.status_code == 422
+            assert response.get_json()["ignored"] == blocked
+            continue
+        assert response.status_code == 200
+        answer, ignored = model.identify(email, phone)
+        assert response.get_json()["contact"] == answer
+        assert response.get_json().get("ignored", []) == blocked + ignored
         with app.app_context():
             rows = live_rows(db.session())
             assert_invariants(rows)
