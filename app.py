@@ -21,6 +21,7 @@ from werkzeug.exceptions import (
 )
 
 import observability
+import settings
 from auth import parse_api_keys, require_api_key
 from models import db, engine_options, prepare_engine
 from reconcile import Identity, LostRace, reconcile_and_commit
@@ -57,6 +58,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["API_KEYS"] = parse_api_keys(os.environ.get("API_KEYS"))
     app.config["PROMETHEUS_MULTIPROC_DIR"] = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    app.config["SQLITE_SYNCHRONOUS"] = settings.sqlite_synchronous()
     app.config.update(config or {})
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS",
@@ -68,7 +70,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db)
     with app.app_context():
-        prepare_engine(db.engine)
+        prepare_engine(db.engine, synchronous=app.config["SQLITE_SYNCHRONOUS"])
     observability.init_app(app)
     app.before_request(require_api_key)
     app.register_blueprint(api)

@@ -7,7 +7,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import settings
 from auth import parse_api_keys
+
+# A setting the app would refuse stops gunicorn here, before any worker boots.
+try:
+    settings.sqlite_synchronous()
+except settings.ConfigurationError as error:
+    raise SystemExit(f"Not starting: {error}") from None
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))

@@ -10,7 +10,8 @@ one SELECT, one INSERT and COMMIT), right after the service. Medians are
 reported.
 
 Settings, all from the environment:
-  BENCH_DATABASES   sqlite,postgresql
+  BENCH_DATABASES   sqlite,sqlite-normal,postgresql (sqlite-normal: SQLite with
+                    SQLITE_SYNCHRONOUS=NORMAL, write workloads only)
   BENCH_SIZES       10000,1000000       contacts seeded
   BENCH_WORKLOADS   lookup,secondary,primary,merge,mix
   BENCH_DURATION    10                  seconds per wrk run
@@ -81,7 +82,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> "Settings":
         return cls(
-            databases=env_list("BENCH_DATABASES", "sqlite,postgresql"),
+            databases=env_list("BENCH_DATABASES", "sqlite,sqlite-normal,postgresql"),
             sizes=[int(size) for size in env_list("BENCH_SIZES", "10000,1000000")],
             workloads=env_list("BENCH_WORKLOADS", ",".join(WORKLOADS)),
             duration=int(env("BENCH_DURATION", "10")),
@@ -100,19 +101,32 @@ class Settings:
 
 
 class Database:
-    """Where a size is seeded, and what the harness reads back to check a run."""
+    """Where a size is seeded, the settings the service runs it with, and what
+    the harness reads back to check a run.
+
+    `sqlite-normal` is SQLite with SQLITE_SYNCHRONOUS=NORMAL, measured on the
+    workloads that write only (synchronous changes nothing for a lookup), to
+    show beside `sqlite` what the default FULL costs."""
 
     def __init__(self, kind: str, settings: Settings) -> None:
         self.kind = kind
-        if kind == "sqlite":
+        self.engine = "sqlite" if kind.startswith("sqlite") else kind
+        self.env: dict[str, str] = {}
+        self.workloads = settings.workloads
+        if kind in ("sqlite", "sqlite-normal"):
             data = BENCH / ".data"
             data.mkdir(exist_ok=True)
             self.path = str(data / "bench.db")
             self.url = f"sqlite:///{self.path}"
+            if kind == "sqlite-normal":
+                self.env = {"SQLITE_SYNCHRONOUS": "NORMAL"}
+                self.workloads = [w for w in settings.workloads if w != "lookup"]
         elif kind == "postgresql":
             self.url = settings.pg_url
         else:
-            raise SystemExit(f"unknown database {kind!r}: sqlite or postgresql")
+            raise SystemExit(
+                f"unknown database {kind!r}: sqlite, sqlite-normal or postgresql"
+            )
 
     def seed(self, size: int) -> dict[str, Any]:
         output = subprocess.run(
@@ -131,7 +145,7 @@ class Database:
             "SELECT count(*), coalesce(sum(CASE WHEN link_precedence = 'primary'"
             " THEN 1 ELSE 0 END), 0) FROM contact WHERE deleted_at IS NULL"
         )
-        if self.kind == "sqlite":
+        if self.engine == "sqlite":
             with sqlite3.connect(self.path) as connection:
                 rows, primaries = connection.execute(query).fetchone()
         else:
@@ -236,7 +250,9 @@ def measure(
 ) -> tuple[list[Run], list[dict[str, Any]]]:
     runs: list[Run] = []
     seeds: list[dict[str, Any]] = []
-    service = Server("app:app", settings.port, {"DATABASE_URL": database.url})
+    service = Server(
+        "app:app", settings.port, {"DATABASE_URL": database.url, **database.env}
+    )
     reference = Server(
         "bench.reference:app", settings.port + 2, {"DATABASE_URL": database.url}
     )
@@ -260,17 +276,17 @@ def measure(
             check=True,
             capture_output=True,
         )
-        service.start("/health")
-        reference.start("/select")
-        # Every worker opens its connections and warms its caches before
-        # anything is measured: one second of lookups each, not recorded.
-        warm_up = replace(settings, duration=1)
-        for url in (floor.url, service.url, f"{reference.url}/select"):
-            wrk(warm_up, url, "lookup", seed, [run_number, 0, 0])
         try:
+            service.start("/health")
+            reference.start("/select")
+            # Every worker opens its connections and warms its caches before
+            # anything is measured: one second of lookups each, not recorded.
+            warm_up = replace(settings, duration=1)
+            for url in (floor.url, service.url, f"{reference.url}/select"):
+                wrk(warm_up, url, "lookup", seed, [run_number, 0, 0])
             # A quarter of each repetition's pairs is kept for the mix's merges.
             mix_pairs = pairs_per_seed // 4
-            for workload in settings.workloads:
+            for workload in database.workloads:
                 if workload == "merge":
                     pairs = (pair_cursor + mix_pairs, pair_cursor + pairs_per_seed)
                 else:
@@ -418,6 +434,38 @@ def targets(table: list[dict[str, Any]], database: str) -> list[str]:
     return lines
 
 
+def synchronous_comparison(table: list[dict[str, Any]]) -> list[str]:
+    """SQLite's writes with synchronous=FULL (the default) beside NORMAL, where
+    both were measured: what durability across power loss costs."""
+    full = {(r["size"], r["workload"]): r for r in table if r["database"] == "sqlite"}
+    pairs = [
+        (full[row["size"], row["workload"]], row)
+        for row in table
+        if row["database"] == "sqlite-normal" and (row["size"], row["workload"]) in full
+    ]
+    if not pairs:
+        return []
+    lines = [
+        "## SQLite: synchronous=FULL (default) against NORMAL",
+        "",
+        "FULL syncs every commit to disk before answering, so an acknowledged"
+        " write survives an OS crash or power loss; NORMAL may lose the last"
+        " ones (SQLITE_SYNCHRONOUS=NORMAL).",
+        "",
+        "| contacts | workload | FULL req/s | NORMAL req/s | FULL ÷ NORMAL"
+        " | FULL p99 ms | NORMAL p99 ms |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for full_row, normal_row in pairs:
+        lines.append(
+            f"| {full_row['size']:,} | {full_row['workload']}"
+            f" | {full_row['rps']:.0f} | {normal_row['rps']:.0f}"
+            f" | {full_row['rps'] / normal_row['rps']:.2f}"
+            f" | {full_row['p99_ms']:.1f} | {normal_row['p99_ms']:.1f} |"
+        )
+    return [*lines, ""]
+
+
 def machine() -> dict[str, str]:
     model = next(
         (
@@ -555,6 +603,7 @@ def report(
         for seed in seeds.get(database, []):
             lines.append(f"- {seed['rows']:,} contacts in {seed['seconds']} s")
         lines.append("")
+    lines += synchronous_comparison(table)
     return "\n".join(lines)
 
 
