@@ -22,7 +22,7 @@ from werkzeug.exceptions import (
 
 import observability
 import settings
-from auth import parse_api_keys, require_api_key
+from auth import require_api_key
 from models import db, engine_options, prepare_engine
 from reconcile import Identity, LostRace, reconcile_and_commit
 from validation import InvalidInput, parse_identify
@@ -56,7 +56,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url()
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config["API_KEYS"] = parse_api_keys(os.environ.get("API_KEYS"))
+    app.config["API_KEYS"] = settings.api_keys()
     app.config["PROMETHEUS_MULTIPROC_DIR"] = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     app.config["SQLITE_SYNCHRONOUS"] = settings.sqlite_synchronous()
     app.config.update(config or {})

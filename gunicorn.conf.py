@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import settings
-from auth import parse_api_keys
 
 # A setting the app would refuse stops gunicorn here, before any worker boots.
 try:
+    _api_keys = settings.api_keys()
     settings.sqlite_synchronous()
 except settings.ConfigurationError as error:
     raise SystemExit(f"Not starting: {error}") from None
@@ -38,7 +38,7 @@ def on_starting(server: Any) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for path in directory.glob("*.db"):
         path.unlink()
-    if not parse_api_keys(os.environ.get("API_KEYS")):
+    if not _api_keys:
         server.log.warning(
             "API_KEYS is not set: every endpoint is open to anyone who can reach it."
         )

@@ -12,6 +12,27 @@ class ConfigurationError(ValueError):
     """A setting holds a value the service will not run with."""
 
 
+def api_keys() -> list[str]:
+    """The bearer keys of API_KEYS; none, an open service, only when it is unset."""
+    return parse_api_keys(os.environ.get("API_KEYS"))
+
+
+def parse_api_keys(value: str | None) -> list[str]:
+    """The keys of a comma-separated API_KEYS value.
+
+    A value that is set but holds no key ("", ",", " , ") is refused: it
+    says the operator meant to set keys, and running open would fail open."""
+    if value is None:
+        return []
+    keys = [key.strip() for key in value.split(",") if key.strip()]
+    if not keys:
+        raise ConfigurationError(
+            f"API_KEYS is set but holds no key ({value!r}): set it to one or more"
+            " comma-separated keys, or unset it to serve without API keys."
+        )
+    return keys
+
+
 def sqlite_synchronous() -> str:
     """SQLite's `synchronous` pragma: FULL unless SQLITE_SYNCHRONOUS says NORMAL.
 

@@ -63,3 +63,22 @@ def test_unknown_sqlite_synchronous_stops_gunicorn() -> None:
 
     assert result.returncode != 0
     assert "SQLITE_SYNCHRONOUS must be FULL" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["", ",", " , ,"])
+def test_api_keys_set_without_a_key_stops_create_app(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("API_KEYS", value)
+
+    with pytest.raises(ConfigurationError, match="API_KEYS is set but holds no key"):
+        create_app()
+
+
+@pytest.mark.parametrize("value", ["", ","])
+def test_api_keys_set_without_a_key_stops_gunicorn(value: str) -> None:
+    result = start_gunicorn({"API_KEYS": value})
+
+    assert result.returncode != 0
+    assert "API_KEYS is set but holds no key" in result.stderr
+    assert "is not set" not in result.stderr
