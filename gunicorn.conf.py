@@ -18,6 +18,12 @@ except settings.ConfigurationError as error:
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
+# Threads, each serving one request at a time, so that a slow or idle client
+# never holds a whole process; serving.py keeps them from being held too.
+worker_class = "serving.Worker"
+threads = int(os.environ.get("WEB_THREADS", "4"))
+# How long a connection may stay open between requests, or before its first.
+keepalive = 5
 # The app writes one JSON line per request itself (observability.py).
 accesslog = None
 # SIGTERM stops accepting, lets requests in flight finish, then exits.

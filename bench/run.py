@@ -503,8 +503,27 @@ def git(*args: str) -> str:
 
 
 def gunicorn_settings() -> str:
-    workers = os.environ.get("WEB_CONCURRENCY", f"{2 * (os.cpu_count() or 1)}")
-    return f"gunicorn.conf.py: workers={workers} (WEB_CONCURRENCY), sync worker class"
+    """The worker settings that gunicorn.conf.py gave the servers, read by
+    running it (in a process of its own: it sets environment variables)."""
+    read = (
+        "import json, runpy; c = runpy.run_path('gunicorn.conf.py');"
+        " print(json.dumps([c[k] for k in"
+        " ('workers', 'threads', 'worker_class', 'keepalive')]))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", read],
+        cwd=ROOT,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(BENCH / ".data")},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    workers, threads, worker_class, keepalive = json.loads(output)
+    return (
+        f"gunicorn.conf.py: {workers} workers (WEB_CONCURRENCY) x {threads} threads"
+        f" (WEB_THREADS), worker class {worker_class} (gthread; keep-alive"
+        f" {keepalive} s)"
+    )
 
 
 def report(
