@@ -37,6 +37,33 @@ api = Blueprint("api", __name__)
 
 
 class JSONRequest(Request):
+    @property  # type: ignore[misc]
+    def max_content_length(self) -> int | None:  # type: ignore[override]
+        """One byte over the limit for a body without Content-Length (chunked).
+
+        werkzeug stops reading such a body at the limit and hands on what it
+        read, so a longer one would be cut and parsed; reading one byte more
+        lets get_data() tell it from one exactly at the limit, and refuse it."""
+        limit = super().max_content_length
+        if limit is None or self.content_length is not None:
+            return limit
+        return limit + 1
+
+    def get_data(self, *args: Any, **kwargs: Any) -> Any:
+        data = super().get_data(*args, **kwargs)
+        limit = super().max_content_length
+        if limit is not None and len(data) > limit:
+            raise RequestEntityTooLarge()
+        return data
+
+    def get_json(self, *args: Any, **kwargs: Any) -> Any:
+        """The body's JSON; too deeply nested is bad JSON too, not a crash."""
+        try:
+            return super().get_json(*args, **kwargs)
+        except RecursionError:
+            observability.record_rejection("invalid_json")
+            raise BadRequest("The body is not valid JSON: nested too deeply.") from None
+
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         """Say what is wrong with the JSON; Flask says it only in debug mode.
 

@@ -5,7 +5,8 @@ thread before its request has arrived: the main loop reads each request's
 head (request line and headers) as its bytes come, without a thread, and
 hands the connection to a thread only once the head is complete. A client
 that has not sent a complete head within `keepalive` seconds of connecting,
-or of its previous response, gets a 408 and is closed. TLS is left to the
+or of its previous response, gets a 408 and is closed. The errors gunicorn
+answers itself are problem documents, never HTML pages. TLS is left to the
 platform's router: with gunicorn's own TLS the worker behaves as gthread."""
 
 import errno
@@ -110,6 +111,27 @@ class Worker(ThreadWorker):  # type: ignore[misc]
                 return
             if self.heads.pop(conn, b""):
                 send_problem(conn.sock, HTTPStatus.REQUEST_TIMEOUT)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: Any) -> None:
+        """gunicorn's own answer to a request it refused (bad request line or
+        header, headers too large, an error outside the app), as a problem
+        document: gunicorn decides the status, the page it writes is dropped."""
+        super().handle_error(req, ProblemSocket(client), addr, exc)
+
+
+class ProblemSocket:
+    """Stands in for the client's socket while gunicorn writes an error page:
+    reads the status from it and sends a problem document instead. The page
+    may quote the request, which is not echoed."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+    def sendall(self, page: bytes) -> None:
+        send_problem(self.sock, HTTPStatus(int(page.split(b" ", 2)[1])))
 
 
 def send_problem(sock: socket.socket, status: HTTPStatus) -> None:
