@@ -26,6 +26,8 @@ threads = int(os.environ.get("WEB_THREADS", "4"))
 keepalive = 5
 # The app writes one JSON line per request itself (observability.py).
 accesslog = None
+# gunicorn's own messages as masked JSON lines too: they may quote a request.
+logger_class = "masking.GunicornLogger"
 # SIGTERM stops accepting, lets requests in flight finish, then exits.
 graceful_timeout = 20
 
