@@ -12,10 +12,12 @@ from alembic.script import ScriptDirectory
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
 from flask_migrate import Migrate
 from flask_swagger_ui import get_swaggerui_blueprint  # type: ignore[import-untyped]
-from sqlalchemy.exc import OperationalError
+from psycopg.errors import UndefinedColumn, UndefinedTable
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
+    InternalServerError,
     RequestEntityTooLarge,
     ServiceUnavailable,
 )
@@ -114,6 +116,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(HTTPException, problem)
     app.register_error_handler(InvalidInput, invalid_input)
     app.register_error_handler(OperationalError, database_unavailable)
+    app.register_error_handler(ProgrammingError, database_unavailable)
     app.register_error_handler(LostRace, database_busy)
     return app
 
@@ -202,7 +205,20 @@ def invalid_input(error: InvalidInput) -> Response:
     return problem(BadRequest(str(error)))
 
 
-def database_unavailable(error: OperationalError) -> Response:
+def database_unavailable(error: DBAPIError) -> Response:
+    """503 for a database that cannot serve: unreachable, or its schema not
+    migrated. Any other ProgrammingError is a bug: a 500."""
+    if schema_missing(error):
+        current_app.logger.error("schema not migrated: %s", error.orig)
+        return problem(
+            ServiceUnavailable(
+                "The database schema is not migrated: run `flask --app app db"
+                " upgrade`. Nothing was changed."
+            )
+        )
+    if isinstance(error, ProgrammingError):
+        current_app.logger.error("database error", exc_info=error)
+        return problem(InternalServerError())
     current_app.logger.error("database unavailable: %s", error.orig)
     return problem(
         ServiceUnavailable(
@@ -210,6 +226,14 @@ def database_unavailable(error: OperationalError) -> Response:
             " try again later."
         )
     )
+
+
+def schema_missing(error: DBAPIError) -> bool:
+    """Whether `error` says a table or column is missing (PostgreSQL's
+    42P01 and 42703; SQLite's "no such ...")."""
+    if isinstance(error.orig, UndefinedTable | UndefinedColumn):
+        return True
+    return str(error.orig).startswith(("no such table", "no such column"))
 
 
 def database_busy(error: LostRace) -> Response:

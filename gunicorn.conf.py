@@ -16,7 +16,7 @@ try:
 except settings.ConfigurationError as error:
     raise SystemExit(f"Not starting: {error}") from None
 
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+bind = settings.bind()
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
 # Threads, each serving one request at a time, so that a slow or idle client
 # never holds a whole process; serving.py keeps them from being held too.
@@ -30,6 +30,10 @@ accesslog = None
 logger_class = "masking.GunicornLogger"
 # SIGTERM stops accepting, lets requests in flight finish, then exits.
 graceful_timeout = 20
+# gunicorn's control socket has one path per user ($HOME/.gunicorn/gunicorn.ctl)
+# shared by every instance on the host, and stopping one deletes another's.
+# Nothing here uses gunicornc; signals control gunicorn.
+control_socket_disable = True
 
 # Workers share their metrics through files in this directory. It must be set
 # before prometheus_client is first imported: here, only inside child_exit.

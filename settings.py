@@ -46,3 +46,12 @@ def sqlite_synchronous() -> str:
             f" on power loss), not {value!r}."
         )
     return value
+
+
+def bind() -> str:
+    """Where gunicorn listens: HOST:PORT. A platform that sets only PORT (the
+    Procfile route) reaches the service from outside the machine, so then
+    every interface is bound; with neither, 127.0.0.1:8000."""
+    port = os.environ.get("PORT")
+    host = os.environ.get("HOST") or ("0.0.0.0" if port else "127.0.0.1")
+    return f"{host}:{port or '8000'}"

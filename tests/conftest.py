@@ -159,6 +159,7 @@ def gunicorn(
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
+        "HOST": "127.0.0.1",
         "PORT": str(port),
         "WEB_CONCURRENCY": str(workers),
         **(env or {}),
