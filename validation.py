@@ -1,4 +1,4 @@
-"""Parsing and normalising the body of POST /identify (SPEC.md, "Normalisation")."""
+"""Parsing and normalising the body of POST /identify (README: "The contract")."""
 
 import re
 from typing import Any

@@ -5,7 +5,7 @@ production does (migrations applied, gunicorn with gunicorn.conf.py) and the
 floor (bench/floor.py) under the same settings, then for each repetition and
 workload run wrk against the floor and then against the service, so that each
 service number has a floor number measured next to it. Lookups and new
-primaries are also run against the issue's references (bench/reference.py:
+primaries are also run against the references (bench/reference.py:
 one SELECT, one INSERT and COMMIT), right after the service. Medians are
 reported.
 
@@ -385,7 +385,7 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
     return table
 
 
-# Issue 4's targets at the largest size: ratio to the floor, p99 in ms.
+# Targets at the largest size: ratio to the floor, p99 in ms.
 RATIO_TARGETS = {
     "sqlite": {"lookup": 0.55, "secondary": 0.28, "primary": 0.28, "merge": 0.20},
     "postgresql": {"lookup": 0.45},
@@ -395,7 +395,7 @@ FLATNESS_TARGET = 0.9
 
 
 def targets(table: list[dict[str, Any]], database: str) -> list[str]:
-    """One line per target of the issue, measured against the largest and
+    """One line per performance target, measured against the largest and
     smallest sizes of this database."""
     rows = [row for row in table if row["database"] == database]
     if not rows:
@@ -600,7 +600,7 @@ def report(
             )
         lines += [
             "",
-            "The issue's references (bench/reference.py), each run right after the"
+            "The references (bench/reference.py), each run right after the"
             " service, against the same floor run:",
             "",
             "| contacts | reference | req/s | ratio to floor | service workload"
@@ -616,7 +616,7 @@ def report(
                     f" | {row['ratio'] / row['reference_ratio']:.2f} |"
                 )
         largest = max(row["size"] for row in table if row["database"] == database)
-        lines += ["", f"Targets (issue 4) at {largest:,} contacts:", ""]
+        lines += ["", f"Targets at {largest:,} contacts:", ""]
         lines += targets(table, database)
         lines += ["", "Seeding (bench/seed.py, bulk load):", ""]
         for seed in seeds.get(database, []):
