@@ -24,11 +24,13 @@ from flask import (
 )
 from flask_migrate import Migrate
 from flask_swagger_ui import get_swaggerui_blueprint  # type: ignore[import-untyped]
-from sqlalchemy.exc import OperationalError
+from psycopg.errors import UndefinedColumn, UndefinedTable
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from werkzeug.exceptions import (
     BadRequest,
     Conflict,
     HTTPException,
+    InternalServerError,
     NotFound,
     RequestEntityTooLarge,
     ServiceUnavailable,
@@ -38,8 +40,9 @@ from werkzeug.exceptions import (
 import guard
 import ledger
 import observability
+import settings
 import store
-from auth import parse_api_keys, require_api_key
+from auth import require_api_key
 from locks import LostRace
 from models import db, engine_options, prepare_engine
 from reconcile import Identity, Ignored
@@ -63,6 +66,33 @@ api = Blueprint("api", __name__)
 
 
 class JSONRequest(Request):
+    @property  # type: ignore[misc]
+    def max_content_length(self) -> int | None:  # type: ignore[override]
+        """One byte over the limit for a body without Content-Length (chunked).
+
+        werkzeug stops reading such a body at the limit and hands on what it
+        read, so a longer one would be cut and parsed; reading one byte more
+        lets get_data() tell it from one exactly at the limit, and refuse it."""
+        limit = super().max_content_length
+        if limit is None or self.content_length is not None:
+            return limit
+        return limit + 1
+
+    def get_data(self, *args: Any, **kwargs: Any) -> Any:
+        data = super().get_data(*args, **kwargs)
+        limit = super().max_content_length
+        if limit is not None and len(data) > limit:
+            raise RequestEntityTooLarge()
+        return data
+
+    def get_json(self, *args: Any, **kwargs: Any) -> Any:
+        """The body's JSON; too deeply nested is bad JSON too, not a crash."""
+        try:
+            return super().get_json(*args, **kwargs)
+        except RecursionError:
+            observability.record_rejection("invalid_json")
+            raise BadRequest("The body is not valid JSON: nested too deeply.") from None
+
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         """Say what is wrong with the JSON; Flask says it only in debug mode.
 
@@ -82,8 +112,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["SQLALCHEMY_DATABASE_URI"] = database_url()
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config["API_KEYS"] = parse_api_keys(os.environ.get("API_KEYS"))
+    app.config["API_KEYS"] = settings.api_keys()
     app.config["PROMETHEUS_MULTIPROC_DIR"] = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    app.config["SQLITE_SYNCHRONOUS"] = settings.sqlite_synchronous()
     app.config["GUARD"] = guard.guard_from_env()
     app.config.update(config or {})
     app.config.setdefault(
@@ -96,7 +127,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db)
     with app.app_context():
-        prepare_engine(db.engine)
+        prepare_engine(db.engine, synchronous=app.config["SQLITE_SYNCHRONOUS"])
     observability.init_app(app)
     app.before_request(require_api_key)
     app.register_blueprint(api)
@@ -113,6 +144,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(HTTPException, problem)
     app.register_error_handler(InvalidInput, invalid_input)
     app.register_error_handler(OperationalError, database_unavailable)
+    app.register_error_handler(ProgrammingError, database_unavailable)
     # Statements sent straight to the sqlite3 driver (store.py, ledger.py)
     # raise its own errors, not SQLAlchemy's.
     app.register_error_handler(sqlite3.OperationalError, database_unavailable)
@@ -334,10 +366,21 @@ def invalid_input(error: InvalidInput) -> Response:
     return problem(BadRequest(str(error)))
 
 
-def database_unavailable(
-    error: OperationalError | sqlite3.OperationalError,
-) -> Response:
-    cause = error.orig if isinstance(error, OperationalError) else error
+def database_unavailable(error: DBAPIError | sqlite3.OperationalError) -> Response:
+    """503 for a database that cannot serve: unreachable, or its schema not
+    migrated. Any other ProgrammingError is a bug: a 500."""
+    cause = error.orig if isinstance(error, DBAPIError) else error
+    if schema_missing(cause):
+        current_app.logger.error("schema not migrated: %s", cause)
+        return problem(
+            ServiceUnavailable(
+                "The database schema is not migrated: run `flask --app app db"
+                " upgrade`. Nothing was changed."
+            )
+        )
+    if isinstance(error, ProgrammingError):
+        current_app.logger.error("database error", exc_info=error)
+        return problem(InternalServerError())
     current_app.logger.error("database unavailable: %s", cause)
     return problem(
         ServiceUnavailable(
@@ -361,6 +404,14 @@ def nothing_usable(error: NothingUsable) -> Response:
     body["ignored"] = [{"field": i.field, "reason": i.reason} for i in error.ignored]
     response.set_data(json.dumps(body))
     return response
+
+
+def schema_missing(cause: object) -> bool:
+    """Whether a driver's error says a table or column is missing
+    (PostgreSQL's 42P01 and 42703; SQLite's "no such ...")."""
+    if isinstance(cause, UndefinedTable | UndefinedColumn):
+        return True
+    return str(cause).startswith(("no such table", "no such column"))
 
 
 def database_busy(error: LostRace) -> Response:

@@ -11,11 +11,6 @@ from werkzeug.exceptions import Unauthorized
 PUBLIC_ENDPOINTS = frozenset({"api.health", "api.openapi", "swagger_ui.show"})
 
 
-def parse_api_keys(value: str | None) -> list[str]:
-    """The keys of a comma-separated API_KEYS value; none when unset or blank."""
-    return [key.strip() for key in (value or "").split(",") if key.strip()]
-
-
 def require_api_key() -> None:
     """Refuse the request unless no keys are configured, it is public, its
     path and method match no route (routing answers 404, 405 or a redirect),

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models import BlockedValue
 from reconcile import EMAIL, PHONE_NUMBER, Ignored, Limits
+from settings import ConfigurationError
 
 PLACEHOLDER_LOCAL_PARTS = frozenset(
     {
@@ -113,7 +114,7 @@ class Guard:
 NO_GUARD = Guard(builtin=False, limits=None)
 
 
-class BadSetting(ValueError):
+class BadSetting(ConfigurationError):
     """A protection setting in the environment makes no sense; the service
     refuses to start with this message."""
 

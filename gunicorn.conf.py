@@ -7,14 +7,35 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from auth import parse_api_keys
+import guard
+import settings
 
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+# A setting the app would refuse stops gunicorn here, before any worker boots.
+try:
+    _api_keys = settings.api_keys()
+    settings.sqlite_synchronous()
+    guard.guard_from_env()
+except settings.ConfigurationError as error:
+    raise SystemExit(f"Not starting: {error}") from None
+
+bind = settings.bind()
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
+# Threads, each serving one request at a time, so that a slow or idle client
+# never holds a whole process; serving.py keeps them from being held too.
+worker_class = "serving.Worker"
+threads = int(os.environ.get("WEB_THREADS", "4"))
+# How long a connection may stay open between requests, or before its first.
+keepalive = 5
 # The app writes one JSON line per request itself (observability.py).
 accesslog = None
+# gunicorn's own messages as masked JSON lines too: they may quote a request.
+logger_class = "masking.GunicornLogger"
 # SIGTERM stops accepting, lets requests in flight finish, then exits.
 graceful_timeout = 20
+# gunicorn's control socket has one path per user ($HOME/.gunicorn/gunicorn.ctl)
+# shared by every instance on the host, and stopping one deletes another's.
+# Nothing here uses gunicornc; signals control gunicorn.
+control_socket_disable = True
 
 # Workers share their metrics through files in this directory. It must be set
 # before prometheus_client is first imported: here, only inside child_exit.
@@ -31,7 +52,7 @@ def on_starting(server: Any) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for path in directory.glob("*.db"):
         path.unlink()
-    if not parse_api_keys(os.environ.get("API_KEYS")):
+    if not _api_keys:
         server.log.warning(
             "API_KEYS is not set: every endpoint is open to anyone who can reach it."
         )

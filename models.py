@@ -127,9 +127,10 @@ def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
     return {}
 
 
-def prepare_engine(engine: Engine) -> None:
+def prepare_engine(engine: Engine, *, synchronous: str) -> None:
     """SQLite settings for every new connection: WAL (readers never block the
-    writer), synchronous=NORMAL, foreign keys, fewer checkpoints, no busy
+    writer), `synchronous` (FULL: a commit is on disk before it is
+    acknowledged; see settings.py), foreign keys, fewer checkpoints, no busy
     timeout (reconcile.py waits for the write lock itself), and autocommit:
     Python's sqlite3 module would otherwise begin a transaction before the
     first write on its own, after the reads that decided it."""
@@ -141,7 +142,7 @@ def prepare_engine(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         for pragma in (
             "journal_mode = WAL",
-            "synchronous = NORMAL",
+            f"synchronous = {synchronous}",
             "busy_timeout = 0",
             "foreign_keys = ON",
             # Copy the WAL back every 16 MiB instead of 4: a checkpoint costs

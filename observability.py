@@ -1,5 +1,5 @@
-"""Operating the service: one JSON log line per request, Prometheus metrics, and
-emails and phone numbers masked in everything that is logged (README: "Logs",
+"""Operating the service: one JSON log line per request, with emails and phone
+numbers masked (masking.py), and Prometheus metrics (README: "Logs",
 "Metrics")."""
 
 import logging
@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Response, current_app, g, has_request_context, request
+from flask import Flask, Response, current_app, g, request
+from flask.logging import default_handler
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -22,8 +23,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from pythonjsonlogger.json import JsonFormatter
 
+from masking import json_formatter
 from reconcile import EventType, Identity, Ignored, Outcome
 from store import Served
 
@@ -53,39 +54,8 @@ REFUSED_LINKS = Counter(
 # Unmatched paths share one label, so scanners cannot grow the metric set.
 UNMATCHED_ROUTE = "unmatched"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_EMAIL = re.compile(r"([^\s@\"'<>(),;:\[\]]+)@([^\s@\"'<>(),;:\[\]]+)")
-_PHONE = re.compile(r"\+?\d(?:[\d \-.()]*\d)?")
-
-
-def mask(text: str) -> str:
-    """`text` with every email shown as `d***@domain` and every run of four or
-    more digits (a possible phone number) hidden but for its last four digits,
-    or entirely when it is shorter than eight characters."""
-    text = _EMAIL.sub(lambda m: f"{m[1][0]}***@{m[2]}", text)
-    return _PHONE.sub(_mask_digits, text)
-
-
-def _mask_digits(match: re.Match[str]) -> str:
-    digits = match[0]
-    if sum(c.isdigit() for c in digits) < 4:
-        return digits
-    if len(digits) < 8:
-        return "*" * len(digits)
-    return "*" * (len(digits) - 4) + digits[-4:]
-
-
-class MaskingJsonFormatter(JsonFormatter):
-    """JSON log lines with the request id added and every text value masked."""
-
-    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
-        first = {"time": log_data.pop("time"), "level": log_data.pop("level")}
-        if has_request_context() and "request_id" in g:
-            first["request_id"] = g.request_id
-        masked = {
-            key: mask(value) if isinstance(value, str) else value
-            for key, value in log_data.items()
-        }
-        return first | masked
+# Digits and separators only, at least four digits: it could be a phone number.
+_PHONE_SHAPED = re.compile(r"[.:_-]*(?:\d[.:_-]*){4,}")
 
 
 class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -97,20 +67,18 @@ class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 HANDLER = StdoutHandler()
-HANDLER.setFormatter(
-    MaskingJsonFormatter(
-        ["levelname", "message"],
-        rename_fields={"levelname": "level"},
-        timestamp="time",
-    )
-)
+HANDLER.setFormatter(json_formatter())
 ACCESS_LOG = logging.getLogger("identify.access")
 
 
 def init_app(app: Flask) -> None:
     """Log every request of `app` as one JSON line on stdout, with its errors,
     and count it in the metrics. Register before any other before_request hook
-    so that requests refused there are logged and counted too."""
+    so that requests refused there are logged and counted too.
+
+    Flask's own handler is removed: it writes errors, tracebacks and all, to
+    the server's error stream (gunicorn's stderr) unmasked."""
+    app.logger.removeHandler(default_handler)
     for logger in (ACCESS_LOG, app.logger):
         if HANDLER not in logger.handlers:
             logger.addHandler(HANDLER)
@@ -170,7 +138,8 @@ def record_rejection(reason: str) -> None:
 def _start() -> None:
     g.started = time.perf_counter()
     sent = request.headers.get("X-Request-ID", "")
-    g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+    usable = _REQUEST_ID.fullmatch(sent) and not _PHONE_SHAPED.fullmatch(sent)
+    g.request_id = sent if usable else uuid.uuid4().hex
 
 
 def _finish(response: Response) -> Response:

@@ -1,13 +1,13 @@
-"""The references of issue 4: the single cheapest database operation that a
-lookup or a new contact must do, in a plain Flask endpoint through
-Flask-SQLAlchemy with its default settings (on SQLite: WAL and
-synchronous=NORMAL, as the issue describes them, and Python's default busy
-timeout), without validation, logging or metrics.
+"""The references: the single cheapest database operation that a lookup or a
+new contact must do, in a plain Flask endpoint through Flask-SQLAlchemy with
+its default settings (on SQLite: WAL, synchronous=NORMAL and Python's default
+busy timeout), without validation, logging or metrics.
 
 POST /select runs one indexed SELECT by the body's email; POST /insert inserts
 one row with the body's email and phone and commits. The same wrk scripts
 drive them (bench/identify.lua, with the path in the URL), so that BENCHMARKS.md
-can say how the issue's orientation figures hold on the machine measured.
+can set the service beside the cheapest possible endpoint on the machine
+measured.
 """
 
 import os

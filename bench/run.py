@@ -5,7 +5,7 @@ production does (migrations applied, gunicorn with gunicorn.conf.py) and the
 floor (bench/floor.py) under the same settings, then for each repetition and
 workload run wrk against the floor and then against the service, so that each
 service number has a floor number measured next to it. Lookups and new
-primaries are also run against the issue's references (bench/reference.py:
+primaries are also run against the references (bench/reference.py:
 one SELECT, one INSERT and COMMIT), right after the service. Medians are
 reported.
 
@@ -16,7 +16,8 @@ change is compared with what came before it in one run.
 
 Settings, all from the environment:
   BENCH_BASELINE    unset               a git revision to measure beside the service
-  BENCH_DATABASES   sqlite,postgresql
+  BENCH_DATABASES   sqlite,sqlite-normal,postgresql (sqlite-normal: SQLite with
+                    SQLITE_SYNCHRONOUS=NORMAL, write workloads only)
   BENCH_SIZES       10000,1000000       contacts seeded
   BENCH_WORKLOADS   lookup,secondary,primary,merge,mix,customers_lookup,history
   BENCH_DURATION    10                  seconds per wrk run
@@ -54,6 +55,8 @@ BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 IDENTIFY_WORKLOADS = ("lookup", "secondary", "primary", "merge", "mix")
 WORKLOADS = (*IDENTIFY_WORKLOADS, "customers_lookup", "history")
+# Workloads that never write: synchronous changes nothing for them.
+READS = ("lookup", "customers_lookup", "history")
 DESCRIPTIONS = {
     "lookup": "identifiers of an existing row; inserts nothing",
     "secondary": "existing phone + brand-new email; inserts a secondary",
@@ -91,7 +94,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> "Settings":
         return cls(
-            databases=env_list("BENCH_DATABASES", "sqlite,postgresql"),
+            databases=env_list("BENCH_DATABASES", "sqlite,sqlite-normal,postgresql"),
             sizes=[int(size) for size in env_list("BENCH_SIZES", "10000,1000000")],
             workloads=env_list("BENCH_WORKLOADS", ",".join(WORKLOADS)),
             duration=int(env("BENCH_DURATION", "10")),
@@ -111,19 +114,32 @@ class Settings:
 
 
 class Database:
-    """Where a size is seeded, and what the harness reads back to check a run."""
+    """Where a size is seeded, the settings the service runs it with, and what
+    the harness reads back to check a run.
+
+    `sqlite-normal` is SQLite with SQLITE_SYNCHRONOUS=NORMAL, measured on the
+    workloads that write only (synchronous changes nothing for a lookup), to
+    show beside `sqlite` what the default FULL costs."""
 
     def __init__(self, kind: str, settings: Settings) -> None:
         self.kind = kind
-        if kind == "sqlite":
+        self.engine = "sqlite" if kind.startswith("sqlite") else kind
+        self.env: dict[str, str] = {}
+        self.workloads = settings.workloads
+        if kind in ("sqlite", "sqlite-normal"):
             data = BENCH / ".data"
             data.mkdir(exist_ok=True)
             self.path = str(data / "bench.db")
             self.url = f"sqlite:///{self.path}"
+            if kind == "sqlite-normal":
+                self.env = {"SQLITE_SYNCHRONOUS": "NORMAL"}
+                self.workloads = [w for w in settings.workloads if w not in READS]
         elif kind == "postgresql":
             self.url = settings.pg_url
         else:
-            raise SystemExit(f"unknown database {kind!r}: sqlite or postgresql")
+            raise SystemExit(
+                f"unknown database {kind!r}: sqlite, sqlite-normal or postgresql"
+            )
 
     def seed(self, size: int) -> dict[str, Any]:
         output = subprocess.run(
@@ -142,7 +158,7 @@ class Database:
             "SELECT count(*), coalesce(sum(CASE WHEN link_precedence = 'primary'"
             " THEN 1 ELSE 0 END), 0) FROM contact WHERE deleted_at IS NULL"
         )
-        if self.kind == "sqlite":
+        if self.engine == "sqlite":
             with sqlite3.connect(self.path) as connection:
                 rows, primaries = connection.execute(query).fetchone()
         else:
@@ -250,7 +266,9 @@ def measure(
 ) -> tuple[list[Run], list[dict[str, Any]]]:
     runs: list[Run] = []
     seeds: list[dict[str, Any]] = []
-    service = Server("app:app", settings.port, {"DATABASE_URL": database.url})
+    service = Server(
+        "app:app", settings.port, {"DATABASE_URL": database.url, **database.env}
+    )
     reference = Server(
         "bench.reference:app", settings.port + 2, {"DATABASE_URL": database.url}
     )
@@ -282,22 +300,22 @@ def measure(
             check=True,
             capture_output=True,
         )
-        service.start("/health")
-        reference.start("/select")
-        warm = [floor.url, service.url, f"{reference.url}/select"]
-        if baseline is not None:
-            # Its migrations may be older than the database's: no /health.
-            baseline.start("/identify")
-            warm.append(baseline.url)
-        # Every worker opens its connections and warms its caches before
-        # anything is measured: one second of lookups each, not recorded.
-        warm_up = replace(settings, duration=1)
-        for url in warm:
-            wrk(warm_up, url, "lookup", seed, [run_number, 0, 0])
         try:
+            service.start("/health")
+            reference.start("/select")
+            warm = [floor.url, service.url, f"{reference.url}/select"]
+            if baseline is not None:
+                # Its migrations may be older than the database's: no /health.
+                baseline.start("/identify")
+                warm.append(baseline.url)
+            # Every worker opens its connections and warms its caches before
+            # anything is measured: one second of lookups each, not recorded.
+            warm_up = replace(settings, duration=1)
+            for url in warm:
+                wrk(warm_up, url, "lookup", seed, [run_number, 0, 0])
             # A quarter of each repetition's pairs is kept for the mix's merges.
             mix_pairs = pairs_per_seed // 4
-            for workload in settings.workloads:
+            for workload in database.workloads:
                 if workload == "merge":
                     pairs = (pair_cursor + mix_pairs, pair_cursor + pairs_per_seed)
                 else:
@@ -439,7 +457,7 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
     return table
 
 
-# Targets at the largest size. Issue 4: ratio to the floor, p99 in ms.
+# Targets at the largest size: ratio to the floor, p99 in ms.
 RATIO_TARGETS = {
     "sqlite": {"lookup": 0.55, "secondary": 0.28, "primary": 0.28, "merge": 0.20},
     "postgresql": {"lookup": 0.45},
@@ -455,7 +473,7 @@ REFERENCE_TARGETS = {"sqlite": {"lookup": 1.0}}
 
 
 def targets(table: list[dict[str, Any]], database: str) -> list[str]:
-    """One line per target of the issue, measured against the largest and
+    """One line per performance target, measured against the largest and
     smallest sizes of this database."""
     rows = [row for row in table if row["database"] == database]
     if not rows:
@@ -522,6 +540,38 @@ def targets(table: list[dict[str, Any]], database: str) -> list[str]:
     return lines
 
 
+def synchronous_comparison(table: list[dict[str, Any]]) -> list[str]:
+    """SQLite's writes with synchronous=FULL (the default) beside NORMAL, where
+    both were measured: what durability across power loss costs."""
+    full = {(r["size"], r["workload"]): r for r in table if r["database"] == "sqlite"}
+    pairs = [
+        (full[row["size"], row["workload"]], row)
+        for row in table
+        if row["database"] == "sqlite-normal" and (row["size"], row["workload"]) in full
+    ]
+    if not pairs:
+        return []
+    lines = [
+        "## SQLite: synchronous=FULL (default) against NORMAL",
+        "",
+        "FULL syncs every commit to disk before answering, so an acknowledged"
+        " write survives an OS crash or power loss; NORMAL may lose the last"
+        " ones (SQLITE_SYNCHRONOUS=NORMAL).",
+        "",
+        "| contacts | workload | FULL req/s | NORMAL req/s | FULL ÷ NORMAL"
+        " | FULL p99 ms | NORMAL p99 ms |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for full_row, normal_row in pairs:
+        lines.append(
+            f"| {full_row['size']:,} | {full_row['workload']}"
+            f" | {full_row['rps']:.0f} | {normal_row['rps']:.0f}"
+            f" | {full_row['rps'] / normal_row['rps']:.2f}"
+            f" | {full_row['p99_ms']:.1f} | {normal_row['p99_ms']:.1f} |"
+        )
+    return [*lines, ""]
+
+
 def machine() -> dict[str, str]:
     model = next(
         (
@@ -559,8 +609,27 @@ def git(*args: str) -> str:
 
 
 def gunicorn_settings() -> str:
-    workers = os.environ.get("WEB_CONCURRENCY", f"{2 * (os.cpu_count() or 1)}")
-    return f"gunicorn.conf.py: workers={workers} (WEB_CONCURRENCY), sync worker class"
+    """The worker settings that gunicorn.conf.py gave the servers, read by
+    running it (in a process of its own: it sets environment variables)."""
+    read = (
+        "import json, runpy; c = runpy.run_path('gunicorn.conf.py');"
+        " print(json.dumps([c[k] for k in"
+        " ('workers', 'threads', 'worker_class', 'keepalive')]))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", read],
+        cwd=ROOT,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(BENCH / ".data")},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    workers, threads, worker_class, keepalive = json.loads(output)
+    return (
+        f"gunicorn.conf.py: {workers} workers (WEB_CONCURRENCY) x {threads} threads"
+        f" (WEB_THREADS), worker class {worker_class} (gthread; keep-alive"
+        f" {keepalive} s)"
+    )
 
 
 def report(
@@ -637,7 +706,7 @@ def report(
             )
         lines += [
             "",
-            "The issue's references (bench/reference.py), each run right after the"
+            "The references (bench/reference.py), each run right after the"
             " service, against the same floor run:",
             "",
             "| contacts | reference | req/s | ratio to floor | service workload"
@@ -679,6 +748,7 @@ def report(
         for seed in seeds.get(database, []):
             lines.append(f"- {seed['rows']:,} contacts in {seed['seconds']} s")
         lines.append("")
+    lines += synchronous_comparison(table)
     return "\n".join(lines)
 
 

@@ -157,13 +157,15 @@ def gunicorn(
     workers: int = 4,
     env: Mapping[str, str] | None = None,
     stdout: IO[Any] | int = subprocess.DEVNULL,
+    stderr: IO[Any] | int = subprocess.PIPE,
 ) -> Iterator[str]:
     """Serve the app with real gunicorn worker processes, as production does,
     and yield its base URL once /health answers. `env` adds to the environment;
-    the app's log lines go to `stdout`."""
+    the app's log lines go to `stdout`, gunicorn's to `stderr`."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
+        "HOST": "127.0.0.1",
         "PORT": str(port),
         "WEB_CONCURRENCY": str(workers),
         **(env or {}),
@@ -173,7 +175,7 @@ def gunicorn(
         cwd=ROOT,
         env=env,
         stdout=stdout,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -188,8 +190,8 @@ def wait_until_healthy(base_url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            assert process.stderr is not None
-            raise RuntimeError(f"gunicorn exited: {process.stderr.read().decode()}")
+            error = process.stderr.read().decode() if process.stderr else ""
+            raise RuntimeError(f"gunicorn exited: {error}")
         try:
             if requests.get(f"{base_url}/health", timeout=5).status_code == 200:
                 return

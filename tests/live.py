@@ -25,10 +25,11 @@ def live_service(
     workers: int = 2,
     env: Mapping[str, str] | None = None,
     stdout: IO[Any] | int = subprocess.DEVNULL,
+    stderr: IO[Any] | int = subprocess.PIPE,
 ) -> Iterator[str]:
     """Serve a fresh database in `directory`; yield the base URL."""
     url = f"sqlite:///{directory / 'contacts.db'}"
     migrate(url)
     settings = {"PROMETHEUS_MULTIPROC_DIR": str(directory / "metrics"), **(env or {})}
-    with gunicorn(url, free_port(), workers, settings, stdout) as base_url:
+    with gunicorn(url, free_port(), workers, settings, stdout, stderr) as base_url:
         yield base_url

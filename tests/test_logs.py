@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from live import live_service
-from observability import mask
+from masking import mask
 
 EMAIL = "lorraine@hillvalley.edu"
 PHONE = "5551234567"
@@ -65,7 +65,16 @@ def test_request_id_is_taken_from_the_header_and_echoed(
 
 
 @pytest.mark.parametrize(
-    "sent", [None, "", "has spaces", "doc@fluxkart.com", "x" * 129]
+    "sent",
+    [
+        None,
+        "",
+        "has spaces",
+        "doc@fluxkart.com",
+        "x" * 129,
+        "5559876543",
+        "555-987.6543",
+    ],
 )
 def test_request_id_is_generated_when_absent_or_unusable(
     client: FlaskClient, sent: str | None

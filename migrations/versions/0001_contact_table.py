@@ -1,4 +1,5 @@
-"""The contact table of SPEC.md, with its indexes on email, phone and link.
+"""The contact table (README: "The contract"), with its indexes on email, phone
+and link.
 
 Revision ID: 0001
 Revises:

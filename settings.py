@@ -1,0 +1,57 @@
+"""Settings that the service refuses to start without understanding, read from
+the environment here and nowhere else (README: "Configuration"). A value it
+cannot use stops `create_app()` and gunicorn with a message that says what to
+change, rather than running with something the operator did not ask for."""
+
+import os
+
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+class ConfigurationError(ValueError):
+    """A setting holds a value the service will not run with."""
+
+
+def api_keys() -> list[str]:
+    """The bearer keys of API_KEYS; none, an open service, only when it is unset."""
+    return parse_api_keys(os.environ.get("API_KEYS"))
+
+
+def parse_api_keys(value: str | None) -> list[str]:
+    """The keys of a comma-separated API_KEYS value.
+
+    A value that is set but holds no key ("", ",", " , ") is refused: it
+    says the operator meant to set keys, and running open would fail open."""
+    if value is None:
+        return []
+    keys = [key.strip() for key in value.split(",") if key.strip()]
+    if not keys:
+        raise ConfigurationError(
+            f"API_KEYS is set but holds no key ({value!r}): set it to one or more"
+            " comma-separated keys, or unset it to serve without API keys."
+        )
+    return keys
+
+
+def sqlite_synchronous() -> str:
+    """SQLite's `synchronous` pragma: FULL unless SQLITE_SYNCHRONOUS says NORMAL.
+
+    FULL syncs the WAL at every commit, so an acknowledged write survives an
+    OS crash or power loss; NORMAL is faster and may lose the last ones."""
+    value = os.environ.get("SQLITE_SYNCHRONOUS", "FULL").strip().upper()
+    if value not in SQLITE_SYNCHRONOUS:
+        raise ConfigurationError(
+            f"SQLITE_SYNCHRONOUS must be FULL (the default: an acknowledged write"
+            f" survives power loss) or NORMAL (faster; the last writes may be lost"
+            f" on power loss), not {value!r}."
+        )
+    return value
+
+
+def bind() -> str:
+    """Where gunicorn listens: HOST:PORT. A platform that sets only PORT (the
+    Procfile route) reaches the service from outside the machine, so then
+    every interface is bound; with neither, 127.0.0.1:8000."""
+    port = os.environ.get("PORT")
+    host = os.environ.get("HOST") or ("0.0.0.0" if port else "127.0.0.1")
+    return f"{host}:{port or '8000'}"
