@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 import ledger
 import locks
-from locks import ClusterMoved, LostRace
+from locks import LostRace
 from models import Contact
 from reconcile import (
     PRIMARY,
@@ -107,16 +107,13 @@ def identify(
     email: str | None,
     phone_number: str | None,
     request_id: str | None,
-    alone: bool = False,
 ) -> tuple[Identity, list[Event]]:
     """The customer that owns this email and/or phone number, after inserting
     or relinking contact rows and appending their events as the rules decide.
 
     `connection` must be in autocommit mode, outside any transaction
     (models.py sets every connection up so). A request that writes commits
-    before this returns. `alone` makes a PostgreSQL writer wait until no other
-    writer runs, then run alone among them (a retry after a lost race).
-    Raises ClusterMoved when another transaction won a race for a cluster."""
+    before this returns."""
     version = locks.data_version(connection)
     rows = read_clusters(connection, email=email, phone_number=phone_number)
     decision = decide(rows, email=email, phone_number=phone_number, now=_now())
@@ -128,7 +125,6 @@ def identify(
         version,
         email=email,
         phone_number=phone_number,
-        alone=alone,
     )
     now = _now()
     decision = decide(rows, email=email, phone_number=phone_number, now=now)
@@ -155,14 +151,15 @@ def identify_and_commit(
     request_id: str | None,
     attempts: int = 3,
 ) -> Served:
-    """Run identify(), retrying the whole transaction after a lost race (a
-    moved cluster, a deadlock or serialization failure), and once after
-    finding that the server had dropped the pooled connection.
+    """Run identify(), retrying the whole transaction after PostgreSQL broke
+    a deadlock (the only race a writer can lose: a cluster merged away while
+    it waited is followed inside its transaction, _begin_writing), and once
+    after finding that the server had dropped the pooled connection.
 
-    Returns the answer, the events appended and how many retries it took. A
-    retry runs alone among writers, so it cannot lose again. Raises LostRace when every
-    attempt lost, or at once when a lock stayed taken for BUSY_TIMEOUT; any
-    other error is re-raised at once. Rolls back on error."""
+    Returns the answer, the events appended and how many retries it took.
+    Raises LostRace when every attempt lost, or at once when a lock stayed
+    taken for BUSY_TIMEOUT; any other error is re-raised at once. Rolls back
+    on error."""
     for attempt in range(attempts):
         try:
             identity, events = identify(
@@ -170,22 +167,21 @@ def identify_and_commit(
                 email=email,
                 phone_number=phone_number,
                 request_id=request_id,
-                alone=attempt > 0,
             )
             return Served(identity, events, attempt)
-        except (DBAPIError, ClusterMoved) as error:
+        except DBAPIError as error:
             connection.rollback()
             # A pooled connection the server dropped is replaced once; checking
             # each one before use would cost a round trip on every request.
-            if isinstance(error, DBAPIError) and error.connection_invalidated:
+            if error.connection_invalidated:
                 if not attempt:
                     continue
                 raise
-            if isinstance(error, DBAPIError) and locks.lock_timed_out(error):
+            if locks.lock_timed_out(error):
                 raise LostRace(
                     f"a lock stayed taken for {locks.BUSY_TIMEOUT} s"
                 ) from error
-            if isinstance(error, DBAPIError) and not locks.lost_race(error):
+            if not locks.lost_race(error):
                 raise
         except BaseException:
             connection.rollback()
@@ -204,22 +200,31 @@ def _begin_writing(
     *,
     email: str | None,
     phone_number: str | None,
-    alone: bool,
 ) -> list[Member]:
     """Begin the transaction of a request that writes, make every other writer
     of these identifiers and clusters wait for it, and read the clusters
     afresh: what it decides from them stays true until it commits.
 
+    On PostgreSQL a primary it locked may have been merged into another while
+    it waited: the fresh read then holds rows of a primary it has not locked.
+    It locks those too and reads again, until every row read belongs to a
+    primary it holds. Each further round means another merge committed
+    meanwhile, and the locked set only grows, so it ends. (README:
+    "Concurrency".)
+
     On SQLite `rows` are still fresh, and are kept, when no other connection
     committed since `version` was taken, before they were read."""
     if connection.dialect.name == "postgresql":
         locked = locks.lock_postgresql(
-            connection, email=email, phone_number=phone_number, alone=alone
+            connection, email=email, phone_number=phone_number
         )
-        fresh = read_clusters(connection, email=email, phone_number=phone_number)
-        if not {row.customer_id for row in fresh} <= locked:
-            raise ClusterMoved
-        return fresh
+        while True:
+            fresh = read_clusters(connection, email=email, phone_number=phone_number)
+            moved = {row.customer_id for row in fresh} - locked
+            if not moved:
+                return fresh
+            locks.lock_primaries(connection, moved)
+            locked |= moved
     locks.begin_immediate(connection)
     if locks.data_version(connection) == version:
         return list(rows)
