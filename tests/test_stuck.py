@@ -4,6 +4,7 @@ workers frozen with SIGSTOP."""
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from sqlalchemy import Connection, create_engine, text
 import locks
 from conftest import gunicorn, migrate
 from live import free_port
-from models import IDLE_IN_TRANSACTION_TIMEOUT
+from models import IDLE_IN_TRANSACTION_TIMEOUT, prepare_engine
 
 # The advisory lock every PostgreSQL writer took, shared (a retry exclusively),
 # before writers stopped sharing any lock: the issue's repro holds it.
@@ -178,3 +179,79 @@ def test_the_server_ends_a_transaction_left_idle_by_a_frozen_worker(
     assert status == 200
     assert IDLE_IN_TRANSACTION_TIMEOUT - 1 < seconds < locks.BUSY_TIMEOUT
     assert frozen["answer"][0] == 200
+
+
+def test_writers_waiting_for_the_sqlite_write_lock_burn_little_cpu(
+    tmp_path: Path,
+) -> None:
+    """SQLite: three writers wait 3 s for the write lock that a frozen writer
+    holds. Each retries BEGIN IMMEDIATE with growing naps, so the three
+    together use a small fraction of one core (polling every 0.1 ms they
+    used 0.6 CPU-seconds here)."""
+    path = tmp_path / "contacts.db"
+    engine = create_engine(f"sqlite:///{path}")
+    prepare_engine(engine)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("BEGIN IMMEDIATE")
+    spent: list[float] = []
+
+    def wait_for_the_lock() -> None:
+        with engine.connect() as connection:
+            started = time.thread_time()
+            locks.begin_immediate(connection)
+            spent.append(time.thread_time() - started)
+            locks.driver(connection).execute("ROLLBACK")
+
+    waiters = [threading.Thread(target=wait_for_the_lock) for _ in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    time.sleep(3)
+    holder.execute("ROLLBACK")
+    for waiter in waiters:
+        waiter.join(timeout=30)
+    holder.close()
+    engine.dispose()
+
+    assert len(spent) == 3
+    assert sum(spent) < 0.3, f"CPU-seconds spent waiting: {spent}"
+
+
+def test_lookups_are_answered_while_writers_wait_for_a_frozen_sqlite_writer(
+    tmp_path: Path,
+) -> None:
+    """SQLite: another connection holds the write lock (BEGIN IMMEDIATE) as a
+    frozen writer would, and three writers wait for it in the service. A
+    lookup takes no lock, so lookups are still answered in under a second
+    each; the writers are served once the lock is released.
+
+    Served with 4 threads per worker process, as production serves: with
+    one request per process the waiting writers held every worker."""
+    url = f"sqlite:///{tmp_path / 'contacts.db'}"
+    migrate(url)
+    threads = {"GUNICORN_CMD_ARGS": "--threads 4"}
+    with gunicorn(url, free_port(), workers=2, env=threads) as base_url:
+        assert identify(base_url, {"email": "known@shop.com"})[0] == 200
+        holder = sqlite3.connect(tmp_path / "contacts.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        writes: list[int] = []
+        writers = [
+            threading.Thread(
+                target=lambda n=n: writes.append(
+                    identify(base_url, {"email": f"new{n}@shop.com"})[0]
+                )
+            )
+            for n in range(3)
+        ]
+        for writer in writers:
+            writer.start()
+        time.sleep(0.5)
+        lookups = [identify(base_url, {"email": "known@shop.com"}) for _ in range(5)]
+        holder.execute("ROLLBACK")
+        holder.close()
+        for writer in writers:
+            writer.join(timeout=30)
+
+    assert [status for status, _ in lookups] == [200] * 5
+    assert max(seconds for _, seconds in lookups) < 1.0, lookups
+    assert writes == [200] * 3
