@@ -2,7 +2,8 @@
 
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from flask import (
 )
 from flask_migrate import Migrate
 from flask_swagger_ui import get_swaggerui_blueprint  # type: ignore[import-untyped]
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
@@ -31,6 +33,7 @@ from werkzeug.exceptions import (
     ServiceUnavailable,
 )
 
+import faults
 import ledger
 import observability
 import store
@@ -118,10 +121,24 @@ def database_url() -> str:
     return url
 
 
+@contextmanager
+def connect() -> Iterator[Connection]:
+    """A pooled connection for one request. One that met a read-only, full or
+    failing SQLite file is discarded instead of pooled again: it would keep
+    failing after the file is fixed, until the workers were restarted."""
+    with db.engine.connect() as connection:
+        try:
+            yield connection
+        except (sqlite3.Error, DBAPIError) as error:
+            if faults.broken(error):
+                connection.invalidate()
+            raise
+
+
 @api.post("/identify")
 def identify() -> dict[str, Any]:
     email, phone_number = parse_identify(request.get_json())
-    with db.engine.connect() as connection:
+    with connect() as connection:
         served = store.identify_and_commit(
             connection,
             email=email,
@@ -136,7 +153,7 @@ def identify() -> dict[str, Any]:
 def lookup_customers() -> dict[str, Any]:
     """The customers an email or phone belongs to; never writes."""
     email, phone_number = parse_identify(request.get_json())
-    with db.engine.connect() as connection:
+    with connect() as connection:
         found = store.lookup(connection, email=email, phone_number=phone_number)
     observability.record_customers(found)
     return {"contacts": [contact_json(identity) for identity in found]}
@@ -146,7 +163,7 @@ def lookup_customers() -> dict[str, Any]:
 def get_customer(contact_id: int) -> dict[str, Any]:
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
-    with db.engine.connect() as connection:
+    with connect() as connection:
         found = store.customer(connection, contact_id)
     if found is None:
         raise no_contact(contact_id)
@@ -159,7 +176,7 @@ def customer_history(contact_id: int) -> dict[str, Any]:
     after, limit = parse_page(request.args)
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
-    with db.engine.connect() as connection:
+    with connect() as connection:
         page = ledger.history(connection, contact_id, after=after, limit=limit)
     if page is None:
         raise no_contact(contact_id)
@@ -169,7 +186,7 @@ def customer_history(contact_id: int) -> dict[str, Any]:
 @api.get("/events")
 def events() -> dict[str, Any]:
     after, limit = parse_page(request.args)
-    with db.engine.connect() as connection:
+    with connect() as connection:
         page = ledger.feed(connection, after=after, limit=limit)
     return {"events": page.events, "next": page.next}
 
@@ -180,13 +197,19 @@ def no_contact(contact_id: int) -> NotFound:
 
 @api.get("/health")
 def health() -> dict[str, str]:
-    """Ok when the database answers and its schema is at the latest migration."""
-    context = MigrationContext.configure(db.session.connection())
-    current = set(context.get_current_heads())
-    if current != latest_revisions():
+    """Ok when the database answers, its schema is at the latest migration
+    and it can take writes (faults.cannot_write: no row is written)."""
+    with connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+        if current != latest_revisions():
+            raise ServiceUnavailable(
+                f"The database schema is at revision {sorted(current) or 'none'},"
+                f" not {sorted(latest_revisions())}: run `flask --app app db upgrade`."
+            )
+        problem = faults.cannot_write(connection)
+    if problem is not None:
         raise ServiceUnavailable(
-            f"The database schema is at revision {sorted(current) or 'none'}, not"
-            f" {sorted(latest_revisions())}: run `flask --app app db upgrade`."
+            f"{problem} Requests that write fail until it is fixed."
         )
     return {"status": "ok"}
 
@@ -244,11 +267,10 @@ def database_unavailable(
 ) -> Response:
     cause = error.orig if isinstance(error, OperationalError) else error
     current_app.logger.error("database unavailable: %s", cause)
+    database = db.engine.url.database if db.engine.dialect.name == "sqlite" else None
+    detail = faults.describe(error, database)
     return problem(
-        ServiceUnavailable(
-            "The database is unreachable or not ready. Nothing was changed;"
-            " try again later."
-        )
+        ServiceUnavailable(f"{detail} Nothing was changed; try again later.")
     )
 
 
