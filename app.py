@@ -3,7 +3,8 @@
 import json
 import os
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -25,6 +26,7 @@ from flask import (
 from flask_migrate import Migrate
 from flask_swagger_ui import get_swaggerui_blueprint  # type: ignore[import-untyped]
 from psycopg.errors import UndefinedColumn, UndefinedTable
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from werkzeug.exceptions import (
     BadRequest,
@@ -37,6 +39,7 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
+import faults
 import guard
 import ledger
 import observability
@@ -165,10 +168,24 @@ def database_url() -> str:
     return url
 
 
+@contextmanager
+def connect() -> Iterator[Connection]:
+    """A pooled connection for one request. One that met a read-only, full or
+    failing SQLite file is discarded instead of pooled again: it would keep
+    failing after the file is fixed, until the workers were restarted."""
+    with db.engine.connect() as connection:
+        try:
+            yield connection
+        except (sqlite3.Error, DBAPIError) as error:
+            if faults.broken(error):
+                connection.invalidate()
+            raise
+
+
 @api.post("/identify")
 def identify() -> dict[str, Any]:
     email, phone_number = parse_identify(request.get_json())
-    with db.engine.connect() as connection:
+    with connect() as connection:
         served = store.identify_and_commit(
             connection,
             email=email,
@@ -185,7 +202,7 @@ def identify() -> dict[str, Any]:
 def lookup_customers() -> dict[str, Any]:
     """The customers an email or phone belongs to; never writes."""
     email, phone_number = parse_identify(request.get_json())
-    with db.engine.connect() as connection:
+    with connect() as connection:
         found, ignored = store.lookup(
             connection,
             email=email,
@@ -210,7 +227,7 @@ def with_ignored(answer: dict[str, Any], ignored: Sequence[Ignored]) -> dict[str
 
 @api.get("/blocked-values")
 def list_blocked_values() -> dict[str, Any]:
-    with db.engine.connect() as connection:
+    with connect() as connection:
         values = guard.list_blocked(connection)
     rules = guard.BUILTIN_RULES if current_app.config["GUARD"].builtin else ()
     return {
@@ -233,7 +250,7 @@ def add_blocked_value() -> tuple[dict[str, Any], int, dict[str, str]]:
     rule = guard.builtin_rule(field, value)
     if rule is not None and current_app.config["GUARD"].builtin:
         raise Conflict(f"{field} is already blocked by the built-in rule {rule.id}.")
-    with db.engine.connect() as connection:
+    with connect() as connection:
         added = guard.add_blocked(connection, field, value, now=datetime.now(UTC))
     if added is None:
         raise Conflict(f"That {field} is already a blocked value.")
@@ -248,7 +265,7 @@ def delete_blocked_value(value_id: str) -> tuple[str, int]:
             " BUILTIN_BLOCKLIST=off to turn the built-in rules off."
         )
     number = int(value_id) if value_id.isascii() and value_id.isdigit() else None
-    with db.engine.connect() as connection:
+    with connect() as connection:
         deleted = (
             number is not None
             and number <= MAX_ID
@@ -273,7 +290,7 @@ def blocked_json(value: guard.Blocked) -> dict[str, Any]:
 def get_customer(contact_id: int) -> dict[str, Any]:
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
-    with db.engine.connect() as connection:
+    with connect() as connection:
         found = store.customer(connection, contact_id)
     if found is None:
         raise no_contact(contact_id)
@@ -286,7 +303,7 @@ def customer_history(contact_id: int) -> dict[str, Any]:
     after, limit = parse_page(request.args)
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
-    with db.engine.connect() as connection:
+    with connect() as connection:
         page = ledger.history(connection, contact_id, after=after, limit=limit)
     if page is None:
         raise no_contact(contact_id)
@@ -296,7 +313,7 @@ def customer_history(contact_id: int) -> dict[str, Any]:
 @api.get("/events")
 def events() -> dict[str, Any]:
     after, limit = parse_page(request.args)
-    with db.engine.connect() as connection:
+    with connect() as connection:
         page = ledger.feed(connection, after=after, limit=limit)
     return {"events": page.events, "next": page.next}
 
@@ -307,13 +324,19 @@ def no_contact(contact_id: int) -> NotFound:
 
 @api.get("/health")
 def health() -> dict[str, str]:
-    """Ok when the database answers and its schema is at the latest migration."""
-    context = MigrationContext.configure(db.session.connection())
-    current = set(context.get_current_heads())
-    if current != latest_revisions():
+    """Ok when the database answers, its schema is at the latest migration
+    and it can take writes (faults.cannot_write: no row is written)."""
+    with connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+        if current != latest_revisions():
+            raise ServiceUnavailable(
+                f"The database schema is at revision {sorted(current) or 'none'},"
+                f" not {sorted(latest_revisions())}: run `flask --app app db upgrade`."
+            )
+        problem = faults.cannot_write(connection)
+    if problem is not None:
         raise ServiceUnavailable(
-            f"The database schema is at revision {sorted(current) or 'none'}, not"
-            f" {sorted(latest_revisions())}: run `flask --app app db upgrade`."
+            f"{problem} Requests that write fail until it is fixed."
         )
     return {"status": "ok"}
 
@@ -382,11 +405,10 @@ def database_unavailable(error: DBAPIError | sqlite3.OperationalError) -> Respon
         current_app.logger.error("database error", exc_info=error)
         return problem(InternalServerError())
     current_app.logger.error("database unavailable: %s", cause)
+    database = db.engine.url.database if db.engine.dialect.name == "sqlite" else None
+    detail = faults.describe(error, database)
     return problem(
-        ServiceUnavailable(
-            "The database is unreachable or not ready. Nothing was changed;"
-            " try again later."
-        )
+        ServiceUnavailable(f"{detail} Nothing was changed; try again later.")
     )
 
 

@@ -2,8 +2,9 @@
 
 SQLite has one write lock: BEGIN IMMEDIATE takes it, so every writer runs
 alone. PostgreSQL runs writers side by side at READ COMMITTED, each holding
-advisory locks on its identifiers and row locks on the primaries it touches;
-a retry after a lost race runs alone among writers."""
+advisory locks on its identifiers and row locks on the primaries it touches,
+and nothing that every writer shares: a stuck transaction holds up only the
+writers of its own identifiers and customers."""
 
 import hashlib
 import sqlite3
@@ -26,21 +27,17 @@ from models import Contact
 # How long a writer waits for a lock before it gives up with LostRace (503):
 # SQLite's write lock, or each of PostgreSQL's advisory and row locks.
 BUSY_TIMEOUT = 10.0
+# A writer waiting for SQLite's write lock naps 0.1 ms, then twice as long
+# after each try, up to 5 ms: a short wait (another request's write, a
+# fraction of a millisecond) is noticed at once, and a long one (a writer
+# frozen holding the lock) costs about 200 tries a second, not 10,000.
 _BUSY_POLL = 0.0001
-
-# Every PostgreSQL writer holds this advisory lock, shared; a writer that must
-# run alone holds it exclusively, so it waits for the writers in flight.
-WRITERS_LOCK = 0x1D3471
+_BUSY_POLL_MAX = 0.005
 
 
 class LostRace(Exception):
     """The request gave up without changing anything: every attempt lost a
     race, or a lock it needed stayed taken for BUSY_TIMEOUT seconds."""
-
-
-class ClusterMoved(Exception):
-    """A cluster this transaction locked was merged into another before the
-    lock was granted. Nothing was written; run the transaction again."""
 
 
 def driver(connection: Connection) -> sqlite3.Connection:
@@ -62,10 +59,12 @@ def begin_immediate(connection: Connection) -> None:
     """SQLite: BEGIN IMMEDIATE takes the database's one write lock. Another
     connection holding it makes the statement fail at once (the service sets
     no busy timeout, whose naps of 1, 2, 5, 10 ms are far longer than a write
-    here); it is retried every _BUSY_POLL seconds, straight through the
-    driver. Raises LostRace after BUSY_TIMEOUT."""
+    here); it is retried straight through the driver after a nap that starts
+    at _BUSY_POLL and doubles up to _BUSY_POLL_MAX. Raises LostRace after
+    BUSY_TIMEOUT."""
     sqlite_connection = driver(connection)
     deadline = time.monotonic() + BUSY_TIMEOUT
+    nap = _BUSY_POLL
     while True:
         try:
             sqlite_connection.execute("BEGIN IMMEDIATE")
@@ -77,7 +76,8 @@ def begin_immediate(connection: Connection) -> None:
                 raise LostRace(
                     f"the SQLite write lock stayed taken for {BUSY_TIMEOUT} s"
                 ) from error
-            time.sleep(_BUSY_POLL)
+            time.sleep(nap)
+            nap = min(2 * nap, _BUSY_POLL_MAX)
 
 
 _PRIMARY_ID = func.coalesce(Contact.linked_id, Contact.id)
@@ -109,44 +109,55 @@ _PRIMARY_LOCKS = {(e, p): _primary_locks(by_email=e, by_phone=p) for e, p in SHA
 
 
 def lock_postgresql(
-    connection: Connection,
-    *,
-    email: str | None,
-    phone_number: str | None,
-    alone: bool,
+    connection: Connection, *, email: str | None, phone_number: str | None
 ) -> set[int]:
-    """PostgreSQL: begin a READ COMMITTED transaction and make every writer of
-    these identifiers and clusters wait for the others; return the ids of the
+    """PostgreSQL: begin a READ COMMITTED transaction, lock these identifiers
+    and the primaries of the rows that hold them; return the ids of the
     primaries locked. The caller then reads the clusters afresh (READ
-    COMMITTED reads what committed while it waited) and raises ClusterMoved
-    when a row of them is linked to a primary outside that set.
+    COMMITTED reads what committed while it waited) and locks any primary it
+    finds that is not in that set (lock_primaries), until none is new.
 
     Identifier locks stop two requests with the same new email or phone from
     both inserting a primary; primary-row locks, taken oldest first, stop a
-    merge from racing an insert into the cluster it demotes. All are released
-    at commit or rollback; each wait for one ends after BUSY_TIMEOUT."""
-    writers = "pg_advisory_xact_lock" if alone else "pg_advisory_xact_lock_shared"
+    merge from racing an insert into the cluster it demotes. Nothing is
+    shared by every writer, so a stuck transaction delays only the writers
+    of its own identifiers and customers. All are released at commit or
+    rollback; each wait for one ends after BUSY_TIMEOUT."""
     keys = sorted(
-        _lock_key(kind, value)
+        lock_key(kind, value)
         for kind, value in (("email", email), ("phone", phone_number))
         if value is not None
     )
-    locks = [
-        f"{writers}({WRITERS_LOCK})",
-        *(f"pg_advisory_xact_lock({k})" for k in keys),
-    ]
+    identifiers = ", ".join(f"pg_advisory_xact_lock({key})" for key in keys)
     # One round trip for BEGIN, the wait limit and the locks: a statement
     # without parameters (the numbers are written into it) may hold several.
     connection.exec_driver_sql(
         f"BEGIN; SET LOCAL lock_timeout = {round(BUSY_TIMEOUT * 1000)};"
-        f" SELECT {', '.join(locks)}"
+        f" SELECT {identifiers}"
     )
     lock_primaries = _PRIMARY_LOCKS[email is not None, phone_number is not None]
     parameters = {"email": email, "phone_number": phone_number}
     return set(connection.execute(lock_primaries, parameters).scalars())
 
 
-def _lock_key(kind: str, value: str) -> int:
+_LOCK_ROWS = (
+    select(Contact.id)
+    .where(Contact.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Contact.created_at, Contact.id)
+    .with_for_update()
+)
+
+
+def lock_primaries(connection: Connection, ids: set[int]) -> None:
+    """PostgreSQL: lock the rows `ids` (primaries found after the first locks
+    were granted: a merge moved a cluster into them meanwhile), oldest first,
+    in the caller's transaction."""
+    connection.execute(_LOCK_ROWS, {"ids": sorted(ids)}).all()
+
+
+def lock_key(kind: str, value: str) -> int:
+    """The advisory lock of an email or phone number (`kind`): 64 bits of its
+    hash, so two values share a lock only by a negligible chance."""
     digest = hashlib.blake2b(f"{kind}:{value}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 

@@ -108,6 +108,12 @@ class BlockedValue(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+# A service transaction runs for milliseconds, and is idle only while its
+# worker prepares the next statement: this long idle means the worker froze.
+# Below locks.BUSY_TIMEOUT, so the writers it held up are served, not 503'd.
+IDLE_IN_TRANSACTION_TIMEOUT = 5.0
+
+
 def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
     """Engine settings for the database at `url`.
 
@@ -116,9 +122,18 @@ def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
     code that writes sends its own BEGIN (reconcile.py, migrations/env.py).
     A sync gunicorn worker serves one request at a time, so it needs few
     connections. They are not pinged before use, which would cost a round
-    trip per request: reconcile_and_commit() replaces one the server closed."""
-    if make_url(url).get_backend_name() == "postgresql":
+    trip per request: reconcile_and_commit() replaces one the server closed.
+
+    The server ends a transaction left idle for IDLE_IN_TRANSACTION_TIMEOUT
+    seconds (a worker frozen or killed mid-request), so its locks go with
+    it. The setting is added to any `options` the URL already has."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        idle = round(IDLE_IN_TRANSACTION_TIMEOUT * 1000)
+        options = [str(parsed.query.get("options", ""))]
+        options.append(f"-c idle_in_transaction_session_timeout={idle}")
         return {
+            "connect_args": {"options": " ".join(filter(None, options))},
             "isolation_level": "AUTOCOMMIT",
             "pool_size": pool_size,
             "max_overflow": pool_size,

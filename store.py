@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 import ledger
 import locks
 from guard import NO_GUARD, Guard
-from locks import ClusterMoved, LostRace
+from locks import LostRace
 from models import BlockedValue, Contact
 from reconcile import (
     EMAIL,
@@ -250,7 +250,6 @@ def identify(
     request_id: str | None,
     guard: Guard = NO_GUARD,
     check_email: EmailCheck | None = None,
-    alone: bool = False,
 ) -> tuple[Decision, Identity, list[Event]]:
     """The customer that owns this email and/or phone number, after inserting
     or relinking contact rows and appending their events as the rules decide,
@@ -258,11 +257,9 @@ def identify(
 
     `connection` must be in autocommit mode, outside any transaction
     (models.py sets every connection up so). A request that writes commits
-    before this returns. `alone` makes a PostgreSQL writer wait until no other
-    writer runs, then run alone among them (a retry after a lost race).
-    `check_email`, when given, checks and normalises an email that no row
-    holds (see screen()). Raises NothingUsable when every value is ignored,
-    and ClusterMoved when another transaction won a race for a cluster."""
+    before this returns. `check_email`, when given, checks and normalises an
+    email that no row holds (see screen()). Raises NothingUsable when every
+    value is ignored."""
     version = locks.data_version(connection)
     found = screen(
         connection,
@@ -274,7 +271,7 @@ def identify(
     decision = _decide(found, guard, None, _now())
     if not decision.changes:
         return decision, decision.answer(), []
-    found = _begin_writing(connection, found, version, guard=guard, alone=alone)
+    found = _begin_writing(connection, found, version, guard=guard)
     partners = None
     if found.email is not None and found.phone_number is not None:
         partners = read_partners(
@@ -322,14 +319,15 @@ def identify_and_commit(
     check_email: EmailCheck | None = None,
     attempts: int = 3,
 ) -> Served:
-    """Run identify(), retrying the whole transaction after a lost race (a
-    moved cluster, a deadlock or serialization failure), and once after
-    finding that the server had dropped the pooled connection.
+    """Run identify(), retrying the whole transaction after PostgreSQL broke
+    a deadlock (the only race a writer can lose: a cluster merged away while
+    it waited is followed inside its transaction, _begin_writing), and once
+    after finding that the server had dropped the pooled connection.
 
-    Returns the answer, the events appended and how many retries it took. A
-    retry runs alone among writers, so it cannot lose again. Raises LostRace when every
-    attempt lost, or at once when a lock stayed taken for BUSY_TIMEOUT; any
-    other error is re-raised at once. Rolls back on error."""
+    Returns the answer, the events appended and how many retries it took.
+    Raises LostRace when every attempt lost, or at once when a lock stayed
+    taken for BUSY_TIMEOUT; any other error is re-raised at once. Rolls back
+    on error."""
     for attempt in range(attempts):
         try:
             decision, identity, events = identify(
@@ -339,22 +337,21 @@ def identify_and_commit(
                 request_id=request_id,
                 guard=guard,
                 check_email=check_email,
-                alone=attempt > 0,
             )
             return Served(identity, events, attempt, decision.ignored)
-        except (DBAPIError, ClusterMoved) as error:
+        except DBAPIError as error:
             connection.rollback()
             # A pooled connection the server dropped is replaced once; checking
             # each one before use would cost a round trip on every request.
-            if isinstance(error, DBAPIError) and error.connection_invalidated:
+            if error.connection_invalidated:
                 if not attempt:
                     continue
                 raise
-            if isinstance(error, DBAPIError) and locks.lock_timed_out(error):
+            if locks.lock_timed_out(error):
                 raise LostRace(
                     f"a lock stayed taken for {locks.BUSY_TIMEOUT} s"
                 ) from error
-            if isinstance(error, DBAPIError) and not locks.lost_race(error):
+            if not locks.lost_race(error):
                 raise
         except BaseException:
             connection.rollback()
@@ -372,22 +369,34 @@ def _begin_writing(
     version: int | None,
     *,
     guard: Guard,
-    alone: bool,
 ) -> Screened:
     """Begin the transaction of a request that writes, make every other writer
     of these identifiers and clusters wait for it, and screen and read afresh:
     what it decides from them stays true until it commits.
+
+    On PostgreSQL a primary it locked may have been merged into another while
+    it waited: the fresh read then holds rows of a primary it has not locked.
+    It locks those too and reads again, until every row read belongs to a
+    primary it holds. Each further round means another merge committed
+    meanwhile, and the locked set only grows, so it ends. (README:
+    "Concurrency".)
 
     On SQLite `found` is still fresh, and is kept, when no other connection
     committed since `version` was taken, before it was read."""
     email, phone_number = found.email, found.phone_number
     if connection.dialect.name == "postgresql":
         locked = locks.lock_postgresql(
-            connection, email=email, phone_number=phone_number, alone=alone
+            connection, email=email, phone_number=phone_number
         )
-        fresh = screen(connection, email=email, phone_number=phone_number, guard=guard)
-        if not {row.customer_id for row in fresh.rows} <= locked:
-            raise ClusterMoved
+        while True:
+            fresh = screen(
+                connection, email=email, phone_number=phone_number, guard=guard
+            )
+            moved = {row.customer_id for row in fresh.rows} - locked
+            if not moved:
+                break
+            locks.lock_primaries(connection, moved)
+            locked |= moved
     else:
         locks.begin_immediate(connection)
         if locks.data_version(connection) == version:

@@ -27,6 +27,9 @@ Settings, all from the environment:
   BENCH_PG_URL      postgresql://postgres@127.0.0.1/bench
   BENCH_PORT        28001               the service; then floor, references, baseline
   BENCH_OUT         BENCHMARKS.md       the report; every run goes beside it as .json
+  BENCH_SERIES      matrix,cluster      what to run: the matrix above, and/or the
+                                        cluster-size series (cluster_series)
+  BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
   WEB_CONCURRENCY   gunicorn workers, as in production (gunicorn.conf.py)
 Only ever loads 127.0.0.1.
 """
@@ -43,7 +46,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -752,32 +755,214 @@ def report(
     return "\n".join(lines)
 
 
+# The cluster-size series: lookups and new secondaries into one cluster of
+# n rows that all hold one phone (bench/cluster.lua), so that the cost of a
+# request is seen to grow with its cluster, not with the square of it.
+CLUSTER_PHONE = "19990000000"
+CLUSTER_WORKLOADS = ("lookup", "secondary")
+CLUSTER_BASE_SIZE = 10000
+CLUSTER_TARGET_ROWS = 2000
+CLUSTER_TARGET_P50_MS = 50.0
+
+
+@dataclass
+class ClusterRun:
+    database: str
+    rows: int
+    workload: str
+    repeat: int
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+def seed_cluster(database: Database, rows: int) -> None:
+    """Add one customer of `rows` rows to the seeded table: a primary and its
+    secondaries, each with its own email, all with CLUSTER_PHONE, older than
+    anything the service inserts."""
+    start = datetime(2000, 1, 1, tzinfo=UTC)
+    values = [
+        (
+            f"big{j}@cluster.example.com",
+            CLUSTER_PHONE,
+            "primary" if j == 0 else "secondary",
+            start + timedelta(seconds=j),
+        )
+        for j in range(rows)
+    ]
+    primary_sql = (
+        "INSERT INTO contact (email, phone_number, link_precedence, created_at,"
+        " updated_at) VALUES ({0}, {0}, {0}, {0}, {0}) RETURNING id"
+    )
+    secondary_sql = (
+        "INSERT INTO contact (email, phone_number, link_precedence, created_at,"
+        " updated_at, linked_id) VALUES ({0}, {0}, {0}, {0}, {0}, {0})"
+    )
+    if database.kind == "sqlite":
+        stamps = [(*row[:3], row[3].strftime("%Y-%m-%d %H:%M:%S.%f")) for row in values]
+        with sqlite3.connect(database.path) as connection:
+            (primary,) = connection.execute(
+                primary_sql.format("?"), (*stamps[0], stamps[0][3])
+            ).fetchone()
+            connection.executemany(
+                secondary_sql.format("?"),
+                [(*row, row[3], primary) for row in stamps[1:]],
+            )
+        return
+    with psycopg.connect(database.url) as connection:
+        row = connection.execute(
+            primary_sql.format("%s"), (*values[0], values[0][3])
+        ).fetchone()
+        assert row is not None
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                secondary_sql.format("%s"),
+                [(*value, value[3], row[0]) for value in values[1:]],
+            )
+
+
+def cluster_series(settings: Settings) -> list[ClusterRun]:
+    """For each database and cluster size: seed CLUSTER_BASE_SIZE contacts
+    plus the cluster, serve the app, then run each workload of
+    bench/cluster.lua `repeats` times (after one unrecorded second)."""
+    sizes = [int(n) for n in env_list("BENCH_CLUSTER_ROWS", "1,100,1000,2000,5000")]
+    runs: list[ClusterRun] = []
+    run_number = 0
+    for kind in settings.databases:
+        database = Database(kind, settings)
+        for rows in sizes:
+            log(f"{kind}, one cluster of {rows:,} rows")
+            database.seed(CLUSTER_BASE_SIZE)
+            seed_cluster(database, rows)
+            service = Server("app:app", settings.port, {"DATABASE_URL": database.url})
+            service.start("/health")
+            try:
+                cluster_wrk(replace(settings, duration=1), service.url, "lookup", 0)
+                for workload in CLUSTER_WORKLOADS:
+                    for repeat in range(settings.repeats):
+                        run_number += 1
+                        result = cluster_wrk(
+                            settings, service.url, workload, run_number
+                        )
+                        run = ClusterRun(kind, rows, workload, repeat, **result)
+                        runs.append(run)
+                        log(
+                            f"  {workload:9} #{repeat} {run.rps:8.1f} req/s"
+                            f"  p50 {run.p50_ms:7.2f} ms  p99 {run.p99_ms:8.2f} ms"
+                            f"  non-2xx {run.non_2xx}  errors {run.socket_errors}"
+                        )
+            finally:
+                service.stop()
+    return runs
+
+
+def cluster_wrk(
+    settings: Settings, url: str, workload: str, run_number: int
+) -> dict[str, Any]:
+    command = [
+        "wrk",
+        f"-t{settings.threads}",
+        f"-c{settings.connections}",
+        f"-d{settings.duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(BENCH / "cluster.lua"),
+        url,
+        "--",
+        workload,
+        str(run_number),
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True)
+    for line in output.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
+    raise SystemExit(f"wrk printed no result:\n{output.stdout}\n{output.stderr}")
+
+
+def cluster_report(runs: list[ClusterRun]) -> list[str]:
+    """The series' table (medians over the repetitions) and its target."""
+    lines = [
+        "## Cluster size",
+        "",
+        f"One customer of n rows that all share one phone, beside"
+        f" {CLUSTER_BASE_SIZE:,} seeded contacts (bench/cluster.lua): lookup sends"
+        " the shared phone alone and is answered with the whole cluster;"
+        " secondary sends a brand-new email with it and inserts a row.",
+        "",
+        "| database | rows in the cluster | workload | req/s | p50 ms | p99 ms"
+        " | non-2xx |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    keys = dict.fromkeys((run.database, run.rows, run.workload) for run in runs)
+    medians = {}
+    for database, rows, workload in keys:
+        mine = [
+            run
+            for run in runs
+            if (run.database, run.rows, run.workload) == (database, rows, workload)
+        ]
+        p50 = statistics.median(run.p50_ms for run in mine)
+        medians[database, rows, workload] = p50
+        lines.append(
+            f"| {database} | {rows:,} | {workload}"
+            f" | {statistics.median(run.rps for run in mine):.0f} | {p50:.1f}"
+            f" | {statistics.median(run.p99_ms for run in mine):.1f}"
+            f" | {sum(run.non_2xx + run.socket_errors for run in mine)} |"
+        )
+    lines.append("")
+    for database in dict.fromkeys(run.database for run in runs):
+        p50 = medians.get((database, CLUSTER_TARGET_ROWS, "lookup"))
+        if p50 is not None:
+            verdict = "met" if p50 < CLUSTER_TARGET_P50_MS else "NOT met"
+            lines.append(
+                f"- {database}: lookup in a {CLUSTER_TARGET_ROWS:,}-row cluster p50"
+                f" < {CLUSTER_TARGET_P50_MS:.0f} ms: {p50:.1f} ms, {verdict}"
+            )
+    lines.append("")
+    return lines
+
+
 def main() -> None:
     settings = Settings.from_env()
+    series = env_list("BENCH_SERIES", "matrix,cluster")
     started = datetime.now(UTC)
     runs: list[Run] = []
     seeds: dict[str, list[dict[str, Any]]] = {}
     (BENCH / ".data").mkdir(exist_ok=True)
-    floor = Server("bench.floor:app", settings.port + 1, {})
-    floor.start("/identify")
-    try:
-        for kind in settings.databases:
-            database = Database(kind, settings)
-            for size in settings.sizes:
-                log(f"{kind}, {size:,} contacts")
-                measured, seeded = measure(settings, database, size, floor)
-                runs += measured
-                seeds.setdefault(kind, []).append(seeded[0])
-    finally:
-        floor.stop()
+    if "matrix" in series:
+        floor = Server("bench.floor:app", settings.port + 1, {})
+        floor.start("/identify")
+        try:
+            for kind in settings.databases:
+                database = Database(kind, settings)
+                for size in settings.sizes:
+                    log(f"{kind}, {size:,} contacts")
+                    measured, seeded = measure(settings, database, size, floor)
+                    runs += measured
+                    seeds.setdefault(kind, []).append(seeded[0])
+        finally:
+            floor.stop()
+    cluster_runs = cluster_series(settings) if "cluster" in series else []
     minutes = (datetime.now(UTC) - started).total_seconds() / 60
     table = summarise(runs)
-    settings.out.write_text(report(settings, table, seeds, started, minutes))
+    text = (
+        report(settings, table, seeds, started, minutes) if runs else "# Benchmarks\n"
+    )
+    if cluster_runs:
+        text += "\n" + "\n".join(cluster_report(cluster_runs))
+    settings.out.write_text(text)
     settings.out.with_suffix(".json").write_text(
-        json.dumps([asdict(run) for run in runs], indent=1) + "\n"
+        json.dumps([asdict(run) for run in [*runs, *cluster_runs]], indent=1) + "\n"
     )
     log(f"wrote {settings.out}")
-    if any(row["non_2xx"] or row["socket_errors"] for row in table):
+    if any(row["non_2xx"] or row["socket_errors"] for row in table) or any(
+        run.non_2xx or run.socket_errors for run in cluster_runs
+    ):
         raise SystemExit("some requests failed: see non-2xx in the report")
 
 

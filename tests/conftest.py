@@ -158,10 +158,12 @@ def gunicorn(
     env: Mapping[str, str] | None = None,
     stdout: IO[Any] | int = subprocess.DEVNULL,
     stderr: IO[Any] | int = subprocess.PIPE,
+    health: int = 200,
 ) -> Iterator[str]:
     """Serve the app with real gunicorn worker processes, as production does,
-    and yield its base URL once /health answers. `env` adds to the environment;
-    the app's log lines go to `stdout`, gunicorn's to `stderr`."""
+    and yield its base URL once /health answers with status `health`. `env`
+    adds to the environment; the app's log lines go to `stdout`, gunicorn's
+    to `stderr`."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -179,21 +181,23 @@ def gunicorn(
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_healthy(base_url, process)
+        wait_until_healthy(base_url, process, health)
         yield base_url
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
-def wait_until_healthy(base_url: str, process: subprocess.Popen[bytes]) -> None:
+def wait_until_healthy(
+    base_url: str, process: subprocess.Popen[bytes], status: int = 200
+) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             error = process.stderr.read().decode() if process.stderr else ""
             raise RuntimeError(f"gunicorn exited: {error}")
         try:
-            if requests.get(f"{base_url}/health", timeout=5).status_code == 200:
+            if requests.get(f"{base_url}/health", timeout=5).status_code == status:
                 return
         except requests.RequestException:
             pass
