@@ -116,7 +116,8 @@ def connection(app: Flask) -> Iterator[Connection]:
 
 
 def empty_database() -> None:
-    """Delete every contact and event and restart ids at 1. Needs an app context."""
+    """Delete every contact, event and blocked value and restart ids at 1.
+    Needs an app context."""
     with db.engine.begin() as connection:
         empty_tables(connection)
 
@@ -139,11 +140,15 @@ def migrate(database_url: str) -> None:
 
 
 def empty_tables(connection: Connection) -> None:
+    """Every contact, event and blocked value gone; ids start again at 1."""
     if connection.dialect.name == "postgresql":
-        connection.execute(text("TRUNCATE contact, event RESTART IDENTITY"))
+        connection.execute(
+            text("TRUNCATE contact, event, blocked_value RESTART IDENTITY")
+        )
     else:
         connection.execute(text("DELETE FROM contact"))
         connection.execute(text("DELETE FROM event"))
+        connection.execute(text("DELETE FROM blocked_value"))
         connection.execute(text("DELETE FROM sqlite_sequence"))
 
 
