@@ -35,6 +35,7 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
+import audit
 import guard
 import ledger
 import observability
@@ -118,6 +119,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(sqlite3.OperationalError, database_unavailable)
     app.register_error_handler(LostRace, database_busy)
     app.register_error_handler(NothingUsable, nothing_usable)
+    app.cli.add_command(audit.contacts)
     return app
 
 
