@@ -39,6 +39,7 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
+import audit
 import faults
 import guard
 import ledger
@@ -153,6 +154,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(sqlite3.OperationalError, database_unavailable)
     app.register_error_handler(LostRace, database_busy)
     app.register_error_handler(NothingUsable, nothing_usable)
+    app.cli.add_command(audit.contacts)
     return app
 
 

@@ -139,6 +139,7 @@ def migrate(database_url: str) -> None:
 
 
 def empty_tables(connection: Connection) -> None:
+    """Every contact, event and blocked value gone; ids start again at 1."""
     if connection.dialect.name == "postgresql":
         connection.execute(
             text("TRUNCATE contact, event, blocked_value RESTART IDENTITY")

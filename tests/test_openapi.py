@@ -70,16 +70,33 @@ READS = [
 def test_worked_example_of_the_document_is_what_the_service_answers(
     client: FlaskClient, document: dict[str, Any]
 ) -> None:
-    responses = document["paths"]["/identify"]["post"]["responses"]
-    answers = responses["200"]["content"]["application/json"]["examples"]
-    requests = document["paths"]["/identify"]["post"]["requestBody"]
-    asked = requests["content"]["application/json"]["examples"]
+    replay_identify_examples(client, document)
 
+
+def replay_identify_examples(client: FlaskClient, document: dict[str, Any]) -> None:
+    """Send each request example of /identify, in order; each is answered with
+    the response example of the same name (200, or 422 when nothing usable
+    is left), if there is one, and else with a 200."""
+    operation = document["paths"]["/identify"]["post"]
+    asked = operation["requestBody"]["content"]["application/json"]["examples"]
     for name, example in asked.items():
         response = client.post("/identify", json=example["value"])
-        assert response.status_code == 200
-        if name in answers:
-            assert response.get_json() == answers[name]["value"], name
+        status, answer = documented_answer(operation, name)
+        assert response.status_code == status, (name, response.get_json())
+        if answer is not None:
+            assert response.get_json() == answer, name
+
+
+def documented_answer(
+    operation: dict[str, Any], name: str
+) -> tuple[int, dict[str, Any] | None]:
+    """The status and body of the response example called `name` (200 and no
+    body when there is none)."""
+    for status, response in operation["responses"].items():
+        for content in response.get("content", {}).values():
+            if name in content.get("examples", {}):
+                return int(status), content["examples"][name]["value"]
+    return 200, None
 
 
 @pytest.mark.parametrize(("path", "method"), READS)
@@ -88,9 +105,7 @@ def test_read_examples_are_what_the_service_answers_after_the_worked_example(
 ) -> None:
     """Each 200 example of a read is asked with the parameter and body
     examples of the same name."""
-    asked = document["paths"]["/identify"]["post"]["requestBody"]
-    for example in asked["content"]["application/json"]["examples"].values():
-        assert client.post("/identify", json=example["value"]).status_code == 200
+    replay_identify_examples(client, document)
     operation = document["paths"][path][method]
     answers = operation["responses"]["200"]["content"]["application/json"]
     bodies = operation.get("requestBody", {}).get("content", {})
@@ -111,6 +126,73 @@ def test_read_examples_are_what_the_service_answers_after_the_worked_example(
         response = client.open(url, method=method, query_string=query, json=body)
         assert response.status_code == 200, (name, response.get_json())
         assert stable(response.get_json()) == stable(answer["value"]), name
+
+
+def test_nothing_usable_examples_are_what_the_service_answers(
+    client: FlaskClient, document: dict[str, Any]
+) -> None:
+    """The 422 example of each operation that reads a contact body is what its
+    request example of the same name gets, and nothing is stored."""
+    for path in ("/identify", "/customers/lookup"):
+        operation = document["paths"][path]["post"]
+        examples = operation["requestBody"]["content"]["application/json"]["examples"]
+        answers = operation["responses"]["422"]["content"]["application/problem+json"]
+        for name, answer in answers["examples"].items():
+            response = client.post(path, json=examples[name]["value"])
+            assert response.status_code == 422, (path, name)
+            assert response.mimetype == "application/problem+json"
+            assert response.get_json() == answer["value"], (path, name)
+    assert client.get("/events").get_json()["events"] == []
+
+
+def test_blocked_values_examples_are_what_the_service_answers(
+    client: FlaskClient, document: dict[str, Any]
+) -> None:
+    """The two POST examples, in order, on an empty table; then the list; then
+    the DELETE examples and the 409s."""
+    path = document["paths"]["/blocked-values"]
+    asked = path["post"]["requestBody"]["content"]["application/json"]["examples"]
+    created = path["post"]["responses"]["201"]["content"]["application/json"]
+    for name, example in asked.items():
+        response = client.post("/blocked-values", json=example["value"])
+        assert response.status_code == 201, (name, response.get_json())
+        answer = created["examples"][name]["value"]
+        assert without_time(response.get_json()) == without_time(answer), name
+        assert response.headers["Location"] == f"/blocked-values/{answer['id']}"
+
+    listed = path["get"]["responses"]["200"]["content"]["application/json"]
+    response = client.get("/blocked-values")
+    assert response.status_code == 200
+    assert [without_time(item) for item in response.get_json()["blockedValues"]] == [
+        without_time(item)
+        for item in listed["examples"]["after-two"]["value"]["blockedValues"]
+    ]
+
+    conflicts = path["post"]["responses"]["409"]["content"]["application/problem+json"]
+    response = client.post("/blocked-values", json=asked["phone"]["value"])
+    assert response.status_code == 409
+    assert response.get_json() == conflicts["examples"]["duplicate"]["value"]
+    response = client.post("/blocked-values", json={"phoneNumber": "0000000"})
+    assert response.status_code == 409
+    assert response.get_json() == conflicts["examples"]["builtin"]["value"]
+
+    delete = document["paths"]["/blocked-values/{value_id}"]["delete"]
+    ids = delete["parameters"][0]["examples"]
+    response = client.delete(f"/blocked-values/{ids['shop-value']['value']}")
+    assert response.status_code == 204
+    response = client.delete(f"/blocked-values/{ids['builtin']['value']}")
+    assert response.status_code == 409
+    problem = delete["responses"]["409"]["content"]["application/problem+json"]
+    assert response.get_json() == problem["example"]
+    response = client.delete("/blocked-values/99")
+    assert response.status_code == 404
+    problem = delete["responses"]["404"]["content"]["application/problem+json"]
+    assert response.get_json() == problem["example"]
+
+
+def without_time(item: dict[str, Any]) -> dict[str, Any]:
+    """A blocked value without when it was added, which differs on every run."""
+    return {key: value for key, value in item.items() if key != "createdAt"}
 
 
 def resolve(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
