@@ -9,12 +9,14 @@ from sqlalchemy import (
     Dialect,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     TypeDecorator,
     event,
     make_url,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -78,8 +80,22 @@ class Event(Base):
 
     __tablename__ = "event"
     # AUTOINCREMENT on SQLite: an id is never given out twice, even if the
-    # newest event were ever deleted, so a reader's cursor stays valid.
-    __table_args__ = {"sqlite_autoincrement": True}
+    # newest event were ever deleted, so a reader's cursor stays valid. The
+    # merge events' values have indexes of their own: the partners of a value
+    # (MAX_PARTNERS_PER_VALUE) are read from them on every write, and a value
+    # refused many times must not make that read longer.
+    __table_args__ = (
+        *(
+            Index(
+                f"ix_event_merged_{column}",
+                column,
+                sqlite_where=text("type = 'customer.merged'"),
+                postgresql_where=text("type = 'customer.merged'"),
+            )
+            for column in ("email", "phone_number")
+        ),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     type: Mapped[str] = mapped_column(String(32))

@@ -27,13 +27,15 @@ Settings, all from the environment:
   BENCH_PG_URL      postgresql://postgres@127.0.0.1/bench
   BENCH_PORT        28001               the service; then floor, references, baseline
   BENCH_OUT         BENCHMARKS.md       the report; every run goes beside it as .json
-  BENCH_SERIES      matrix,cluster      what to run: the matrix above, and/or the
-                                        cluster-size series (cluster_series)
+  BENCH_SERIES      matrix,cluster,flood  what to run: the matrix above, the
+                                        cluster-size series (cluster_series) and
+                                        the placeholder flood (placeholder_flood)
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
   WEB_CONCURRENCY   gunicorn workers, as in production (gunicorn.conf.py)
 Only ever loads 127.0.0.1.
 """
 
+import http.client
 import json
 import os
 import platform
@@ -761,6 +763,10 @@ def report(
 CLUSTER_PHONE = "19990000000"
 CLUSTER_WORKLOADS = ("lookup", "secondary")
 CLUSTER_BASE_SIZE = 10000
+# The series run on each engine once (sqlite-normal measures durability only).
+SERIES_DATABASES = {"sqlite", "postgresql"}
+FLOOD_REQUESTS = 5000
+FLOOD_PHONE = "5550199"
 CLUSTER_TARGET_ROWS = 2000
 CLUSTER_TARGET_P50_MS = 50.0
 
@@ -832,7 +838,10 @@ def cluster_series(settings: Settings) -> list[ClusterRun]:
     sizes = [int(n) for n in env_list("BENCH_CLUSTER_ROWS", "1,100,1000,2000,5000")]
     runs: list[ClusterRun] = []
     run_number = 0
-    for kind in settings.databases:
+    # One client at a time: the time a request into such a cluster takes,
+    # not how long it queues behind the others.
+    settings = replace(settings, connections=1)
+    for kind in SERIES_DATABASES.intersection(settings.databases):
         database = Database(kind, settings)
         for rows in sizes:
             log(f"{kind}, one cluster of {rows:,} rows")
@@ -884,6 +893,113 @@ def cluster_wrk(
     raise SystemExit(f"wrk printed no result:\n{output.stdout}\n{output.stderr}")
 
 
+@dataclass
+class Flood:
+    database: str
+    requests: int
+    first_p50_ms: float
+    last_p50_ms: float
+    largest_customer_values: int
+    emails_with_the_phone: int
+    refused: int
+
+
+def placeholder_flood(settings: Settings) -> list[Flood]:
+    """FLOOD_REQUESTS identifies, one after the other, each with a brand-new
+    email and the same phone (a shop's own number typed at checkout), on a
+    fresh CLUSTER_BASE_SIZE database with the service's default limits; the
+    latency of the first and last 500, and the largest customer after."""
+    floods = []
+    for kind in sorted(SERIES_DATABASES.intersection(settings.databases)):
+        database = Database(kind, settings)
+        log(f"{kind}, placeholder flood of {FLOOD_REQUESTS:,} requests")
+        database.seed(CLUSTER_BASE_SIZE)
+        service = Server("app:app", settings.port, {"DATABASE_URL": database.url})
+        service.start("/health")
+        connection = http.client.HTTPConnection(HOST, settings.port, timeout=30)
+        timings = []
+        refused = 0
+        try:
+            for n in range(FLOOD_REQUESTS):
+                body = json.dumps(
+                    {"email": f"flood{n}@shop.example.com", "phoneNumber": FLOOD_PHONE}
+                )
+                started = time.perf_counter()
+                connection.request(
+                    "POST", "/identify", body, {"Content-Type": "application/json"}
+                )
+                response = connection.getresponse()
+                answer = json.loads(response.read())
+                timings.append((time.perf_counter() - started) * 1000)
+                if response.status != 200:
+                    raise SystemExit(f"flood request {n}: {response.status} {answer}")
+                refused += "ignored" in answer
+        finally:
+            connection.close()
+            service.stop()
+        largest, emails = flood_counts(database)
+        floods.append(
+            Flood(
+                kind,
+                FLOOD_REQUESTS,
+                statistics.median(timings[:500]),
+                statistics.median(timings[-500:]),
+                largest,
+                emails,
+                refused,
+            )
+        )
+        log(f"  {floods[-1]}")
+    return floods
+
+
+def flood_counts(database: Database) -> tuple[int, int]:
+    """(the most emails plus phones any customer holds, the emails in rows
+    with FLOOD_PHONE)."""
+    largest = (
+        "SELECT max(n) FROM (SELECT count(DISTINCT email) + count(DISTINCT"
+        " phone_number) AS n FROM contact WHERE deleted_at IS NULL"
+        " GROUP BY coalesce(linked_id, id)) AS customers"
+    )
+    emails = (
+        "SELECT count(DISTINCT email) FROM contact"
+        f" WHERE phone_number = '{FLOOD_PHONE}' AND deleted_at IS NULL"
+    )
+    if database.kind == "sqlite":
+        with sqlite3.connect(database.path) as connection:
+            return (
+                connection.execute(largest).fetchone()[0],
+                connection.execute(emails).fetchone()[0],
+            )
+    with psycopg.connect(database.url) as connection:
+        found = [connection.execute(sql).fetchone() for sql in (largest, emails)]
+        return tuple(int(row[0]) for row in found if row is not None)  # type: ignore[return-value]
+
+
+def flood_report(floods: list[Flood]) -> list[str]:
+    lines = [
+        "## Placeholder flood",
+        "",
+        f"{FLOOD_REQUESTS:,} identifies, one after the other, each with a brand-new"
+        f" email and the same phone ({FLOOD_PHONE}, not a built-in placeholder),"
+        f" beside {CLUSTER_BASE_SIZE:,} seeded contacts, with the default limits"
+        " (MAX_PARTNERS_PER_VALUE 20, MAX_VALUES_PER_CUSTOMER 100).",
+        "",
+        "| database | p50 of the first 500, ms | p50 of the last 500, ms"
+        " | answers with the phone ignored | emails linked to the phone"
+        " | largest customer (emails + phones) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for flood in floods:
+        lines.append(
+            f"| {flood.database} | {flood.first_p50_ms:.1f} | {flood.last_p50_ms:.1f}"
+            f" | {flood.refused:,} | {flood.emails_with_the_phone}"
+            f" | {flood.largest_customer_values} |"
+        )
+    lines.append("")
+    return lines
+
+
 def cluster_report(runs: list[ClusterRun]) -> list[str]:
     """The series' table (medians over the repetitions) and its target."""
     lines = [
@@ -929,7 +1045,7 @@ def cluster_report(runs: list[ClusterRun]) -> list[str]:
 
 def main() -> None:
     settings = Settings.from_env()
-    series = env_list("BENCH_SERIES", "matrix,cluster")
+    series = env_list("BENCH_SERIES", "matrix,cluster,flood")
     started = datetime.now(UTC)
     runs: list[Run] = []
     seeds: dict[str, list[dict[str, Any]]] = {}
@@ -948,6 +1064,7 @@ def main() -> None:
         finally:
             floor.stop()
     cluster_runs = cluster_series(settings) if "cluster" in series else []
+    floods = placeholder_flood(settings) if "flood" in series else []
     minutes = (datetime.now(UTC) - started).total_seconds() / 60
     table = summarise(runs)
     text = (
@@ -955,9 +1072,12 @@ def main() -> None:
     )
     if cluster_runs:
         text += "\n" + "\n".join(cluster_report(cluster_runs))
+    if floods:
+        text += "\n" + "\n".join(flood_report(floods))
     settings.out.write_text(text)
     settings.out.with_suffix(".json").write_text(
-        json.dumps([asdict(run) for run in [*runs, *cluster_runs]], indent=1) + "\n"
+        json.dumps([asdict(run) for run in [*runs, *cluster_runs, *floods]], indent=1)
+        + "\n"
     )
     log(f"wrote {settings.out}")
     if any(row["non_2xx"] or row["socket_errors"] for row in table) or any(

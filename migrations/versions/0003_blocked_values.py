@@ -1,4 +1,8 @@
-"""The shop's own blocked values: emails and phone numbers never matched or stored.
+"""The shop's own blocked values, and indexes on the values of merge events.
+
+Blocked values are emails and phone numbers never matched or stored. The
+partners of a value (MAX_PARTNERS_PER_VALUE) are read from the merge events
+on every write: partial indexes keep that read as short as the merges are few.
 
 Revision ID: 0003
 Revises: 0002
@@ -31,5 +35,17 @@ def upgrade() -> None:
     )
 
 
+    for column in ("email", "phone_number"):
+        op.create_index(
+            f"ix_event_merged_{column}",
+            "event",
+            [column],
+            sqlite_where=sa.text("type = 'customer.merged'"),
+            postgresql_where=sa.text("type = 'customer.merged'"),
+        )
+
+
 def downgrade() -> None:
+    for column in ("email", "phone_number"):
+        op.drop_index(f"ix_event_merged_{column}", table_name="event")
     op.drop_table("blocked_value")
