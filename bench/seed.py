@@ -146,7 +146,8 @@ def seed_postgresql(url: str, count: int) -> None:
     create_database(url)
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute(
-            "DROP TABLE IF EXISTS contact, event, alembic_version CASCADE"
+            "DROP TABLE IF EXISTS contact, event, blocked_value, alembic_version"
+            " CASCADE"
         )
     migrate(url, CONTACTS_ONLY)
     with psycopg.connect(url) as connection:
