@@ -7,7 +7,7 @@ SQLite: one instance with 4 workers on one file. PostgreSQL: two instances
 import random
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,24 @@ def service(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[str, list[str]]]:
     """A migrated, empty database and the base URLs of the instances serving it."""
+    with instances(request, tmp_path, {}) as served:
+        yield served
+
+
+@contextmanager
+def instances(
+    request: pytest.FixtureRequest, tmp_path: Path, env: dict[str, str]
+) -> Iterator[tuple[str, list[str]]]:
+    """One gunicorn on a SQLite file, or two on PostgreSQL, with `env`."""
     if request.param == "sqlite":
-        url, instances = f"sqlite:///{tmp_path / 'contacts.db'}", 1
+        url, count = f"sqlite:///{tmp_path / 'contacts.db'}", 1
     else:
-        url, instances = request.getfixturevalue("postgres_url"), 2
+        url, count = request.getfixturevalue("postgres_url"), 2
     migrate(url)
     with ExitStack() as stack:
         base_urls = [
-            stack.enter_context(gunicorn(url, free_port())) for _ in range(instances)
+            stack.enter_context(gunicorn(url, free_port(), env=env))
+            for _ in range(count)
         ]
         yield url, base_urls
 
@@ -306,18 +316,8 @@ def limited_service(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[str, list[str]]]:
     """Like `service`, with MAX_PARTNERS_PER_VALUE=3."""
-    if request.param == "sqlite":
-        url, instances = f"sqlite:///{tmp_path / 'contacts.db'}", 1
-    else:
-        url, instances = request.getfixturevalue("postgres_url"), 2
-    migrate(url)
-    env = {"MAX_PARTNERS_PER_VALUE": "3"}
-    with ExitStack() as stack:
-        base_urls = [
-            stack.enter_context(gunicorn(url, free_port(), env=env))
-            for _ in range(instances)
-        ]
-        yield url, base_urls
+    with instances(request, tmp_path, {"MAX_PARTNERS_PER_VALUE": "3"}) as served:
+        yield served
 
 
 def test_racing_requests_never_give_a_value_more_partners_than_its_limit(
