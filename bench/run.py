@@ -243,6 +243,14 @@ class Run:
 def wrk(
     settings: Settings, url: str, workload: str, seed: dict[str, Any], args: list[int]
 ) -> dict[str, Any]:
+    script_args = [workload, seed["full_clusters"], *args, settings.threads]
+    return run_wrk(settings, "identify.lua", url, script_args)
+
+
+def run_wrk(
+    settings: Settings, script: str, url: str, script_args: list[Any]
+) -> dict[str, Any]:
+    """Run wrk with a script of bench/ and return the JSON of its RESULT line."""
     command = [
         "wrk",
         f"-t{settings.threads}",
@@ -251,13 +259,10 @@ def wrk(
         "--timeout",
         "10s",
         "-s",
-        str(BENCH / "identify.lua"),
+        str(BENCH / script),
         url,
         "--",
-        workload,
-        str(seed["full_clusters"]),
-        *map(str, args),
-        str(settings.threads),
+        *map(str, script_args),
     ]
     output = subprocess.run(command, check=True, capture_output=True, text=True)
     for line in output.stdout.splitlines():
@@ -872,25 +877,7 @@ def cluster_series(settings: Settings) -> list[ClusterRun]:
 def cluster_wrk(
     settings: Settings, url: str, workload: str, run_number: int
 ) -> dict[str, Any]:
-    command = [
-        "wrk",
-        f"-t{settings.threads}",
-        f"-c{settings.connections}",
-        f"-d{settings.duration}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(BENCH / "cluster.lua"),
-        url,
-        "--",
-        workload,
-        str(run_number),
-    ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True)
-    for line in output.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
-    raise SystemExit(f"wrk printed no result:\n{output.stdout}\n{output.stderr}")
+    return run_wrk(settings, "cluster.lua", url, [workload, run_number])
 
 
 @dataclass

@@ -33,3 +33,15 @@ def live_service(
     settings = {"PROMETHEUS_MULTIPROC_DIR": str(directory / "metrics"), **(env or {})}
     with gunicorn(url, free_port(), workers, settings, stdout, stderr) as base_url:
         yield base_url
+
+
+def send_raw(url: str, request: bytes) -> bytes:
+    """Send `request` to the server at `url` as it is; return all it answers."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as client:
+        client.sendall(request)
+        client.settimeout(10)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer

@@ -2,14 +2,13 @@
 each gets a problem document, never a crash, a cut body or an HTML page."""
 
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
-from live import live_service
+from live import live_service, send_raw
 
 MAX_BODY = 64 * 1024
 SECRET = b"person@fluxkart.com"
@@ -23,14 +22,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def raw_exchange(url: str, request: bytes) -> tuple[bytes, bytes]:
     """Send `request` as it is; return the answer's head and body."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as client:
-        client.sendall(request)
-        client.settimeout(10)
-        answer = b""
-        while chunk := client.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+    head, _, body = send_raw(url, request).partition(b"\r\n\r\n")
     return head, body
 
 

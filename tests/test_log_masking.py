@@ -3,14 +3,13 @@ email or phone number may reach stdout or stderr in clear, and the rest of
 each line stays legible."""
 
 import json
-import socket
 import sqlite3
 from pathlib import Path
 
 import pytest
 import requests
 
-from live import live_service
+from live import live_service, send_raw
 from masking import mask
 
 EMAIL = "person@fluxkart.com"
@@ -30,17 +29,6 @@ FORMATTED_PHONE = "555-987-6543"
 )
 def test_masking_keeps_line_numbers_ports_pids_and_addresses(text: str) -> None:
     assert mask(text) == text
-
-
-def send_raw(url: str, request: bytes) -> bytes:
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port))) as client:
-        client.sendall(request)
-        client.settimeout(10)
-        answer = b""
-        while chunk := client.recv(65536):
-            answer += chunk
-    return answer
 
 
 def test_personal_data_sent_every_way_never_reaches_the_logs_in_clear(
