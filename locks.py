@@ -28,12 +28,13 @@ from models import Contact
 # SQLite's write lock, or each of PostgreSQL's advisory and row locks.
 BUSY_TIMEOUT = 10.0
 # A writer waiting for SQLite's write lock naps 0.1 ms, then twice as long
-# after each try, up to 1 ms: a short wait (another request's write, a
+# after each try, up to 2 ms: a short wait (another request's write, a
 # fraction of a millisecond) is noticed at once, and a long one (a writer
-# frozen holding the lock) costs about 1,000 tries a second, not 10,000.
-# (Up to 5 ms halved the throughput of new primaries under 8 clients.)
+# frozen holding the lock) costs about 500 tries a second, not 10,000.
+# (Up to 5 ms halved the throughput of new primaries under 8 clients; up to
+# 1 ms, three waiters burnt 0.3 CPU-seconds in 3 s.)
 _BUSY_POLL = 0.0001
-_BUSY_POLL_MAX = 0.001
+_BUSY_POLL_MAX = 0.002
 
 
 class LostRace(Exception):
