@@ -40,6 +40,7 @@ from werkzeug.exceptions import (
 )
 
 import audit
+import correct
 import faults
 import guard
 import ledger
@@ -49,13 +50,15 @@ import store
 from auth import require_api_key
 from locks import LostRace
 from models import db, engine_options, prepare_engine
-from reconcile import Identity, Ignored
+from reconcile import Identity, Ignored, Member
 from store import NothingUsable
 from validation import (
     MAX_ID,
     InvalidInput,
     check_email,
     parse_blocked_value,
+    parse_detach,
+    parse_flags,
     parse_identify,
     parse_page,
 )
@@ -318,6 +321,80 @@ def events() -> dict[str, Any]:
     with connect() as connection:
         page = ledger.feed(connection, after=after, limit=limit)
     return {"events": page.events, "next": page.next}
+
+
+@api.post("/customers/<int:contact_id>/detach")
+def detach_value(contact_id: int) -> dict[str, Any]:
+    """Take an email or a phone away from a customer and regroup the rest."""
+    field, value, block, dry_run = parse_detach(request.get_json())
+    if contact_id > MAX_ID:
+        raise no_contact(contact_id)
+
+    def rule(
+        connection: Connection, rows: list[Member], retired: list[Member]
+    ) -> correct.Correction:
+        evidence = store.read_evidence(connection, rows)
+        return correct.detach(
+            rows, retired, field=field, value=value, evidence=evidence
+        )
+
+    with connect() as connection:
+        try:
+            done, retries = store.correct_and_commit(
+                connection,
+                contact_id,
+                rule,
+                request_id=g.request_id,
+                block=block,
+                dry_run=dry_run,
+            )
+        except correct.NotHeld:
+            raise UnprocessableEntity(
+                f"Customer {contact_id} holds no such {field}. Nothing was changed."
+            ) from None
+    if done is None:
+        raise no_contact(contact_id)
+    observability.record_correction("detach", done, dry_run=dry_run, retries=retries)
+    return {"contacts": [contact_json(identity) for identity in done.customers]}
+
+
+@api.delete("/customers/<int:contact_id>")
+def erase_customer(contact_id: int) -> dict[str, Any]:
+    """Erase a customer: every row, every copy of its values in the ledger."""
+    flags = parse_flags(request.args, "suppress", "dryRun")
+    settings_guard = current_app.config["GUARD"]
+    if flags["suppress"] and settings_guard.erasure_key is None:
+        raise UnprocessableEntity(
+            "suppress needs the service's ERASURE_KEY, the secret that suppressed"
+            " values are hashed with, and it is not set. Nothing was erased."
+        )
+    if contact_id > MAX_ID:
+        raise no_contact(contact_id)
+
+    def rule(
+        _connection: Connection, rows: list[Member], retired: list[Member]
+    ) -> correct.Correction:
+        return correct.erase(rows, retired)
+
+    with connect() as connection:
+        done, retries = store.correct_and_commit(
+            connection,
+            contact_id,
+            rule,
+            request_id=g.request_id,
+            guard=settings_guard,
+            suppress=flags["suppress"],
+            dry_run=flags["dryRun"],
+        )
+    if done is None:
+        raise no_contact(contact_id)
+    observability.record_correction(
+        "erase", done, dry_run=flags["dryRun"], retries=retries
+    )
+    return {
+        "erasedContactIds": list(done.deleted),
+        "suppressed": len(done.forgotten) if flags["suppress"] else 0,
+    }
 
 
 def no_contact(contact_id: int) -> NotFound:

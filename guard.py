@@ -2,16 +2,19 @@
 the limits a customer and a value may reach (README: "Protection against
 over-merging"). The limits themselves are applied by reconcile.decide()."""
 
+import hashlib
+import hmac
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, Insert, delete, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from models import BlockedValue
+from models import BlockedValue, SuppressedValue
 from reconcile import EMAIL, PHONE_NUMBER, Ignored, Limits
 from settings import ConfigurationError
 
@@ -90,6 +93,17 @@ class Guard:
 
     builtin: bool
     limits: Limits | None
+    # ERASURE_KEY: the secret of the hashes that suppressed values are kept
+    # as; without it nothing can be suppressed, or found suppressed.
+    erasure_key: bytes | None = None
+
+    def digest(self, field: str, value: str | None) -> str | None:
+        """The keyed hash a suppressed value is stored as; None without a
+        value or a key."""
+        if value is None or self.erasure_key is None:
+            return None
+        message = f"{field}:{value}".encode()
+        return hmac.new(self.erasure_key, message, hashlib.sha256).hexdigest()
 
     def screen(
         self, email: str | None, phone_number: str | None
@@ -121,7 +135,8 @@ class BadSetting(ConfigurationError):
 
 def guard_from_env(environ: Mapping[str, str] = os.environ) -> Guard:
     """The settings BUILTIN_BLOCKLIST, MAX_VALUES_PER_CUSTOMER,
-    MAX_PARTNERS_PER_VALUE and IDENTIFIER_PRIORITY. Raises BadSetting."""
+    MAX_PARTNERS_PER_VALUE, IDENTIFIER_PRIORITY and ERASURE_KEY. Raises
+    BadSetting."""
     builtin = environ.get("BUILTIN_BLOCKLIST", "on").strip().lower()
     if builtin not in {"on", "off"}:
         raise BadSetting(f"BUILTIN_BLOCKLIST must be on or off, not {builtin!r}.")
@@ -141,7 +156,23 @@ def guard_from_env(environ: Mapping[str, str] = os.environ) -> Guard:
             max_partners=_positive(environ, "MAX_PARTNERS_PER_VALUE", 20),
             priority=(priority[0], priority[1]),
         ),
+        erasure_key=_erasure_key(environ),
     )
+
+
+MIN_ERASURE_KEY = 16
+
+
+def _erasure_key(environ: Mapping[str, str]) -> bytes | None:
+    key = environ.get("ERASURE_KEY", "")
+    if not key:
+        return None
+    if len(key) < MIN_ERASURE_KEY:
+        raise BadSetting(
+            f"ERASURE_KEY must be at least {MIN_ERASURE_KEY} characters: a short"
+            " key lets anyone who reads the database guess the suppressed values."
+        )
+    return key.encode()
 
 
 def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -207,3 +238,29 @@ def delete_blocked(connection: Connection, value_id: int) -> bool:
     ).rowcount
     connection.commit()
     return bool(deleted)
+
+
+def _insert_new(connection: Connection, table: type) -> Insert:
+    """INSERT that skips a row whose unique value is stored already."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def block_within(
+    connection: Connection, field: str, value: str, *, now: datetime
+) -> None:
+    """Add a blocked value in the caller's transaction, unless it is one."""
+    connection.execute(
+        _insert_new(connection, BlockedValue),
+        {_COLUMNS[field].key: value, "created_at": now},
+    )
+
+
+def suppress_within(
+    connection: Connection, digests: Iterable[str], *, now: datetime
+) -> None:
+    """Store suppressed values' digests in the caller's transaction."""
+    rows = [{"digest": digest, "created_at": now} for digest in digests]
+    if rows:
+        connection.execute(_insert_new(connection, SuppressedValue), rows)

@@ -131,7 +131,7 @@ _HISTORY = text(
     customers AS (
         SELECT id FROM members
         UNION SELECT previous_customer_id FROM event
-        WHERE type = 'customer.primary_changed'
+        WHERE type IN ('customer.primary_changed', 'customer.split')
         AND customer_id IN (SELECT id FROM members)
     )
     SELECT * FROM event
@@ -150,9 +150,10 @@ def history(
     """The events of the customer that live contact `contact_id` belongs to,
     oldest first; None when no live contact has that id. They are the events
     of every contact id the customer has had: its primary's, those of the
-    customers it absorbed (now its rows, live or soft-deleted), and that of a
-    soft-deleted primary it took over from (`customer.primary_changed`, one
-    hand-over back: README, "Decisions")."""
+    customers it absorbed (now its rows, live or soft-deleted), and that of
+    the customer it came from (a soft-deleted primary it took over from,
+    `customer.primary_changed`, or one it was split from, `customer.split`;
+    one step back: README, "Decisions")."""
     parameters = {"contact_id": contact_id, "after": after, "limit": limit + 1}
     page = _page(connection.execute(_HISTORY, parameters).all(), limit)
     if page.events or connection.execute(_LIVE_CONTACT, parameters).first():

@@ -157,6 +157,32 @@ def lock_primaries(connection: Connection, ids: set[int]) -> None:
     connection.execute(_LOCK_ROWS, {"ids": sorted(ids)}).all()
 
 
+_CUSTOMER_OF = select(_PRIMARY_ID).where(
+    Contact.id == bindparam("contact_id"), Contact.deleted_at.is_(None)
+)
+
+
+def lock_customer_postgresql(connection: Connection, contact_id: int) -> None:
+    """PostgreSQL: begin a READ COMMITTED transaction and lock the primary row
+    of the customer that live contact `contact_id` belongs to, as identify
+    locks the primaries it touches (a detach or an erase). A merge may move
+    the customer into another while this waits: the customer is read again
+    after each lock, and its new primary locked too, until it stays put. Does
+    nothing more when no live contact has that id."""
+    connection.exec_driver_sql(
+        f"BEGIN; SET LOCAL lock_timeout = {round(BUSY_TIMEOUT * 1000)}"
+    )
+    locked: set[int] = set()
+    while True:
+        customer_id = connection.execute(
+            _CUSTOMER_OF, {"contact_id": contact_id}
+        ).scalar()
+        if customer_id is None or customer_id in locked:
+            return
+        lock_primaries(connection, {customer_id})
+        locked.add(customer_id)
+
+
 def lock_key(kind: str, value: str) -> int:
     """The advisory lock of an email or phone number (`kind`): 64 bits of its
     hash, so two values share a lock only by a negligible chance."""

@@ -124,6 +124,28 @@ class BlockedValue(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class SuppressedValue(Base):
+    """An erased person's email or phone, kept only as a keyed hash
+    (guard.Guard.digest) so that it is never matched or stored again."""
+
+    __tablename__ = "suppressed_value"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LegacyLink(Base):
+    """A link from before the ledger that no shared value explained when the
+    ledger was created (migration 0004): the only evidence that the contact
+    belongs with that primary, so a detach never undoes it."""
+
+    __tablename__ = "legacy_link"
+
+    contact_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    customer_id: Mapped[int]
+
+
 # A service transaction runs for milliseconds, and is idle only while its
 # worker prepares the next statement: this long idle means the worker froze.
 # Below locks.BUSY_TIMEOUT, so the writers it held up are served, not 503'd.

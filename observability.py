@@ -24,6 +24,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from correct import Correction
 from masking import json_formatter
 from reconcile import EventType, Identity, Ignored, Outcome
 from store import Served
@@ -49,6 +50,15 @@ IGNORED = Counter(
 )
 REFUSED_LINKS = Counter(
     "identify_refused_links", "Pairs of values not linked because of a limit."
+)
+CORRECTIONS = Counter(
+    "customer_corrections",
+    "Detaches and erasures applied (dry runs not counted), by operation.",
+    ["operation"],
+)
+SPLITS = Counter("customer_splits", "Customers that a detach split into two or more.")
+ERASED_ROWS = Counter(
+    "customer_erased_contacts", "Contact rows deleted by detaches and erasures."
 )
 
 # Unmatched paths share one label, so scanners cannot grow the metric set.
@@ -129,6 +139,28 @@ def record_customers(found: list[Identity]) -> None:
     g.customer_ids = [identity.primary_id for identity in found]
 
 
+def record_correction(
+    operation: str, done: Correction, *, dry_run: bool, retries: int
+) -> None:
+    """Count a detach or an erasure and note it for its log line: the former
+    customer and the ids of the rows it deleted and the customers it left."""
+    g.correction = {
+        "operation": operation,
+        "customer_id": done.customer_id,
+        "deleted_contact_ids": list(done.deleted),
+        "dry_run": dry_run,
+    }
+    g.customer_ids = [identity.primary_id for identity in done.customers]
+    if dry_run:
+        return
+    CORRECTIONS.labels(operation).inc()
+    ERASED_ROWS.inc(len(done.deleted))
+    if len(done.customers) > 1:
+        SPLITS.inc()
+    if retries:
+        RETRIES.inc(retries)
+
+
 def record_rejection(reason: str) -> None:
     """Name why the request is refused, for the metrics; otherwise a refusal
     is counted under its status (for example `unsupported_media_type`)."""
@@ -168,5 +200,7 @@ def _finish(response: Response) -> Response:
             fields["absorbed_customer_ids"] = g.absorbed
     if "customer_ids" in g:
         fields["customer_ids"] = g.customer_ids
+    if "correction" in g:
+        fields.update(g.correction)
     ACCESS_LOG.info("request", extra=fields)
     return response

@@ -28,6 +28,9 @@ class EventType(StrEnum):
     MERGED = "customer.merged"
     PRIMARY_CHANGED = "customer.primary_changed"
     LINK_REFUSED = "customer.link_refused"
+    DETACHED = "customer.detached"
+    SPLIT = "customer.split"
+    ERASED = "customer.erased"
 
 
 # The names of the request's two fields, as the API spells them.

@@ -8,13 +8,14 @@ and decides again from what it now holds (reconcile.decide), then writes."""
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     CompoundSelect,
     Connection,
     Select,
     bindparam,
+    delete,
     exists,
     func,
     insert,
@@ -27,11 +28,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
+import guard as guard_rules
 import ledger
 import locks
+from correct import Correction, Evidence
 from guard import NO_GUARD, Guard
 from locks import LostRace
-from models import BlockedValue, Contact
+from models import BlockedValue, Contact, LegacyLink, SuppressedValue
+from models import Event as EventRow
 from reconcile import (
     EMAIL,
     PHONE_NUMBER,
@@ -39,6 +43,7 @@ from reconcile import (
     SECONDARY,
     Decision,
     Event,
+    EventType,
     Identity,
     Ignored,
     Member,
@@ -46,6 +51,8 @@ from reconcile import (
     decide,
     views,
 )
+
+T = TypeVar("T")
 
 # Checks and normalises an email no row holds (validation.check_email).
 EmailCheck = Callable[[str], str]
@@ -82,17 +89,18 @@ def _cluster_union(
 
 
 def _flagged_cluster_query(*, by_email: bool, by_phone: bool) -> Select[Any]:
-    """PostgreSQL: whether the email and the phone are blocked values, and the
-    cluster rows, in one statement: a row of flags, left-joined to the rows."""
+    """PostgreSQL: whether the email and the phone are blocked or suppressed
+    values, and the cluster rows, in one statement: a row of flags,
+    left-joined to the rows."""
     flags = select(
-        exists().where(BlockedValue.email == bindparam("email")).label("email_blocked"),
-        exists()
-        .where(BlockedValue.phone_number == bindparam("phone_number"))
-        .label("phone_blocked"),
+        exists().where(BlockedValue.email == bindparam("email")),
+        exists().where(BlockedValue.phone_number == bindparam("phone_number")),
+        exists().where(SuppressedValue.digest == bindparam("email_digest")),
+        exists().where(SuppressedValue.digest == bindparam("phone_digest")),
     ).subquery("flags")
     cluster = _cluster_union(by_email=by_email, by_phone=by_phone).subquery("cluster")
     return (
-        select(flags.c.email_blocked, flags.c.phone_blocked, *cluster.c)
+        select(*flags.c, *cluster.c)
         .select_from(flags.outerjoin(cluster, true()))
         .order_by(cluster.c.id)
     )
@@ -111,9 +119,11 @@ _SQLITE_CLUSTER_QUERIES = {
 _FLAGGED_CLUSTER_QUERIES = {
     (e, p): _flagged_cluster_query(by_email=e, by_phone=p) for e, p in locks.SHAPES
 }
-_SQLITE_BLOCKED = (
+_SQLITE_FLAGS = (
     "SELECT EXISTS (SELECT 1 FROM blocked_value WHERE email = :email),"
-    " EXISTS (SELECT 1 FROM blocked_value WHERE phone_number = :phone_number)"
+    " EXISTS (SELECT 1 FROM blocked_value WHERE phone_number = :phone_number),"
+    " EXISTS (SELECT 1 FROM suppressed_value WHERE digest = :email_digest),"
+    " EXISTS (SELECT 1 FROM suppressed_value WHERE digest = :phone_digest)"
 )
 _MERGE_PARTNERS = text(
     "SELECT phone_number, NULL FROM event"
@@ -147,25 +157,38 @@ def read_clusters(
 
 
 def read(
-    connection: Connection, *, email: str | None, phone_number: str | None
-) -> tuple[list[Member], set[str]]:
-    """read_clusters(), and which of the two values are the shop's blocked
-    values (EMAIL, PHONE_NUMBER). The rows are those the values match, blocked
-    or not: the caller reads again without a blocked one (rarely needed)."""
-    parameters = {"email": email, "phone_number": phone_number}
+    connection: Connection,
+    *,
+    email: str | None,
+    phone_number: str | None,
+    guard: Guard,
+) -> tuple[list[Member], dict[str, str]]:
+    """read_clusters(), and which of the two values (EMAIL, PHONE_NUMBER) are
+    the shop's blocked values or suppressed ones, with that reason. The rows
+    are those the values match, blocked or not: the caller reads again
+    without a blocked one (rarely needed)."""
+    parameters = {
+        "email": email,
+        "phone_number": phone_number,
+        "email_digest": guard.digest(EMAIL, email),
+        "phone_digest": guard.digest(PHONE_NUMBER, phone_number),
+    }
     if connection.dialect.name == "sqlite":
-        email_blocked, phone_blocked = (
-            locks.driver(connection).execute(_SQLITE_BLOCKED, parameters).fetchone()
-        )
+        flags = locks.driver(connection).execute(_SQLITE_FLAGS, parameters).fetchone()
         rows = read_clusters(connection, email=email, phone_number=phone_number)
     else:
         shape = email is not None, phone_number is not None
         result = connection.execute(_FLAGGED_CLUSTER_QUERIES[shape], parameters).all()
-        email_blocked, phone_blocked = result[0][:2]
-        rows = [Member(*row[2:]) for row in result if row[2] is not None]
-    blocked = {EMAIL} if email_blocked else set()
-    if phone_blocked:
-        blocked.add(PHONE_NUMBER)
+        flags = result[0][:4]
+        rows = [Member(*row[4:]) for row in result if row[4] is not None]
+    email_blocked, phone_blocked, email_suppressed, phone_suppressed = flags
+    blocked = {}
+    for field, is_blocked, is_suppressed in (
+        (EMAIL, email_blocked, email_suppressed),
+        (PHONE_NUMBER, phone_blocked, phone_suppressed),
+    ):
+        if is_blocked or is_suppressed:
+            blocked[field] = "blocked" if is_blocked else "suppressed"
     return rows, blocked
 
 
@@ -205,14 +228,17 @@ def screen(
     guard: Guard,
     check_email: EmailCheck | None = None,
 ) -> Screened:
-    """Drop the values that are blocked (built-in rules, then the shop's),
-    check an email no row holds (every stored email was checked when it was
-    stored: the check is the costliest step of parsing), and read the rows
-    the remaining values match. Raises NothingUsable when none remains."""
+    """Drop the values that are blocked (built-in rules, then the shop's) or
+    suppressed, check an email no row holds (every stored email was checked
+    when it was stored: the check is the costliest step of parsing), and
+    read the rows the remaining values match. Raises NothingUsable when none
+    remains."""
     email, phone_number, ignored = guard.screen(email, phone_number)
     if email is None and phone_number is None:
         raise NothingUsable(ignored)
-    rows, blocked = read(connection, email=email, phone_number=phone_number)
+    rows, blocked = read(
+        connection, email=email, phone_number=phone_number, guard=guard
+    )
     if (
         email is not None
         and check_email is not None
@@ -222,10 +248,12 @@ def screen(
         checked = check_email(email)
         if checked != email:
             email = checked
-            rows, blocked = read(connection, email=email, phone_number=phone_number)
+            rows, blocked = read(
+                connection, email=email, phone_number=phone_number, guard=guard
+            )
     if blocked:
         ignored += [
-            Ignored(field, "blocked")
+            Ignored(field, blocked[field])
             for field in (EMAIL, PHONE_NUMBER)
             if field in blocked
         ]
@@ -328,17 +356,30 @@ def identify_and_commit(
     Raises LostRace when every attempt lost, or at once when a lock stayed
     taken for BUSY_TIMEOUT; any other error is re-raised at once. Rolls back
     on error."""
+
+    def attempt() -> tuple[Decision, Identity, list[Event]]:
+        return identify(
+            connection,
+            email=email,
+            phone_number=phone_number,
+            request_id=request_id,
+            guard=guard,
+            check_email=check_email,
+        )
+
+    (decision, identity, events), retries = retrying(connection, attempt, attempts)
+    return Served(identity, events, retries, decision.ignored)
+
+
+def retrying(
+    connection: Connection, work: Callable[[], T], attempts: int = 3
+) -> tuple[T, int]:
+    """`work()` and how many retries it took: the whole transaction again
+    after a lost race (identify_and_commit), and once after a dropped pooled
+    connection. Raises LostRace; rolls back on any error."""
     for attempt in range(attempts):
         try:
-            decision, identity, events = identify(
-                connection,
-                email=email,
-                phone_number=phone_number,
-                request_id=request_id,
-                guard=guard,
-                check_email=check_email,
-            )
-            return Served(identity, events, attempt, decision.ignored)
+            return work(), attempt
         except DBAPIError as error:
             connection.rollback()
             # A pooled connection the server dropped is replaced once; checking
@@ -493,3 +534,157 @@ def customer(connection: Connection, contact_id: int) -> Identity | None:
     rows = connection.execute(_CUSTOMER, {"contact_id": contact_id})
     found = views([Member(*row) for row in rows])
     return found[0] if found else None
+
+
+_RETIRED = select(*_COLUMNS).where(
+    Contact.deleted_at.is_not(None),
+    Contact.id.in_(bindparam("ids", expanding=True))
+    | Contact.linked_id.in_(bindparam("ids", expanding=True)),
+)
+_MERGED_PAIRS = (
+    select(EventRow.email, EventRow.phone_number)
+    .where(
+        EventRow.type == EventType.MERGED.value,
+        EventRow.email.in_(bindparam("emails", expanding=True)),
+        EventRow.phone_number.in_(bindparam("phones", expanding=True)),
+    )
+    .distinct()
+)
+_LEGACY_LINKS = select(LegacyLink.contact_id, LegacyLink.customer_id).where(
+    LegacyLink.contact_id.in_(bindparam("ids", expanding=True))
+)
+
+
+def read_evidence(connection: Connection, rows: Sequence[Member]) -> Evidence:
+    """The merge events whose two values the rows hold, and the rows' legacy
+    links."""
+    emails = sorted({row.email for row in rows if row.email is not None})
+    phones = sorted({row.phone_number for row in rows if row.phone_number})
+    merged: frozenset[tuple[str, str]] = frozenset()
+    if emails and phones:
+        found = connection.execute(_MERGED_PAIRS, {"emails": emails, "phones": phones})
+        merged = frozenset((email, phone) for email, phone in found if email and phone)
+    legacy = connection.execute(_LEGACY_LINKS, {"ids": [row.id for row in rows]})
+    return Evidence(merged, frozenset((contact, linked) for contact, linked in legacy))
+
+
+def _read_retired(connection: Connection, rows: Sequence[Member]) -> list[Member]:
+    """The soft-deleted rows linked to the customer's rows, directly or through
+    each other, and its primary if that was soft-deleted."""
+    seen = {row.id for row in rows}
+    frontier = seen | {rows[0].customer_id}
+    retired: list[Member] = []
+    while frontier:
+        found = connection.execute(_RETIRED, {"ids": sorted(frontier)})
+        new = [Member(*row) for row in found if row.id not in seen]
+        retired += new
+        frontier = {row.id for row in new}
+        seen |= frontier
+    return retired
+
+
+# Decides a correction from the customer's live and soft-deleted rows.
+CorrectionRule = Callable[[Connection, list[Member], list[Member]], Correction]
+
+
+def correct_and_commit(
+    connection: Connection,
+    contact_id: int,
+    rule: CorrectionRule,
+    *,
+    request_id: str | None,
+    guard: Guard = NO_GUARD,
+    block: bool = False,
+    suppress: bool = False,
+    dry_run: bool = False,
+) -> tuple[Correction | None, int]:
+    """Lock the customer that live contact `contact_id` belongs to as
+    identify does, read its rows, decide with `rule` and apply the decision
+    with its events in one transaction (with `dry_run`, roll it back). With
+    `block`, the values it forgets become blocked values; with `suppress`,
+    their keyed hashes are stored (guard.digest). Returns the correction
+    (None when no live contact has that id) and the retries it took. Raises
+    what `rule` raises, and LostRace."""
+
+    def attempt() -> Correction | None:
+        if connection.dialect.name == "postgresql":
+            locks.lock_customer_postgresql(connection, contact_id)
+        else:
+            locks.begin_immediate(connection)
+        rows = [
+            Member(*row)
+            for row in connection.execute(_CUSTOMER, {"contact_id": contact_id})
+        ]
+        if not rows:
+            connection.rollback()
+            return None
+        correction = rule(connection, rows, _read_retired(connection, rows))
+        if dry_run:
+            connection.rollback()
+            return correction
+        now = _now()
+        _apply_correction(connection, correction, now)
+        for field, value in correction.forgotten if block else ():
+            guard_rules.block_within(connection, field, value, now=now)
+        if suppress:
+            digests = [
+                guard.digest(field, value) for field, value in correction.forgotten
+            ]
+            guard_rules.suppress_within(
+                connection, [digest for digest in digests if digest], now=now
+            )
+        ledger.append_and_commit(
+            connection, correction.events, at=now, request_id=request_id
+        )
+        return correction
+
+    return retrying(connection, attempt)
+
+
+_CLEAR = {
+    field: update(Contact)
+    .where(Contact.id.in_(bindparam("row_ids", expanding=True)))
+    .values({column: None, Contact.updated_at: bindparam("now")})
+    for field, column in ((EMAIL, Contact.email), (PHONE_NUMBER, Contact.phone_number))
+}
+_DELETE_ROWS = delete(Contact).where(
+    Contact.id.in_(bindparam("row_ids", expanding=True))
+)
+_DELETE_LEGACY = delete(LegacyLink).where(
+    LegacyLink.contact_id.in_(bindparam("row_ids", expanding=True))
+)
+_FORGET = {
+    field: update(EventRow).where(column == bindparam("value")).values({column: None})
+    for field, column in (
+        (EMAIL, EventRow.email),
+        (PHONE_NUMBER, EventRow.phone_number),
+    )
+}
+
+
+def _apply_correction(
+    connection: Connection, correction: Correction, now: datetime
+) -> None:
+    """Write a correction's contact rows and null its forgotten values in the
+    ledger, in the caller's transaction. Links change before rows go, so no
+    row is left linked to a deleted one."""
+    if correction.cleared and correction.field is not None:
+        connection.execute(
+            _CLEAR[correction.field],
+            {"row_ids": list(correction.cleared), "now": now},
+        )
+    targets: dict[int | None, list[int]] = {}
+    for row_id, target in correction.links:
+        targets.setdefault(target, []).append(row_id)
+    for row_id in targets.pop(None, []):
+        connection.execute(_PROMOTE, {"row_id": row_id, "now": now})
+    for primary_id, row_ids in targets.items():
+        connection.execute(
+            _LINK, {"row_ids": row_ids, "primary_id": primary_id, "now": now}
+        )
+    if correction.deleted:
+        deleted = {"row_ids": list(correction.deleted)}
+        connection.execute(_DELETE_LEGACY, deleted)
+        connection.execute(_DELETE_ROWS, deleted)
+    for field, value in correction.forgotten:
+        connection.execute(_FORGET[field], {"value": value})

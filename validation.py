@@ -128,3 +128,29 @@ def parse_blocked_value(body: Any) -> tuple[str, str]:
         return "email", email
     assert phone_number is not None
     return "phoneNumber", phone_number
+
+
+def parse_detach(body: Any) -> tuple[str, str, bool, bool]:
+    """The field, normalised value, `block` and `dryRun` of a detach body.
+    Raises InvalidInput."""
+    field, value = parse_blocked_value(body)
+    return field, value, _flag(body, "block"), _flag(body, "dryRun")
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name} must be true or false.")
+    return value
+
+
+def parse_flags(args: Mapping[str, str], *names: str) -> dict[str, bool]:
+    """Query-string switches: each absent, `true` or `false`. Raises
+    InvalidInput."""
+    flags = {}
+    for name in names:
+        value = args.get(name, "false")
+        if value not in {"true", "false"}:
+            raise InvalidInput(f"{name} must be true or false.")
+        flags[name] = value == "true"
+    return flags

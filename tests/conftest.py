@@ -142,12 +142,16 @@ def empty_tables(connection: Connection) -> None:
     """Every contact, event and blocked value gone; ids start again at 1."""
     if connection.dialect.name == "postgresql":
         connection.execute(
-            text("TRUNCATE contact, event, blocked_value RESTART IDENTITY")
+            text(
+                "TRUNCATE contact, event, blocked_value, suppressed_value,"
+                " legacy_link RESTART IDENTITY"
+            )
         )
     else:
         connection.execute(text("DELETE FROM contact"))
         connection.execute(text("DELETE FROM event"))
-        connection.execute(text("DELETE FROM blocked_value"))
+        for table in ("blocked_value", "suppressed_value", "legacy_link"):
+            connection.execute(text(f"DELETE FROM {table}"))
         connection.execute(text("DELETE FROM sqlite_sequence"))
 
 
