@@ -101,28 +101,35 @@ def ledger_events(bind: Session | Connection) -> list[LedgerEvent]:
 
 def replay(events: list[LedgerEvent]) -> dict[int, int]:
     """The customer of every contact, rebuilt from the ledger alone. A contact
-    is created by exactly one event; merges and changes of primary move it."""
+    is created by exactly one event; merges, changes of primary and splits
+    move it; detaches and erasures delete it. A merge's absorbed customer is
+    a secondary of the survivor from then on (until a correction moves it)."""
     customer_of: dict[int, int] = {}
     for event in events:
         if event.type in {"customer.created", "customer.contact_added"}:
             (contact_id,) = event.contact_ids
             assert contact_id not in customer_of, f"{contact_id} created twice"
             customer_of[contact_id] = event.customer_id
-        elif event.type in {"customer.merged", "customer.primary_changed"}:
+        elif event.type in {
+            "customer.merged",
+            "customer.primary_changed",
+            "customer.split",
+        }:
             for contact_id in event.contact_ids:
                 assert contact_id in customer_of, f"{event} moves an unknown row"
                 customer_of[contact_id] = event.customer_id
+        elif event.type in {"customer.detached", "customer.erased"}:
+            for contact_id in event.contact_ids:
+                customer_of.pop(contact_id, None)
+        if event.type == "customer.merged":
+            absorbed = customer_of[event.absorbed_customer_id or 0]
+            assert absorbed == event.customer_id, event
+            assert event.absorbed_customer_id != absorbed, event
     return customer_of
 
 
 def assert_ledger_explains(rows: list[Row], events: list[LedgerEvent]) -> None:
-    """Replaying the ledger from empty gives exactly the table's customers, and
-    every absorbed customer is now a secondary of its survivor's customer."""
+    """Replaying the ledger from empty gives exactly the table's customers."""
     customer_of = replay(events)
     assert set(customer_of) == {row.id for row in rows}
     assert customer_of == {row.id: row.linked_id or row.id for row in rows}
-    for event in events:
-        if event.type == "customer.merged":
-            absorbed = customer_of[event.absorbed_customer_id or 0]
-            assert absorbed == customer_of[event.customer_id], event
-            assert event.absorbed_customer_id != absorbed, event
