@@ -58,10 +58,13 @@ class Contact(Base):
     """One row per request that brought new information (README: "The contract")."""
 
     __tablename__ = "contact"
+    # AUTOINCREMENT on SQLite: the id of a deleted row (detach, erase) is never
+    # given to another one; events name contacts by id.
     __table_args__ = (
         CheckConstraint(
             "link_precedence IN ('primary', 'secondary')", name="link_precedence"
         ),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

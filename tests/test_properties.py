@@ -3,12 +3,15 @@ model of the contract's rules, the table keeps every invariant, and replaying
 the ledger rebuilds the table's customers."""
 
 import copy
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
+from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import or_, select
 
 from conftest import empty_database
 from guard import Guard
@@ -18,7 +21,7 @@ from invariants import (
     ledger_events,
     live_rows,
 )
-from models import db
+from models import Event, db
 from reconcile import Limits
 
 EMAILS = ["lorraine@hillvalley.edu", "mcfly@hillvalley.edu", "doc@fluxkart.com"]
@@ -36,9 +39,13 @@ class ModelRow:
 @dataclass
 class ReferenceModel:
     """The contract's rules over a list, written to be obviously right, not fast.
-    Rows are created in id order, so the oldest row is the lowest id."""
+    Rows are created in id order, so the oldest row is the lowest id, and the
+    list stays in id order. `merged` holds the (email, phone) of every merge
+    whose two values have not been forgotten since."""
 
     rows: list[ModelRow] = field(default_factory=list)
+    merged: set[tuple[str, str]] = field(default_factory=set)
+    next_id: int = 1
 
     def identify(self, email: str | None, phone: str | None) -> dict[str, Any]:
         matched = [
@@ -49,9 +56,10 @@ class ReferenceModel:
         ]
         primaries = sorted({row.linked_id or row.id for row in matched})
         if not primaries:
-            self.rows.append(ModelRow(len(self.rows) + 1, email, phone))
-            return self.view(len(self.rows))
+            return self.view(self.add(email, phone, None))
         oldest, *newer = primaries
+        if newer:
+            self.merged.add((email, phone))  # type: ignore[arg-type]
         for row in self.rows:
             if row.id in newer or row.linked_id in newer:
                 row.linked_id = oldest
@@ -59,8 +67,77 @@ class ReferenceModel:
         if (email is not None and email not in [r.email for r in cluster]) or (
             phone is not None and phone not in [r.phone for r in cluster]
         ):
-            self.rows.append(ModelRow(len(self.rows) + 1, email, phone, oldest))
+            self.add(email, phone, oldest)
         return self.view(oldest)
+
+    def add(self, email: str | None, phone: str | None, linked_id: int | None) -> int:
+        self.rows.append(ModelRow(self.next_id, email, phone, linked_id))
+        self.next_id += 1
+        return self.next_id - 1
+
+    def customer_of(self, contact_id: int) -> list[ModelRow]:
+        """The rows of the customer of `contact_id`; LookupError if none."""
+        (row,) = [r for r in self.rows if r.id == contact_id] or [None]
+        if row is None:
+            raise LookupError(contact_id)
+        return self.cluster(row.linked_id or row.id)
+
+    def detach(self, contact_id: int, kind: str, value: str) -> list[dict[str, Any]]:
+        """Take the value away, then regroup what remains by shared values and
+        merges whose two values remain. ValueError if the customer lacks it."""
+        members = self.customer_of(contact_id)
+        if value not in [getattr(row, kind) for row in members]:
+            raise ValueError(value)
+        for row in members:
+            if getattr(row, kind) == value:
+                other = row.phone if kind == "email" else row.email
+                if other is None:
+                    self.rows.remove(row)
+                else:
+                    setattr(row, kind, None)
+        self.forget(kind, value)
+        groups = [[row] for row in members if row in self.rows]
+        joined = True
+        while joined:
+            joined = False
+            for a, b in itertools.combinations(groups, 2):
+                if any(self.joins(x, y) for x in a for y in b):
+                    groups.remove(b)
+                    a.extend(b)
+                    joined = True
+                    break
+        for group in groups:
+            primary = min(row.id for row in group)
+            for row in group:
+                row.linked_id = None if row.id == primary else primary
+        return [
+            self.view(min(r.id for r in group))
+            for group in sorted(groups, key=lambda g: min(r.id for r in g))
+        ]
+
+    def joins(self, x: ModelRow, y: ModelRow) -> bool:
+        return (
+            (x.email is not None and x.email == y.email)
+            or (x.phone is not None and x.phone == y.phone)
+            or (x.email, y.phone) in self.merged
+            or (y.email, x.phone) in self.merged
+        )
+
+    def erase(self, contact_id: int) -> tuple[list[int], set[tuple[str, str]]]:
+        """Delete the customer's rows; their ids and the values forgotten."""
+        members = self.customer_of(contact_id)
+        values = set()
+        for row in members:
+            self.rows.remove(row)
+            for kind in ("email", "phone"):
+                if getattr(row, kind) is not None:
+                    values.add((kind, getattr(row, kind)))
+                    self.forget(kind, getattr(row, kind))
+        return [row.id for row in members], values
+
+    def forget(self, kind: str, value: str) -> None:
+        index = 0 if kind == "email" else 1
+        self.merged = {pair for pair in self.merged if pair[index] != value}
 
     def cluster(self, primary_id: int) -> list[ModelRow]:
         return [r for r in self.rows if primary_id in (r.id, r.linked_id)]
@@ -93,7 +170,6 @@ class LimitedModel:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.model = ReferenceModel()
-        self.merged: set[tuple[str, str]] = set()
 
     def identify(
         self, email: str | None, phone: str | None
@@ -101,8 +177,6 @@ class LimitedModel:
         trial = copy.deepcopy(self.model)
         answer = trial.identify(email, phone)
         if email is None or phone is None or not self.breaks(trial, email, phone):
-            if self.primaries(trial) < self.primaries(self.model):
-                self.merged.add((email, phone))  # type: ignore[arg-type]
             self.model = trial
             return answer, []
         dropped = self.limits.priority[1]
@@ -130,9 +204,9 @@ class LimitedModel:
             return True
         rows = self.model.rows
         phones = {r.phone for r in rows if r.email == email and r.phone}
-        phones |= {p for e, p in self.merged if e == email}
+        phones |= {p for e, p in self.model.merged if e == email}
         emails = {r.email for r in rows if r.phone == phone and r.email}
-        emails |= {e for e, p in self.merged if p == phone}
+        emails |= {e for e, p in self.model.merged if p == phone}
         limit = self.limits.max_partners
         return (phone not in phones and len(phones) >= limit) or (
             email not in emails and len(emails) >= limit
@@ -234,6 +308,133 @@ def test_the_service_under_limits_and_blocked_values_answers_like_the_model(
         answer, ignored = model.identify(email, phone)
         assert response.get_json()["contact"] == answer
         assert response.get_json().get("ignored", []) == blocked + ignored
+        with app.app_context():
+            rows = live_rows(db.session())
+            assert_invariants(rows)
+            assert_ledger_explains(rows, ledger_events(db.session()))
+
+
+ERASURE_KEY = b"property-test-erasure-key"
+
+
+def forgotten_values_in_ledger(values: set[tuple[str, str]]) -> list[Any]:
+    """Events that still hold one of these values. Needs an app context."""
+    columns = {"email": Event.email, "phone": Event.phone_number}
+    conditions = [columns[kind] == value for kind, value in values]
+    if not conditions:
+        return []
+    return list(db.session().execute(select(Event.id).where(or_(*conditions))))
+
+
+def identify_step(
+    client: FlaskClient,
+    model: ReferenceModel,
+    excluded: dict[tuple[str, str], str],
+    email: str | None,
+    phone: str | None,
+) -> None:
+    """An identify checked against the model, with the values blocked by a
+    detach or suppressed by an erasure ignored for the reason given."""
+    response = client.post("/identify", json={"email": email, "phoneNumber": phone})
+    ignored = []
+    for kind, field_name, value in (
+        ("email", "email", email),
+        ("phone", "phoneNumber", phone),
+    ):
+        reason = excluded.get((kind, value)) if value is not None else None
+        if reason is not None:
+            ignored.append({"field": field_name, "reason": reason})
+    email = None if ("email", email) in excluded else email
+    phone = None if ("phone", phone) in excluded else phone
+    if email is None and phone is None:
+        assert response.status_code == 422
+        assert response.get_json()["ignored"] == ignored
+        return
+    assert response.status_code == 200
+    assert response.get_json()["contact"] == model.identify(email, phone)
+    assert response.get_json().get("ignored", []) == ignored
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    steps=st.lists(
+        st.sampled_from(["identify", "identify", "detach", "erase"]),
+        min_size=1,
+        max_size=16,
+    ),
+    data=st.data(),
+)
+def test_detaches_and_erasures_between_identifies_answer_like_the_model(
+    app: Flask, steps: list[str], data: st.DataObject
+) -> None:
+    with app.app_context():
+        empty_database()
+    app.config["GUARD"] = Guard(builtin=False, limits=None, erasure_key=ERASURE_KEY)
+    client = app.test_client()
+    model = ReferenceModel()
+    # Values a detach blocked ("blocked") or an erasure suppressed ("suppressed").
+    excluded: dict[tuple[str, str], str] = {}
+
+    for step in steps:
+        ids = [row.id for row in model.rows]
+        if step == "identify" or not ids:
+            email, phone = data.draw(
+                st.tuples(
+                    st.none() | st.sampled_from(EMAILS),
+                    st.none() | st.sampled_from(PHONES),
+                ).filter(lambda pair: pair != (None, None))
+            )
+            identify_step(client, model, excluded, email, phone)
+        elif step == "detach":
+            contact_id = data.draw(st.sampled_from(ids) | st.integers(1, 40))
+            kind, value = data.draw(
+                st.sampled_from(
+                    [("email", e) for e in EMAILS] + [("phone", p) for p in PHONES]
+                )
+            )
+            block = data.draw(st.booleans())
+            field_name = "email" if kind == "email" else "phoneNumber"
+            response = client.post(
+                f"/customers/{contact_id}/detach",
+                json={field_name: value, "block": block},
+            )
+            try:
+                answer = model.detach(contact_id, kind, value)
+            except LookupError:
+                assert response.status_code == 404
+            except ValueError:
+                assert response.status_code == 422
+            else:
+                assert response.status_code == 200
+                assert response.get_json() == {"contacts": answer}
+                if block:
+                    excluded.setdefault((kind, value), "blocked")
+                with app.app_context():
+                    assert not forgotten_values_in_ledger({(kind, value)})
+        else:
+            contact_id = data.draw(st.sampled_from(ids) | st.integers(1, 40))
+            suppress = data.draw(st.booleans())
+            query = "?suppress=true" if suppress else ""
+            response = client.delete(f"/customers/{contact_id}{query}")
+            try:
+                erased, values = model.erase(contact_id)
+            except LookupError:
+                assert response.status_code == 404
+            else:
+                assert response.status_code == 200
+                assert response.get_json() == {
+                    "erasedContactIds": erased,
+                    "suppressed": len(values) if suppress else 0,
+                }
+                if suppress:
+                    for value in values:
+                        excluded.setdefault(value, "suppressed")
+                with app.app_context():
+                    assert not forgotten_values_in_ledger(values)
         with app.app_context():
             rows = live_rows(db.session())
             assert_invariants(rows)
