@@ -2,6 +2,7 @@
 request sequences, applied to an in-memory table, answer exactly as the
 reference model and leave a ledger whose replay is the table."""
 
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +13,7 @@ from invariants import LedgerEvent, Row, assert_invariants, assert_ledger_explai
 from reconcile import (
     NEW_ROW,
     Decision,
+    Event,
     EventType,
     Limits,
     Member,
@@ -35,6 +37,7 @@ class Table:
         self.merged: set[tuple[str | None, str | None]] = set()
         self.clock = START
         self.limits = limits
+        self.next_id = 1
 
     def partners(self, email: str | None, phone: str | None) -> Partners:
         return Partners(
@@ -77,9 +80,13 @@ class Table:
             )
         new_id = None
         if decision.insert is not None:
-            new_id = len(self.rows) + 1
+            new_id = self.next_id
+            self.next_id += 1
             self.rows[new_id] = member(new_id, decision.insert)
         identity, events = decision.settle(new_id)
+        self.record(events)
+
+    def record(self, events: Iterable[Event]) -> None:
         for event in events:
             if event.type is EventType.MERGED:
                 self.merged.add((event.email, event.phone_number))
@@ -142,9 +149,9 @@ def test_decisions_answer_like_the_reference_model_and_the_ledger_replays(
     table = Table()
     model = ReferenceModel()
     for email, phone in requests:
-        before = len(table.rows)
+        before = table.next_id
         decision = table.identify(email, phone)
-        new_id = len(table.rows) if len(table.rows) > before else None
+        new_id = before if table.next_id > before else None
 
         assert contact(decision, new_id) == model.identify(email, phone)
         assert decision.changes == bool(decision.events)
@@ -239,9 +246,9 @@ def test_decisions_under_limits_answer_like_the_limited_reference_model(
     table = Table(limits)
     model = LimitedModel(limits)
     for email, phone in requests:
-        before = len(table.rows)
+        before = table.next_id
         decision = table.identify(email, phone)
-        new_id = len(table.rows) if len(table.rows) > before else None
+        new_id = before if table.next_id > before else None
 
         answer, ignored = model.identify(email, phone)
         assert contact(decision, new_id) == answer
