@@ -47,10 +47,11 @@ import ledger
 import observability
 import settings
 import store
+import support
 from auth import require_api_key
 from locks import LostRace
 from models import db, engine_options, prepare_engine
-from reconcile import Identity, Ignored, Member
+from reconcile import Identity, Ignored
 from store import NothingUsable
 from validation import (
     MAX_ID,
@@ -158,6 +159,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(LostRace, database_busy)
     app.register_error_handler(NothingUsable, nothing_usable)
     app.cli.add_command(audit.contacts)
+    app.cli.add_command(support.customers)
     return app
 
 
@@ -330,20 +332,13 @@ def detach_value(contact_id: int) -> dict[str, Any]:
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
 
-    def rule(
-        connection: Connection, rows: list[Member], retired: list[Member]
-    ) -> correct.Correction:
-        evidence = store.read_evidence(connection, rows)
-        return correct.detach(
-            rows, retired, field=field, value=value, evidence=evidence
-        )
-
     with connect() as connection:
         try:
-            done, retries = store.correct_and_commit(
+            done, retries = store.detach_and_commit(
                 connection,
                 contact_id,
-                rule,
+                field=field,
+                value=value,
                 request_id=g.request_id,
                 block=block,
                 dry_run=dry_run,
@@ -362,8 +357,8 @@ def detach_value(contact_id: int) -> dict[str, Any]:
 def erase_customer(contact_id: int) -> dict[str, Any]:
     """Erase a customer: every row, every copy of its values in the ledger."""
     flags = parse_flags(request.args, "suppress", "dryRun")
-    settings_guard = current_app.config["GUARD"]
-    if flags["suppress"] and settings_guard.erasure_key is None:
+    protection = current_app.config["GUARD"]
+    if flags["suppress"] and protection.erasure_key is None:
         raise UnprocessableEntity(
             "suppress needs the service's ERASURE_KEY, the secret that suppressed"
             " values are hashed with, and it is not set. Nothing was erased."
@@ -371,18 +366,12 @@ def erase_customer(contact_id: int) -> dict[str, Any]:
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
 
-    def rule(
-        _connection: Connection, rows: list[Member], retired: list[Member]
-    ) -> correct.Correction:
-        return correct.erase(rows, retired)
-
     with connect() as connection:
-        done, retries = store.correct_and_commit(
+        done, retries = store.erase_and_commit(
             connection,
             contact_id,
-            rule,
             request_id=g.request_id,
-            guard=settings_guard,
+            guard=protection,
             suppress=flags["suppress"],
             dry_run=flags["dryRun"],
         )

@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
+import correct
 import guard as guard_rules
 import ledger
 import locks
@@ -585,6 +586,64 @@ def _read_retired(connection: Connection, rows: Sequence[Member]) -> list[Member
 
 # Decides a correction from the customer's live and soft-deleted rows.
 CorrectionRule = Callable[[Connection, list[Member], list[Member]], Correction]
+
+
+def detach_and_commit(
+    connection: Connection,
+    contact_id: int,
+    *,
+    field: str,
+    value: str,
+    request_id: str | None,
+    block: bool = False,
+    dry_run: bool = False,
+) -> tuple[Correction | None, int]:
+    """Take `value` away from the customer of live contact `contact_id`
+    (correct.detach), blocking it with `block`. Raises correct.NotHeld."""
+
+    def rule(
+        connection: Connection, rows: list[Member], retired: list[Member]
+    ) -> Correction:
+        evidence = read_evidence(connection, rows)
+        return correct.detach(
+            rows, retired, field=field, value=value, evidence=evidence
+        )
+
+    return correct_and_commit(
+        connection,
+        contact_id,
+        rule,
+        request_id=request_id,
+        block=block,
+        dry_run=dry_run,
+    )
+
+
+def erase_and_commit(
+    connection: Connection,
+    contact_id: int,
+    *,
+    request_id: str | None,
+    guard: Guard,
+    suppress: bool = False,
+    dry_run: bool = False,
+) -> tuple[Correction | None, int]:
+    """Erase the customer of live contact `contact_id` (correct.erase),
+    suppressing its values with `suppress` (the caller checks that `guard`
+    has the key)."""
+
+    def rule(_: Connection, rows: list[Member], retired: list[Member]) -> Correction:
+        return correct.erase(rows, retired)
+
+    return correct_and_commit(
+        connection,
+        contact_id,
+        rule,
+        request_id=request_id,
+        guard=guard,
+        suppress=suppress,
+        dry_run=dry_run,
+    )
 
 
 def correct_and_commit(

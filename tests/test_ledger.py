@@ -164,7 +164,7 @@ def bare_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         yield url
 
 
-def test_upgrading_a_populated_database_gives_each_live_row_its_event(
+def test_an_upgraded_database_has_an_event_per_row_and_keeps_unexplained_links(
     bare_database_url: str,
 ) -> None:
     upgrade_to(bare_database_url, "0001")
@@ -198,7 +198,6 @@ def test_upgrading_a_populated_database_gives_each_live_row_its_event(
                    Event.phone_number, Event.request_id, Event.at).order_by(Event.id)
         ).all()  # fmt: skip
         assert_ledger_explains(live_rows(connection), ledger_events(connection))
-    engine.dispose()
     assert [tuple(row[:6]) for row in found] == [
         ("customer.created", 1, [1], "a@shop.com", "1111", None),
         ("customer.created", 2, [2], "b@shop.com", "2222", None),
@@ -206,6 +205,20 @@ def test_upgrading_a_populated_database_gives_each_live_row_its_event(
         ("customer.contact_added", 1, [5], "c@shop.com", "4444", None),
     ]
     assert found[0].at == start + timedelta(days=1)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT * FROM legacy_link")).all() == [(5, 1)]
+
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "customers", "detach", "3",
+         "--phone-number", "1111"],
+        cwd=ROOT, env={**os.environ, "DATABASE_URL": bare_database_url}, check=True,
+        capture_output=True,
+    )  # fmt: skip
+
+    with engine.connect() as connection:
+        linked = {row.id: row.linked_id for row in live_rows(connection)}
+    engine.dispose()
+    assert linked == {1: None, 2: None, 3: None, 5: 1}
 
 
 def waiting_for_the_ledger_lock(engine: Engine) -> bool:

@@ -1,0 +1,121 @@
+"""`flask --app app customers …`: detach and erase for support staff, the same
+operations as POST /customers/{id}/detach and DELETE /customers/{id}, with
+the same locks, rules and ledger (README: "Correcting: detach and erase").
+Events they append carry no request id."""
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+import store
+from correct import Correction, NotHeld
+from masking import mask
+from models import db
+from reconcile import EMAIL, PHONE_NUMBER
+from validation import InvalidInput, check_email, normalise_phone_number
+
+customers = AppGroup("customers", help="Correct customers: detach a value, erase.")
+
+
+@customers.command("detach")
+@click.argument("contact_id", type=click.IntRange(1))
+@click.option("--email", help="The email to take away.")
+@click.option("--phone-number", help="The phone number to take away.")
+@click.option("--block", is_flag=True, help="Add the value to the blocked values.")
+@click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+def detach(
+    contact_id: int,
+    email: str | None,
+    phone_number: str | None,
+    block: bool,
+    dry_run: bool,
+) -> None:
+    """Take an email or a phone number away from the customer of CONTACT_ID
+    and regroup its other rows by the evidence that remains."""
+    if (email is None) == (phone_number is None):
+        raise click.UsageError("Give exactly one of --email and --phone-number.")
+    try:
+        if email is not None:
+            field, value = EMAIL, check_email(email.strip().lower())
+        else:
+            field, value = PHONE_NUMBER, normalise_phone_number(phone_number) or ""
+    except InvalidInput as error:
+        raise click.BadParameter(str(error)) from None
+    with db.engine.connect() as connection:
+        try:
+            done, _ = store.detach_and_commit(
+                connection,
+                contact_id,
+                field=field,
+                value=value,
+                request_id=None,
+                block=block,
+                dry_run=dry_run,
+            )
+        except NotHeld:
+            raise click.ClickException(
+                f"Customer {contact_id} holds no such {field}; nothing was changed."
+            ) from None
+    done = _found(done, contact_id)
+    verb = "Would detach" if dry_run else "Detached"
+    click.echo(f"{verb} {mask(value)} from customer {done.customer_id}.")
+    _report(done, dry_run)
+    if block:
+        click.echo(f"{'Would block' if dry_run else 'Blocked'} {mask(value)}.")
+    for identity in done.customers:
+        click.echo(
+            f"  customer {identity.primary_id}: rows"
+            f" {[identity.primary_id, *identity.secondary_ids]},"
+            f" {len(identity.emails)} email(s), {len(identity.phone_numbers)} phone(s)"
+        )
+
+
+@customers.command("erase")
+@click.argument("contact_id", type=click.IntRange(1))
+@click.option(
+    "--suppress",
+    is_flag=True,
+    help="Keep the values as keyed hashes (ERASURE_KEY) so that they are never"
+    " matched or stored again.",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+def erase(contact_id: int, suppress: bool, dry_run: bool) -> None:
+    """Erase the customer of CONTACT_ID: every row, every copy of its values
+    in the ledger (GDPR art. 17)."""
+    guard = current_app.config["GUARD"]
+    if suppress and guard.erasure_key is None:
+        raise click.ClickException(
+            "--suppress needs ERASURE_KEY, the secret that suppressed values are"
+            " hashed with, and it is not set. Nothing was erased."
+        )
+    with db.engine.connect() as connection:
+        done, _ = store.erase_and_commit(
+            connection,
+            contact_id,
+            request_id=None,
+            guard=guard,
+            suppress=suppress,
+            dry_run=dry_run,
+        )
+    done = _found(done, contact_id)
+    verb = "Would erase" if dry_run else "Erased"
+    click.echo(f"{verb} customer {done.customer_id}.")
+    _report(done, dry_run)
+    if suppress:
+        would = "Would suppress" if dry_run else "Suppressed"
+        click.echo(f"{would} {len(done.forgotten)} value(s).")
+
+
+def _found(done: Correction | None, contact_id: int) -> Correction:
+    if done is None:
+        raise click.ClickException(f"No live contact has the id {contact_id}.")
+    return done
+
+
+def _report(done: Correction, dry_run: bool) -> None:
+    would = "would be " if dry_run else ""
+    click.echo(f"Rows {would}deleted: {list(done.deleted)}.")
+    click.echo(
+        f"Values {would}nulled in the ledger: {len(done.forgotten)}."
+        + (" Nothing was changed (dry run)." if dry_run else "")
+    )

@@ -1,0 +1,412 @@
+"""Detach and erase over HTTP and as commands, on both engines: what they
+answer, what they change (rows, ledger, blocked and suppressed values), and
+that bad input changes nothing."""
+
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select, text, update
+
+from guard import Guard
+from invariants import (
+    assert_invariants,
+    assert_ledger_explains,
+    ledger_events,
+    live_rows,
+)
+from models import Contact, Event, SuppressedValue, db
+
+ERASURE_KEY = b"tests-erasure-key-0123"
+
+
+def post(client: FlaskClient, email: str | None, phone: str | None) -> Any:
+    response = client.post("/identify", json={"email": email, "phoneNumber": phone})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def family(client: FlaskClient) -> None:
+    """Customer 1: rows 1-3 joined by the phone 5550 (row 1 holds only it),
+    and customer 4 merged into it by a request that paired doc@ with 5550."""
+    post(client, None, "5550")
+    post(client, "marty@hillvalley.edu", "5550")
+    post(client, "jennifer@hillvalley.edu", "5550")
+    post(client, "doc@hillvalley.edu", "8880")
+    post(client, "doc@hillvalley.edu", "5550")
+
+
+def state(app: Flask) -> tuple[list[Any], list[Any], int, int]:
+    """Every contact row and event, and the counts of blocked and suppressed
+    values: what a request that changes nothing leaves as it was."""
+    with app.app_context():
+        session = db.session()
+        contacts = session.execute(select(Contact).order_by(Contact.id)).all()
+        rows = [(c.id, c.email, c.phone_number, c.linked_id) for (c,) in contacts]
+        events = session.execute(
+            select(Event.id, Event.email, Event.phone_number)
+        ).all()
+        blocked = session.scalar(text("SELECT count(*) FROM blocked_value"))
+        suppressed = session.scalar(select(func.count()).select_from(SuppressedValue))
+        return rows, [tuple(e) for e in events], blocked or 0, suppressed or 0
+
+
+def check_table(app: Flask) -> None:
+    with app.app_context():
+        rows = live_rows(db.session())
+        assert_invariants(rows, corrected=True)
+        assert_ledger_explains(rows, ledger_events(db.session()))
+
+
+def view(
+    primary: int, emails: list[str], phones: list[str], secondaries: list[int]
+) -> dict[str, Any]:
+    return {
+        "primaryContactId": primary,
+        "primaryContatctId": primary,
+        "emails": emails,
+        "phoneNumbers": phones,
+        "secondaryContactIds": secondaries,
+    }
+
+
+def test_detaching_the_shared_phone_splits_what_only_it_joined(
+    app: Flask, client: FlaskClient
+) -> None:
+    family(client)
+
+    response = client.post(
+        "/customers/2/detach",
+        json={"phoneNumber": "555-0"},
+        headers={"X-Request-ID": "fix-1"},
+    )
+
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "contacts": [
+            view(2, ["marty@hillvalley.edu"], [], []),
+            view(3, ["jennifer@hillvalley.edu"], [], []),
+            view(4, ["doc@hillvalley.edu"], ["8880"], []),
+        ]
+    }
+    found = client.get("/events?after=5").get_json()["events"]
+    assert [
+        (e["type"], e["customerId"], e["contactIds"], e.get("previousCustomerId"))
+        for e in found
+    ] == [
+        ("customer.detached", 1, [1], None),
+        ("customer.split", 2, [2], 1),
+        ("customer.split", 3, [3], 1),
+        ("customer.split", 4, [4], 1),
+    ]
+    assert {e["requestId"] for e in found} == {"fix-1"}
+    every = client.get("/events?limit=100").get_json()["events"]
+    assert all(e["phoneNumber"] != "5550" for e in every)
+    assert client.get("/customers/1").status_code == 404
+    check_table(app)
+
+
+def test_a_merge_whose_values_both_remain_keeps_the_customers_together(
+    app: Flask, client: FlaskClient
+) -> None:
+    family(client)
+
+    response = client.post(
+        "/customers/1/detach", json={"email": "jennifer@hillvalley.edu"}
+    )
+
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "contacts": [
+            view(
+                1,
+                ["marty@hillvalley.edu", "doc@hillvalley.edu"],
+                ["5550", "8880"],
+                [2, 3, 4],
+            )
+        ]
+    }
+    found = client.get("/events?after=5").get_json()["events"]
+    assert [(e["type"], e["contactIds"]) for e in found] == [("customer.detached", [])]
+    check_table(app)
+
+
+def test_a_dry_run_answers_as_the_detach_would_and_changes_nothing(
+    app: Flask, client: FlaskClient
+) -> None:
+    family(client)
+    before = state(app)
+
+    dry = client.post(
+        "/customers/1/detach",
+        json={"phoneNumber": "5550", "dryRun": True, "block": True},
+    )
+
+    assert dry.status_code == 200
+    assert state(app) == before
+    done = client.post(
+        "/customers/1/detach", json={"phoneNumber": "5550", "block": True}
+    )
+    assert done.get_json() == dry.get_json()
+
+
+def test_a_detached_and_blocked_value_is_ignored_from_then_on(
+    client: FlaskClient,
+) -> None:
+    family(client)
+    client.post("/customers/1/detach", json={"phoneNumber": "5550", "block": True})
+
+    answer = post(client, "marty@hillvalley.edu", "5550")
+
+    assert answer["ignored"] == [{"field": "phoneNumber", "reason": "blocked"}]
+    assert answer["contact"] == view(2, ["marty@hillvalley.edu"], [], [])
+    listed = client.get("/blocked-values").get_json()["blockedValues"]
+    assert {"field": "phoneNumber", "value": "5550"} in [
+        {"field": v["field"], "value": v.get("value")} for v in listed
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"email": "marty@hillvalley.edu", "phoneNumber": "5550"},
+        {},
+        {"phoneNumber": "55"},
+        {"email": "not an address"},
+        {"email": "marty@hillvalley.edu", "block": "yes"},
+        {"email": "marty@hillvalley.edu", "dryRun": 1},
+        ["marty@hillvalley.edu"],
+    ],
+)
+def test_a_bad_detach_body_is_a_400_problem_and_changes_nothing(
+    app: Flask, client: FlaskClient, body: Any
+) -> None:
+    family(client)
+    before = state(app)
+
+    response = client.post("/customers/1/detach", json=body)
+
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    assert state(app) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/customers/99/detach", 404),
+        ("/customers/2147483648/detach", 404),
+        ("/customers/1/detach", 422),
+    ],
+)
+def test_detaching_from_no_customer_or_a_value_it_lacks_changes_nothing(
+    app: Flask, client: FlaskClient, path: str, status: int
+) -> None:
+    family(client)
+    before = state(app)
+
+    response = client.post(path, json={"email": "biff@hillvalley.edu"})
+
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    assert state(app) == before
+
+
+def test_erasing_deletes_every_row_and_every_copy_of_the_values(
+    app: Flask, client: FlaskClient
+) -> None:
+    family(client)
+    post(client, "lorraine@hillvalley.edu", "7770")
+    with app.app_context():
+        db.session().execute(
+            update(Contact).where(Contact.id == 2).values(deleted_at=func.now())
+        )
+        db.session().commit()
+
+    response = client.delete("/customers/4")
+
+    assert response.status_code == 200
+    assert response.get_json() == {"erasedContactIds": [1, 2, 3, 4], "suppressed": 0}
+    assert client.get("/customers/1").status_code == 404
+    assert client.get("/customers/1/history").status_code == 404
+    rows, events, _, suppressed = state(app)
+    assert [row[0] for row in rows] == [5]
+    assert suppressed == 0
+    erased_values = {
+        "marty@hillvalley.edu",
+        "jennifer@hillvalley.edu",
+        "doc@hillvalley.edu",
+        "5550",
+        "8880",
+    }
+    assert not erased_values & {value for event in events for value in event[1:]}
+    last = client.get("/events?after=6").get_json()["events"]
+    assert [
+        (e["type"], e["customerId"], e["contactIds"], e["email"], e["phoneNumber"])
+        for e in last
+    ] == [("customer.erased", 1, [1, 2, 3, 4], None, None)]
+    check_table(app)
+
+
+def test_suppressed_values_are_kept_only_as_keyed_hashes_and_ignored_from_then_on(
+    app: Flask, client: FlaskClient
+) -> None:
+    app.config["GUARD"] = Guard(builtin=True, limits=None, erasure_key=ERASURE_KEY)
+    family(client)
+
+    response = client.delete("/customers/1?suppress=true")
+
+    assert response.get_json() == {"erasedContactIds": [1, 2, 3, 4], "suppressed": 5}
+    with app.app_context():
+        digests = db.session().scalars(select(SuppressedValue.digest)).all()
+    assert len(digests) == 5
+    assert all(
+        len(d) == 64 and "hillvalley" not in d and "5550" not in d for d in digests
+    )
+    replayed = client.post(
+        "/identify", json={"email": "doc@hillvalley.edu", "phoneNumber": "8880"}
+    )
+    assert replayed.status_code == 422
+    assert replayed.get_json()["ignored"] == [
+        {"field": "email", "reason": "suppressed"},
+        {"field": "phoneNumber", "reason": "suppressed"},
+    ]
+    other = post(client, "marty@hillvalley.edu", "1234")
+    assert other["ignored"] == [{"field": "email", "reason": "suppressed"}]
+    found = client.post("/customers/lookup", json={"phoneNumber": "5550"})
+    assert found.status_code == 422
+
+
+def test_suppress_without_an_erasure_key_is_refused_and_erases_nothing(
+    app: Flask, client: FlaskClient
+) -> None:
+    app.config["GUARD"] = Guard(builtin=True, limits=None)
+    family(client)
+    before = state(app)
+
+    response = client.delete("/customers/1?suppress=true")
+
+    assert response.status_code == 422
+    assert "ERASURE_KEY" in response.get_json()["detail"]
+    assert state(app) == before
+
+
+@pytest.mark.parametrize("query", ["?suppress=yes", "?dryRun=1", "?dryRun="])
+def test_an_erase_with_a_bad_switch_is_a_400_problem_and_erases_nothing(
+    app: Flask, client: FlaskClient, query: str
+) -> None:
+    family(client)
+    before = state(app)
+
+    response = client.delete(f"/customers/1{query}")
+
+    assert response.status_code == 400
+    assert state(app) == before
+
+
+def test_a_dry_run_erase_answers_as_the_erase_would_and_changes_nothing(
+    app: Flask, client: FlaskClient
+) -> None:
+    app.config["GUARD"] = Guard(builtin=True, limits=None, erasure_key=ERASURE_KEY)
+    family(client)
+    before = state(app)
+
+    dry = client.delete("/customers/3?dryRun=true&suppress=true")
+
+    assert dry.status_code == 200
+    assert state(app) == before
+    assert client.delete("/customers/3?suppress=true").get_json() == dry.get_json()
+
+
+def test_an_erased_customers_ids_are_never_given_to_new_rows(
+    app: Flask, client: FlaskClient
+) -> None:
+    post(client, "marty@hillvalley.edu", "5550")
+    post(client, "doc@hillvalley.edu", "8880")
+    client.delete("/customers/2")
+
+    answer = post(client, "biff@hillvalley.edu", "7770")
+
+    assert answer["contact"]["primaryContactId"] == 3
+    history = client.get("/customers/3/history").get_json()["events"]
+    assert [e["type"] for e in history] == ["customer.created"]
+
+
+def test_a_split_off_customers_history_goes_back_to_the_customer_it_left(
+    client: FlaskClient,
+) -> None:
+    family(client)
+    client.post("/customers/1/detach", json={"phoneNumber": "5550"})
+
+    history = client.get("/customers/4/history").get_json()["events"]
+
+    types = [e["type"] for e in history]
+    assert types[0] == "customer.created"
+    assert "customer.merged" in types
+    assert types[-1] == "customer.split"
+
+
+def test_corrections_are_counted_in_the_metrics(client: FlaskClient) -> None:
+    family(client)
+    client.post("/customers/1/detach", json={"phoneNumber": "5550", "dryRun": True})
+    client.post("/customers/1/detach", json={"phoneNumber": "5550"})
+    client.delete("/customers/4")
+
+    metrics = client.get("/metrics").get_data(as_text=True)
+
+    assert 'customer_corrections_total{operation="detach"}' in metrics
+    assert 'customer_corrections_total{operation="erase"}' in metrics
+    assert "customer_splits_total" in metrics
+
+
+def test_support_commands_detach_and_erase_and_say_what_they_did(
+    app: Flask, client: FlaskClient
+) -> None:
+    app.config["GUARD"] = Guard(builtin=True, limits=None, erasure_key=ERASURE_KEY)
+    family(client)
+    runner = app.test_cli_runner()
+
+    dry = runner.invoke(
+        args=["customers", "detach", "2", "--phone-number", "555 0", "--dry-run"]
+    )
+    assert dry.exit_code == 0, dry.output
+    assert "Would detach" in dry.output and "Rows would be deleted: [1]" in dry.output
+    assert "5550" not in dry.output
+    done = runner.invoke(args=["customers", "detach", "2", "--phone-number", "5550"])
+    assert "Detached" in done.output and "customer 4: rows [4]" in done.output
+    erased = runner.invoke(args=["customers", "erase", "4", "--suppress"])
+    assert erased.exit_code == 0, erased.output
+    assert (
+        "Erased customer 4." in erased.output
+        and "Suppressed 2 value(s)." in erased.output
+    )
+    events = client.get("/events?after=5").get_json()["events"]
+    assert [e["type"] for e in events][-1] == "customer.erased"
+    assert all(e["requestId"] is None for e in events)
+    check_table(app)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["customers", "detach", "1"],
+        ["customers", "detach", "1", "--email", "a@b.c", "--phone-number", "5550"],
+        ["customers", "detach", "1", "--phone-number", "55"],
+        ["customers", "detach", "1", "--email", "biff@hillvalley.edu"],
+        ["customers", "detach", "99", "--phone-number", "5550"],
+        ["customers", "erase", "99"],
+        ["customers", "erase", "1", "--suppress"],
+    ],
+)
+def test_support_commands_refuse_bad_input_and_change_nothing(
+    app: Flask, client: FlaskClient, args: list[str]
+) -> None:
+    app.config["GUARD"] = Guard(builtin=True, limits=None)
+    family(client)
+    before = state(app)
+
+    result = app.test_cli_runner().invoke(args=args)
+
+    assert result.exit_code != 0
+    assert state(app) == before
