@@ -4,7 +4,7 @@ that joins them (README: "Correcting"). store.py reads what they need, takes
 the locks of identify and applies the Correction in one transaction."""
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from reconcile import (
     EMAIL,
@@ -93,7 +93,7 @@ def detach(
     gone |= _linked_to(gone, retired)
     cleared = tuple(row.id for row in holders if row.id not in gone)
     kept = [
-        _without(row, field) if row.id in cleared else row
+        _without(row, field) if value_of(row, field) == value else row
         for row in rows
         if row.id not in gone
     ]
@@ -225,9 +225,14 @@ def _other(row: Member, field: str) -> str | None:
 
 
 def _without(row: Member, field: str) -> Member:
-    if field == EMAIL:
-        return replace(row, email=None)
-    return replace(row, phone_number=None)
+    return Member(
+        row.id,
+        None if field == EMAIL else row.email,
+        None if field == PHONE_NUMBER else row.phone_number,
+        row.linked_id,
+        row.link_precedence,
+        row.created_at,
+    )
 
 
 def _precedence(target: int | None) -> str:
@@ -235,4 +240,11 @@ def _precedence(target: int | None) -> str:
 
 
 def _linked(row: Member, target: int | None) -> Member:
-    return replace(row, linked_id=target, link_precedence=_precedence(target))
+    return Member(
+        row.id,
+        row.email,
+        row.phone_number,
+        target,
+        _precedence(target),
+        row.created_at,
+    )

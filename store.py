@@ -700,6 +700,11 @@ def correct_and_commit(
     return retrying(connection, attempt)
 
 
+_PROMOTE_ALL = (
+    update(Contact)
+    .where(Contact.id.in_(bindparam("row_ids", expanding=True)))
+    .values(linked_id=None, link_precedence=PRIMARY, updated_at=bindparam("now"))
+)
 _CLEAR = {
     field: update(Contact)
     .where(Contact.id.in_(bindparam("row_ids", expanding=True)))
@@ -735,8 +740,9 @@ def _apply_correction(
     targets: dict[int | None, list[int]] = {}
     for row_id, target in correction.links:
         targets.setdefault(target, []).append(row_id)
-    for row_id in targets.pop(None, []):
-        connection.execute(_PROMOTE, {"row_id": row_id, "now": now})
+    promoted = targets.pop(None, [])
+    if promoted:
+        connection.execute(_PROMOTE_ALL, {"row_ids": promoted, "now": now})
     for primary_id, row_ids in targets.items():
         connection.execute(
             _LINK, {"row_ids": row_ids, "primary_id": primary_id, "now": now}
