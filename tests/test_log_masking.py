@@ -60,6 +60,15 @@ def test_personal_data_sent_every_way_never_reaches_the_logs_in_clear(
             {"email": EMAIL, "phoneNumber": [PHONE]},
         ):
             answers.append(requests.post(f"{url}/identify", json=body, timeout=10).text)
+        created = requests.post(f"{url}/identify", json=identify, timeout=10).json()
+        customer = f"{url}/customers/{created['contact']['primaryContactId']}"
+        for body in (
+            {"email": "other@fluxkart.com"},
+            {"phoneNumber": PHONE, "dryRun": True},
+            {"phoneNumber": PHONE, "block": True},
+        ):
+            requests.post(f"{customer}/detach", json=body, timeout=10)
+        requests.delete(customer, timeout=10)
         with sqlite3.connect(tmp_path / "contacts.db") as database:
             database.execute(
                 "CREATE TRIGGER refuse BEFORE INSERT ON contact"
