@@ -1,5 +1,6 @@
 """The OpenAPI document at /openapi.json: valid, complete, and true."""
 
+import json
 import os
 import re
 import subprocess
@@ -11,7 +12,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
+from werkzeug.test import TestResponse
 
+import guard
 from live import live_service
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -65,6 +68,18 @@ READS = [
     ("/customers/{contact_id}/history", "get"),
     ("/events", "get"),
 ]
+# The name of the read examples that hold after the detach and erase examples.
+AFTER_CORRECTIONS = "after-corrections"
+
+# The operations that correct customers; their examples run after the reads'.
+CORRECTIONS = [
+    ("/customers/{contact_id}/detach", "post"),
+    ("/customers/{contact_id}", "delete"),
+]
+# The detach and erase examples that are dry runs.
+DRY_RUN = "dry-run"
+# The erase example that a service without ERASURE_KEY answers.
+WITHOUT_KEY = "suppress-without-key"
 
 
 def test_worked_example_of_the_document_is_what_the_service_answers(
@@ -103,29 +118,89 @@ def documented_answer(
 def test_read_examples_are_what_the_service_answers_after_the_worked_example(
     client: FlaskClient, document: dict[str, Any], path: str, method: str
 ) -> None:
-    """Each 200 example of a read is asked with the parameter and body
-    examples of the same name."""
+    """Each 200 example of a read but AFTER_CORRECTIONS is asked with the
+    parameter and body examples of the same name."""
     replay_identify_examples(client, document)
     operation = document["paths"][path][method]
     answers = operation["responses"]["200"]["content"]["application/json"]
-    bodies = operation.get("requestBody", {}).get("content", {})
-    bodies = bodies.get("application/json", {}).get("examples", {})
-
     for name, answer in answers["examples"].items():
-        url, query = path, {}
-        for reference in operation.get("parameters", []):
-            parameter = resolve(document, reference)
-            if name not in parameter.get("examples", {}):
-                continue
-            value = parameter["examples"][name]["value"]
-            if parameter["in"] == "path":
-                url = url.replace(f"{{{parameter['name']}}}", str(value))
-            else:
-                query[parameter["name"]] = value
-        body = bodies[name]["value"] if name in bodies else None
-        response = client.open(url, method=method, query_string=query, json=body)
+        if name == AFTER_CORRECTIONS:
+            continue
+        response = ask(client, document, path, method, name)
         assert response.status_code == 200, (name, response.get_json())
         assert stable(response.get_json()) == stable(answer["value"]), name
+
+
+def ask(
+    client: FlaskClient, document: dict[str, Any], path: str, method: str, name: str
+) -> TestResponse:
+    """Send the request of `path` and `method` built from the parameter and
+    body examples called `name`."""
+    operation = document["paths"][path][method]
+    bodies = operation.get("requestBody", {}).get("content", {})
+    bodies = bodies.get("application/json", {}).get("examples", {})
+    url, query = path, {}
+    for reference in operation.get("parameters", []):
+        parameter = resolve(document, reference)
+        if name not in parameter.get("examples", {}):
+            continue
+        value = parameter["examples"][name]["value"]
+        if parameter["in"] == "path":
+            url = url.replace(f"{{{parameter['name']}}}", str(value))
+        else:
+            query[parameter["name"]] = json.dumps(value)
+    body = bodies[name]["value"] if name in bodies else None
+    return client.open(url, method=method, query_string=query, json=body)
+
+
+def test_detach_and_erase_examples_are_what_the_service_answers(
+    app: Flask, client: FlaskClient, document: dict[str, Any]
+) -> None:
+    """After the worked example, each detach example and then each erase
+    example, in order, is answered with the response example of the same name
+    (the erasures by a service with ERASURE_KEY, but WITHOUT_KEY); the DRY_RUN
+    examples add no event. Then the reads' AFTER_CORRECTIONS examples hold."""
+    replay_identify_examples(client, document)
+    keyed = guard.guard_from_env({"ERASURE_KEY": "documented-example-key"})
+    keyless = app.config["GUARD"]
+    for path, method in CORRECTIONS:
+        operation = document["paths"][path][method]
+        for name in example_names(operation):
+            app.config["GUARD"] = keyless if name == WITHOUT_KEY else keyed
+            events = client.get("/events").get_json()
+            response = ask(client, document, path, method, name)
+            status, answer = documented_answer(operation, name)
+            assert response.status_code == status, (name, response.get_json())
+            assert response.get_json() == answer, name
+            if name == DRY_RUN:
+                assert client.get("/events").get_json() == events, name
+
+    erase = document["paths"]["/customers/{contact_id}"]["delete"]
+    response = client.delete("/customers/3?dryRun=yes")
+    assert response.status_code == 400
+    problem = erase["responses"]["400"]["content"]["application/problem+json"]
+    assert response.get_json() == problem["example"]
+
+    for path, method in READS:
+        answers = document["paths"][path][method]["responses"]["200"]["content"]
+        examples = answers["application/json"]["examples"]
+        if AFTER_CORRECTIONS in examples:
+            response = ask(client, document, path, method, AFTER_CORRECTIONS)
+            assert response.status_code == 200, (path, response.get_json())
+            expected = examples[AFTER_CORRECTIONS]["value"]
+            assert stable(response.get_json()) == stable(expected), path
+
+
+def example_names(operation: dict[str, Any]) -> list[str]:
+    """The names of the operation's request examples, in the document's order:
+    those of its body, or else of its parameters."""
+    body = operation.get("requestBody", {}).get("content", {})
+    if body:
+        return list(body["application/json"]["examples"])
+    names: dict[str, None] = {}
+    for parameter in operation.get("parameters", []):
+        names.update(dict.fromkeys(parameter.get("examples", {})))
+    return list(names)
 
 
 def test_nothing_usable_examples_are_what_the_service_answers(
@@ -231,7 +306,7 @@ def test_docs_page_loads_its_assets_from_the_app_itself(client: FlaskClient) -> 
 def test_fuzzing_the_live_app_finds_no_5xx_and_no_undocumented_response(
     tmp_path: Path,
 ) -> None:
-    env = {"API_KEYS": "fuzz-key"}
+    env = {"API_KEYS": "fuzz-key", "ERASURE_KEY": "fuzz-erasure-key"}
     with live_service(tmp_path, workers=2, env=env) as url:
         result = subprocess.run(
             [

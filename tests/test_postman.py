@@ -21,7 +21,8 @@ def test_postman_collection_passes_twice_against_the_same_database(
         if os.environ.get("CI") == "true":
             pytest.fail(reason + "; CI=true: the collection must run")
         pytest.skip(reason)
-    with live_service(tmp_path, env={"API_KEYS": "postman-key"}) as url:
+    env = {"API_KEYS": "postman-key", "ERASURE_KEY": "postman-erasure-key"}
+    with live_service(tmp_path, env=env) as url:
         result = subprocess.run(
             [
                 str(NEWMAN),
