@@ -1,6 +1,6 @@
 """Correcting mistakes, as pure functions: detaching a value from a customer
 and erasing a customer, decided from the customer's rows and the evidence
-that joins them (README: "Correcting"). store.py reads what they need, takes
+that joins them (README: "Correcting a customer"). store.py reads what they need, takes
 the locks of identify and applies the Correction in one transaction."""
 
 from collections.abc import Iterable, Sequence
