@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Insert, delete, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+import locks
 from models import BlockedValue, SuppressedValue
 from reconcile import EMAIL, PHONE_NUMBER, Ignored, Limits
 from settings import ConfigurationError
@@ -219,6 +220,7 @@ def add_blocked(
     connection: Connection, field: str, value: str, *, now: datetime
 ) -> Blocked | None:
     """Store a blocked value; None when it is one already."""
+    _begin(connection)
     try:
         new_id = connection.execute(
             insert(BlockedValue)
@@ -233,11 +235,19 @@ def add_blocked(
 
 
 def delete_blocked(connection: Connection, value_id: int) -> bool:
+    _begin(connection)
     deleted = connection.execute(
         delete(BlockedValue).where(BlockedValue.id == value_id)
     ).rowcount
     connection.commit()
     return bool(deleted)
+
+
+def _begin(connection: Connection) -> None:
+    """SQLite: wait for the write lock as every writer does; a write sent
+    while another writer holds it fails at once (no busy timeout, locks.py)."""
+    if connection.dialect.name == "sqlite":
+        locks.begin_immediate(connection)
 
 
 def _insert_new(connection: Connection, table: type) -> Insert:

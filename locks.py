@@ -107,6 +107,8 @@ def _primary_locks(*, by_email: bool, by_phone: bool) -> Select[int]:
 
 
 SHAPES = ((True, True), (True, False), (False, True))
+# The savepoint that primary-row locks are taken after (relock_primaries).
+_PRIMARIES = "primaries"
 _PRIMARY_LOCKS = {(e, p): _primary_locks(by_email=e, by_phone=p) for e, p in SHAPES}
 
 
@@ -116,8 +118,9 @@ def lock_postgresql(
     """PostgreSQL: begin a READ COMMITTED transaction, lock these identifiers
     and the primaries of the rows that hold them; return the ids of the
     primaries locked. The caller then reads the clusters afresh (READ
-    COMMITTED reads what committed while it waited) and locks any primary it
-    finds that is not in that set (lock_primaries), until none is new.
+    COMMITTED reads what committed while it waited); when their primaries
+    are not the rows it locked, it locks those instead (relock_primaries)
+    and reads again, until they are.
 
     Identifier locks stop two requests with the same new email or phone from
     both inserting a primary; primary-row locks, taken oldest first, stop a
@@ -131,11 +134,12 @@ def lock_postgresql(
         if value is not None
     )
     identifiers = ", ".join(f"pg_advisory_xact_lock({key})" for key in keys)
-    # One round trip for BEGIN, the wait limit and the locks: a statement
-    # without parameters (the numbers are written into it) may hold several.
+    # One round trip for BEGIN, the wait limit, the locks and the savepoint
+    # that primary-row locks are taken after: a statement without parameters
+    # (the numbers are written into it) may hold several.
     connection.exec_driver_sql(
         f"BEGIN; SET LOCAL lock_timeout = {round(BUSY_TIMEOUT * 1000)};"
-        f" SELECT {identifiers}"
+        f" SELECT {identifiers}; SAVEPOINT {_PRIMARIES}"
     )
     lock_primaries = _PRIMARY_LOCKS[email is not None, phone_number is not None]
     parameters = {"email": email, "phone_number": phone_number}
@@ -150,11 +154,21 @@ _LOCK_ROWS = (
 )
 
 
-def lock_primaries(connection: Connection, ids: set[int]) -> None:
-    """PostgreSQL: lock the rows `ids` (primaries found after the first locks
-    were granted: a merge moved a cluster into them meanwhile), oldest first,
-    in the caller's transaction."""
-    connection.execute(_LOCK_ROWS, {"ids": sorted(ids)}).all()
+def relock_primaries(connection: Connection, ids: set[int]) -> set[int]:
+    """PostgreSQL: let go of the primary rows locked so far in the caller's
+    transaction and lock the rows `ids` instead, oldest first; return the ids
+    of those that still exist.
+
+    For a writer that found, once its locks were granted, that the customers
+    it locked had changed: a merge, a split or an erasure committed while it
+    waited. A row it locked may then be a secondary of a customer that
+    another writer holds and is changing; keeping that lock while waiting
+    for the new customer would make the two wait for each other until
+    PostgreSQL broke the deadlock and one of them started again. Row locks
+    are taken after a savepoint; rolling back to it releases them (and
+    nothing else: the identifier locks and the wait limit come before it)."""
+    connection.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {_PRIMARIES}")
+    return set(connection.execute(_LOCK_ROWS, {"ids": sorted(ids)}).scalars())
 
 
 _CUSTOMER_OF = select(_PRIMARY_ID).where(
@@ -167,20 +181,25 @@ def lock_customer_postgresql(connection: Connection, contact_id: int) -> None:
     of the customer that live contact `contact_id` belongs to, as identify
     locks the primaries it touches (a detach or an erase). A merge may move
     the customer into another while this waits: the customer is read again
-    after each lock, and its new primary locked too, until it stays put. Does
-    nothing more when no live contact has that id."""
+    after each lock, and when it moved, its new primary is locked instead of
+    the old one (relock_primaries), until it stays put. Does nothing more
+    when no live contact has that id."""
     connection.exec_driver_sql(
-        f"BEGIN; SET LOCAL lock_timeout = {round(BUSY_TIMEOUT * 1000)}"
+        f"BEGIN; SET LOCAL lock_timeout = {round(BUSY_TIMEOUT * 1000)};"
+        f" SAVEPOINT {_PRIMARIES}"
     )
-    locked: set[int] = set()
+    locked = None
     while True:
         customer_id = connection.execute(
             _CUSTOMER_OF, {"contact_id": contact_id}
         ).scalar()
-        if customer_id is None or customer_id in locked:
+        if customer_id is None or customer_id == locked:
             return
-        lock_primaries(connection, {customer_id})
-        locked.add(customer_id)
+        if locked is None:
+            connection.execute(_LOCK_ROWS, {"ids": [customer_id]}).all()
+        else:
+            relock_primaries(connection, {customer_id})
+        locked = customer_id
 
 
 def lock_key(kind: str, value: str) -> int:

@@ -58,8 +58,8 @@ class Contact(Base):
     """One row per request that brought new information (README: "The contract")."""
 
     __tablename__ = "contact"
-    # AUTOINCREMENT on SQLite: the id of a deleted row (detach, erase) is never
-    # given to another one; events name contacts by id.
+    # AUTOINCREMENT on SQLite: a deleted row's id (detach, erase) is never
+    # given to a new contact (migration 0005).
     __table_args__ = (
         CheckConstraint(
             "link_precedence IN ('primary', 'secondary')", name="link_precedence"

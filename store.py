@@ -416,12 +416,14 @@ def _begin_writing(
     of these identifiers and clusters wait for it, and screen and read afresh:
     what it decides from them stays true until it commits.
 
-    On PostgreSQL a primary it locked may have been merged into another while
-    it waited: the fresh read then holds rows of a primary it has not locked.
-    It locks those too and reads again, until every row read belongs to a
-    primary it holds. Each further round means another merge committed
-    meanwhile, and the locked set only grows, so it ends. (README:
-    "Concurrency".)
+    On PostgreSQL a primary it locked may have been merged into another, or
+    its customer split or erased, while it waited: the fresh read then holds
+    rows of primaries other than those it locked. It locks those instead
+    (locks.relock_primaries: keeping a lock on a row that is now another
+    customer's secondary could deadlock with that customer's writer) and
+    reads again, until the primaries of the rows read are exactly those it
+    holds. Each further round means another writer changed these customers
+    and committed meanwhile. (README: "Concurrency".)
 
     On SQLite `found` is still fresh, and is kept, when no other connection
     committed since `version` was taken, before it was read."""
@@ -434,11 +436,10 @@ def _begin_writing(
             fresh = screen(
                 connection, email=email, phone_number=phone_number, guard=guard
             )
-            moved = {row.customer_id for row in fresh.rows} - locked
-            if not moved:
+            customers = {row.customer_id for row in fresh.rows}
+            if customers == locked:
                 break
-            locks.lock_primaries(connection, moved)
-            locked |= moved
+            locked = locks.relock_primaries(connection, customers)
     else:
         locks.begin_immediate(connection)
         if locks.data_version(connection) == version:

@@ -35,26 +35,9 @@ else:
     # The service's connections autocommit (models.py), so the migrations ask
     # for their transaction, one for all of them: they apply whole or not at
     # all, on SQLite too, whose DDL is transactional once BEGIN is sent.
-    # On SQLite, foreign keys are off while a migration copies a table (they
-    # can only be switched outside a transaction), and every link is checked
-    # before the migrations commit.
     options.setdefault("transactional_ddl", True)
-    sqlite = db.engine.dialect.name == "sqlite"
     with db.engine.connect() as connection:
-        if sqlite:
-            connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
-            connection.commit()
         context.configure(connection=connection, target_metadata=db.metadata, **options)
-        try:
-            with context.begin_transaction():
-                connection.exec_driver_sql("BEGIN")
-                context.run_migrations()
-                if sqlite:
-                    broken = connection.exec_driver_sql(
-                        "PRAGMA foreign_key_check"
-                    ).all()
-                    if broken:
-                        raise RuntimeError(f"links to missing rows: {broken[:10]}")
-        finally:
-            if sqlite:
-                connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+        with context.begin_transaction():
+            connection.exec_driver_sql("BEGIN")
+            context.run_migrations()

@@ -62,10 +62,12 @@ def clusters(rows: list[Row]) -> list[list[Row]]:
     return list(groups.values())
 
 
-def assert_invariants(rows: list[Row], *, corrected: bool = False) -> None:
-    """The contract's invariants, and no information stored twice, which
-    identify never does; a detach may leave two rows alike (each keeps the
-    value it held beside the one taken away): `corrected` allows that."""
+def assert_invariants(rows: list[Row], *, detached: bool = False) -> None:
+    """One primary per cluster, the oldest row, every other row linked
+    straight to it; no information inserted twice. With `detached` (the run
+    detached values), rows holding one value may repeat: a detach keeps the
+    other value of a row that held the detached one, which can leave it equal
+    to another row of its customer; rows holding both values never do."""
     for cluster in clusters(rows):
         primaries = [row for row in cluster if row.link_precedence == "primary"]
         assert len(primaries) == 1, f"not one primary in {cluster}"
@@ -77,9 +79,11 @@ def assert_invariants(rows: list[Row], *, corrected: bool = False) -> None:
             if row != primary:
                 assert row.link_precedence == "secondary", row
                 assert row.linked_id == primary.id, f"{row} not linked to {primary}"
-    if corrected:
-        return
-    pairs = Counter((row.email, row.phone_number) for row in rows)
+    pairs = Counter(
+        (row.email, row.phone_number)
+        for row in rows
+        if not detached or None not in (row.email, row.phone_number)
+    )
     repeated = [pair for pair, count in pairs.items() if count > 1]
     assert not repeated, f"the same information was inserted twice: {repeated}"
 
@@ -91,6 +95,7 @@ class LedgerEvent:
     customer_id: int
     contact_ids: list[int]
     absorbed_customer_id: int | None
+    request_id: str | None = None
 
 
 def ledger_events(bind: Session | Connection) -> list[LedgerEvent]:
@@ -100,37 +105,45 @@ def ledger_events(bind: Session | Connection) -> list[LedgerEvent]:
         Event.customer_id,
         Event.contact_ids,
         Event.absorbed_customer_id,
+        Event.request_id,
     ).order_by(Event.id)
     return [LedgerEvent(*row) for row in bind.execute(statement)]
 
 
 def replay(events: list[LedgerEvent]) -> dict[int, int]:
-    """The customer of every contact, rebuilt from the ledger alone. A contact
-    is created by exactly one event; merges, changes of primary and splits
-    move it; detaches and erasures delete it. A merge's absorbed customer is
-    a secondary of the survivor from then on (until a correction moves it)."""
+    """The customer of every contact, rebuilt from the ledger alone
+    (replay_event, one event after another)."""
     customer_of: dict[int, int] = {}
     for event in events:
-        if event.type in {"customer.created", "customer.contact_added"}:
-            (contact_id,) = event.contact_ids
-            assert contact_id not in customer_of, f"{contact_id} created twice"
-            customer_of[contact_id] = event.customer_id
-        elif event.type in {
-            "customer.merged",
-            "customer.primary_changed",
-            "customer.split",
-        }:
-            for contact_id in event.contact_ids:
-                assert contact_id in customer_of, f"{event} moves an unknown row"
-                customer_of[contact_id] = event.customer_id
-        elif event.type in {"customer.detached", "customer.erased"}:
-            for contact_id in event.contact_ids:
-                customer_of.pop(contact_id, None)
-        if event.type == "customer.merged":
-            absorbed = customer_of[event.absorbed_customer_id or 0]
-            assert absorbed == event.customer_id, event
-            assert event.absorbed_customer_id != absorbed, event
+        replay_event(customer_of, event)
     return customer_of
+
+
+def replay_event(customer_of: dict[int, int], event: LedgerEvent) -> None:
+    """Apply one event to `customer_of`, the customer of every contact. A
+    contact is created by exactly one event; merges, changes of primary and
+    splits move it; detaches and erasures delete it. A merge's absorbed
+    customer is a secondary of the survivor from then on (until a correction
+    moves it)."""
+    if event.type in {"customer.created", "customer.contact_added"}:
+        (contact_id,) = event.contact_ids
+        assert contact_id not in customer_of, f"{contact_id} created twice"
+        customer_of[contact_id] = event.customer_id
+    elif event.type in {
+        "customer.merged",
+        "customer.primary_changed",
+        "customer.split",
+    }:
+        for contact_id in event.contact_ids:
+            assert contact_id in customer_of, f"{event} moves an unknown row"
+            customer_of[contact_id] = event.customer_id
+    elif event.type in {"customer.detached", "customer.erased"}:
+        for contact_id in event.contact_ids:
+            customer_of.pop(contact_id, None)
+    if event.type == "customer.merged":
+        absorbed = customer_of[event.absorbed_customer_id or 0]
+        assert absorbed == event.customer_id, event
+        assert event.absorbed_customer_id != absorbed, event
 
 
 def assert_ledger_explains(rows: list[Row], events: list[LedgerEvent]) -> None:

@@ -133,7 +133,7 @@ def test_corrections_answer_like_the_reference_model_and_the_ledger_replays(
             erased, _ = model.erase(contact_id)  # type: ignore[arg-type]
             assert list(table.erase(contact_id).deleted) == erased  # type: ignore[arg-type]
         rows = table.live()
-        assert_invariants(rows, corrected=True)
+        assert_invariants(rows, detached=True)
         assert_ledger_explains(rows, table.events)
 
 

@@ -55,7 +55,7 @@ def state(app: Flask) -> tuple[list[Any], list[Any], int, int]:
 def check_table(app: Flask) -> None:
     with app.app_context():
         rows = live_rows(db.session())
-        assert_invariants(rows, corrected=True)
+        assert_invariants(rows, detached=True)
         assert_ledger_explains(rows, ledger_events(db.session()))
 
 

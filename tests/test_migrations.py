@@ -2,16 +2,18 @@
 /health tells when a database is not at the latest migration."""
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from app import create_app
-from conftest import migrate, postgres_schema
+from conftest import ROOT, migrate, postgres_schema
 from models import db
 
 
@@ -51,3 +53,50 @@ def test_health_is_503_until_the_schema_is_migrated(empty_database_url: str) -> 
     assert before.mimetype == "application/problem+json"
     assert "db upgrade" in before.get_json()["detail"]
     assert after.status_code == 200
+
+
+def test_sqlite_never_gives_a_deleted_contact_id_again_after_migration_0005(
+    tmp_path: Path,
+) -> None:
+    """A SQLite database at 0004 whose newest contacts were deleted (3 by an
+    erasure, 4 by a detach: the ledger saw them created) is upgraded. Its rows
+    and links are kept, and the next contact gets id 5, not 3."""
+    url = f"sqlite:///{tmp_path / 'contacts.db'}"
+    env = {**os.environ, "DATABASE_URL": url}
+    upgrade = [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"]
+    subprocess.run(
+        [*upgrade, "0004"], cwd=ROOT, env=env, check=True, capture_output=True
+    )
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO contact (id, email, phone_number, linked_id,"
+                " link_precedence, created_at, updated_at) VALUES"
+                " (1, 'a@shop.com', '5550001', NULL, 'primary', :at, :at),"
+                " (2, 'b@shop.com', '5550001', 1, 'secondary', :at, :at)"
+            ),
+            {"at": "2026-11-30 12:00:00.000000"},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO event (type, at, customer_id, contact_ids) VALUES"
+                " ('customer.created', :at, 1, '[1]'),"
+                " ('customer.contact_added', :at, 1, '[2]'),"
+                " ('customer.created', :at, 3, '[3]'),"
+                " ('customer.contact_added', :at, 1, '[4]'),"
+                " ('customer.erased', :at, 3, '[3]'),"
+                " ('customer.detached', :at, 1, '[4]')"
+            ),
+            {"at": "2026-11-30 12:00:00.000000"},
+        )
+    subprocess.run(upgrade, cwd=ROOT, env=env, check=True, capture_output=True)
+
+    client = create_app({"SQLALCHEMY_DATABASE_URI": url, "API_KEYS": []}).test_client()
+    answer = client.post("/identify", json={"email": "c@shop.com"}).get_json()
+    assert answer["contact"]["primaryContactId"] == 5
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, linked_id FROM contact ORDER BY id"))
+        assert rows.all() == [(1, None), (2, 1), (5, None)]
+        assert connection.execute(text("PRAGMA foreign_key_check")).all() == []
+    engine.dispose()

@@ -437,5 +437,5 @@ def test_detaches_and_erasures_between_identifies_answer_like_the_model(
                     assert not forgotten_values_in_ledger(values)
         with app.app_context():
             rows = live_rows(db.session())
-            assert_invariants(rows, corrected=True)
+            assert_invariants(rows, detached=True)
             assert_ledger_explains(rows, ledger_events(db.session()))

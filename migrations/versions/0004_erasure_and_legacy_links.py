@@ -1,5 +1,5 @@
-"""Suppressed values, the links from before the ledger that no shared value
-explains, and contact ids that are never given out twice.
+"""Suppressed values, and the links from before the ledger that no shared
+value explains.
 
 A detach regroups a customer's rows by the evidence that remains. For links
 made before the ledger existed there is no merge event: the events migration
@@ -28,15 +28,6 @@ _BATCH = 10_000
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        # SQLite gives a deleted row's id to the next row unless the table has
-        # AUTOINCREMENT; a detach or an erase deletes rows, and an id that
-        # events name must never belong to another contact (env.py turns the
-        # foreign keys off while the table is copied).
-        with op.batch_alter_table(
-            "contact", recreate="always", table_kwargs={"sqlite_autoincrement": True}
-        ):
-            pass
     op.create_table(
         "suppressed_value",
         sa.Column("id", sa.Integer(), nullable=False),
