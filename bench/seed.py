@@ -165,10 +165,17 @@ def create_database(url: str) -> None:
 def seed_postgresql(url: str, seeded: Iterator[Row]) -> None:
     create_database(url)
     with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(
-            "DROP TABLE IF EXISTS contact, event, blocked_value, alembic_version"
-            " CASCADE"
-        )
+        # Every table the migrations made, whichever revision made them.
+        tables = [
+            Identifier(name)
+            for (name,) in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        ]
+        if tables:
+            connection.execute(
+                SQL("DROP TABLE {} CASCADE").format(SQL(", ").join(tables))
+            )
     migrate(url, CONTACTS_ONLY)
     with psycopg.connect(url) as connection:
         indexes = connection.execute(
