@@ -9,6 +9,10 @@ primaries are also run against the references (bench/reference.py:
 one SELECT, one INSERT and COMMIT), right after the service. Medians are
 reported.
 
+Detach and erase consume what they touch (every request splits or erases a
+different seeded 5-row customer): they run after the other workloads, each
+repetition on a database seeded for them alone.
+
 With BENCH_BASELINE set to a git revision, that revision of the app is
 served too (from a worktree under bench/.data, on the same database) and
 measured right after the service on each workload it can serve, so that a
@@ -17,9 +21,10 @@ change is compared with what came before it in one run.
 Settings, all from the environment:
   BENCH_BASELINE    unset               a git revision to measure beside the service
   BENCH_DATABASES   sqlite,sqlite-normal,postgresql (sqlite-normal: SQLite with
-                    SQLITE_SYNCHRONOUS=NORMAL, write workloads only)
+                    SQLITE_SYNCHRONOUS=NORMAL, identify's writes only)
   BENCH_SIZES       10000,1000000       contacts seeded
-  BENCH_WORKLOADS   lookup,secondary,primary,merge,mix,customers_lookup,history
+  BENCH_WORKLOADS   lookup,secondary,primary,merge,mix,customers_lookup,history,
+                    detach,erase
   BENCH_DURATION    10                  seconds per wrk run
   BENCH_REPEATS     3                   runs per workload, alternating with the floor
   BENCH_CONNECTIONS 8                   wrk connections (BENCH_THREADS 1 wrk thread)
@@ -59,7 +64,9 @@ BENCH = ROOT / "bench"
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 IDENTIFY_WORKLOADS = ("lookup", "secondary", "primary", "merge", "mix")
-WORKLOADS = (*IDENTIFY_WORKLOADS, "customers_lookup", "history")
+# Each request consumes a seeded customer (see measure).
+CORRECTIONS = ("detach", "erase")
+WORKLOADS = (*IDENTIFY_WORKLOADS, "customers_lookup", "history", *CORRECTIONS)
 # Workloads that never write: synchronous changes nothing for them.
 READS = ("lookup", "customers_lookup", "history")
 DESCRIPTIONS = {
@@ -70,6 +77,13 @@ DESCRIPTIONS = {
     "mix": "80% lookup, 15% secondary, 4% primary, 1% merge",
     "customers_lookup": "POST /customers/lookup with the lookup bodies; never writes",
     "history": "GET /customers/{id}/history of a 5-row customer (5 events)",
+    "detach": "POST /customers/{id}/detach of a 5-row customer's middle phone,"
+    " the only value joining its rows 0-2 to rows 3-4: no row is deleted, two rows"
+    " lose the phone, the customer splits in two (3 rows and 2), the phone is"
+    " nulled in 2 events and 3 are added; each request a different customer",
+    "erase": "DELETE /customers/{id} of a 5-row customer: its 5 rows are deleted,"
+    " its 6 values nulled in its 5 events, 1 event added; each request a"
+    " different customer",
 }
 
 
@@ -123,8 +137,8 @@ class Database:
     the harness reads back to check a run.
 
     `sqlite-normal` is SQLite with SQLITE_SYNCHRONOUS=NORMAL, measured on the
-    workloads that write only (synchronous changes nothing for a lookup), to
-    show beside `sqlite` what the default FULL costs."""
+    workloads of /identify that write only (synchronous changes nothing for a
+    lookup), to show beside `sqlite` what the default FULL costs."""
 
     def __init__(self, kind: str, settings: Settings) -> None:
         self.kind = kind
@@ -138,7 +152,11 @@ class Database:
             self.url = f"sqlite:///{self.path}"
             if kind == "sqlite-normal":
                 self.env = {"SQLITE_SYNCHRONOUS": "NORMAL"}
-                self.workloads = [w for w in settings.workloads if w not in READS]
+                self.workloads = [
+                    w
+                    for w in settings.workloads
+                    if w not in READS and w not in CORRECTIONS
+                ]
         elif kind == "postgresql":
             self.url = settings.pg_url
         else:
@@ -146,9 +164,12 @@ class Database:
                 f"unknown database {kind!r}: sqlite, sqlite-normal or postgresql"
             )
 
-    def seed(self, size: int) -> dict[str, Any]:
+    def seed(self, size: int, large: int = 0, large_rows: int = 0) -> dict[str, Any]:
+        """Seed `size` contacts in clusters, then `large` customers of
+        `large_rows` rows (bench/seed.py)."""
+        arguments = [str(size), *([str(large), str(large_rows)] if large else [])]
         output = subprocess.run(
-            [sys.executable, str(BENCH / "seed.py"), str(size)],
+            [sys.executable, str(BENCH / "seed.py"), *arguments],
             env={**os.environ, "DATABASE_URL": self.url},
             cwd=ROOT,
             check=True,
@@ -274,34 +295,110 @@ def run_wrk(
 def measure(
     settings: Settings, database: Database, size: int, floor: Server
 ) -> tuple[list[Run], list[dict[str, Any]]]:
-    runs: list[Run] = []
-    seeds: list[dict[str, Any]] = []
-    service = Server(
-        "app:app", settings.port, {"DATABASE_URL": database.url, **database.env}
-    )
-    reference = Server(
-        "bench.reference:app", settings.port + 2, {"DATABASE_URL": database.url}
-    )
-    baseline = None
-    if settings.baseline:
-        baseline = Server(
-            "app:app",
-            settings.port + 3,
-            {"DATABASE_URL": database.url},
-            cwd=baseline_tree(settings.baseline),
+    """Every repetition of every workload of `database` at `size`, and the
+    seedings they ran on."""
+    matrix = Matrix(settings, database, size, floor)
+    # The corrections split and erase the 5-row customers that the other
+    # workloads read, merge and add to: they come last in a repetition, on a
+    # database seeded for them, and the next repetition is seeded afresh.
+    phases = [
+        phase
+        for phase in (
+            [w for w in database.workloads if w not in CORRECTIONS],
+            [w for w in database.workloads if w in CORRECTIONS],
         )
-    pairs_per_seed = 0
-    run_number = 0
-    pair_cursor = 0
+        if phase
+    ]
+    fresh = corrected = False
     for repeat in range(settings.repeats):
-        if repeat == 0 or size <= settings.reseed_max:
-            seed = database.seed(size)
-            seeds.append(seed)
-            log(f"  seeded {seed}")
-            reseeds_left = 1 if size <= settings.reseed_max else settings.repeats
-            pairs_per_seed = seed["full_clusters"] // 2 // reseeds_left
-            run_number = 0
-            pair_cursor = 0
+        for workloads in phases:
+            corrections = workloads[0] in CORRECTIONS
+            if not matrix.seeds or (
+                not fresh and (corrections or corrected or size <= settings.reseed_max)
+            ):
+                matrix.reseed()
+                corrected = False
+            fresh = False
+            matrix.run_phase(workloads, repeat)
+            corrected = corrected or corrections
+    return matrix.runs, matrix.seeds
+
+
+class Matrix:
+    """The servers of one database and size, the seedings and the runs."""
+
+    def __init__(
+        self, settings: Settings, database: Database, size: int, floor: Server
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.size = size
+        self.floor = floor
+        self.service = Server(
+            "app:app", settings.port, {"DATABASE_URL": database.url, **database.env}
+        )
+        self.reference = Server(
+            "bench.reference:app", settings.port + 2, {"DATABASE_URL": database.url}
+        )
+        self.baseline = None
+        if settings.baseline:
+            self.baseline = Server(
+                "app:app",
+                settings.port + 3,
+                {"DATABASE_URL": database.url},
+                cwd=baseline_tree(settings.baseline),
+            )
+        self.runs: list[Run] = []
+        self.seeds: list[dict[str, Any]] = []
+        self.pairs_per_seed = 0
+        self.run_number = 0
+        self.pair_cursor = 0
+
+    def reseed(self) -> None:
+        seed = self.database.seed(self.size)
+        self.seeds.append(seed)
+        log(f"  seeded {seed}")
+        settings = self.settings
+        reseeds_left = 1 if self.size <= settings.reseed_max else settings.repeats
+        self.pairs_per_seed = seed["full_clusters"] // 2 // reseeds_left
+        self.run_number = 0
+        self.pair_cursor = 0
+
+    def spans(self, workload: str) -> dict[str, tuple[int, int]]:
+        """The span of seeded clusters that each measured target uses: merge
+        pairs, or 5-row customers for the corrections. The floor and the
+        references never run out."""
+        # A quarter of each repetition's pairs is kept for the mix's merges.
+        mix_pairs = self.pairs_per_seed // 4
+        # The corrections share the 5-row customers of a seeding.
+        fives = self.seeds[-1]["full_clusters"] // 5
+        if workload == "merge":
+            pairs = (
+                self.pair_cursor + mix_pairs,
+                self.pair_cursor + self.pairs_per_seed,
+            )
+        elif workload == "detach":
+            pairs = (0, fives // 2)
+        elif workload == "erase":
+            pairs = (fives // 2, fives)
+        else:
+            pairs = (self.pair_cursor, self.pair_cursor + mix_pairs)
+        if self.baseline is None or workload not in IDENTIFY_WORKLOADS:
+            return {"service": pairs}
+        # The service and the baseline merge disjoint halves.
+        middle = (pairs[0] + pairs[1]) // 2
+        return {"service": (pairs[0], middle), "baseline": (middle, pairs[1])}
+
+    def run_phase(self, workloads: list[str], repeat: int) -> None:
+        """Serve the database, warm every server up, then run each workload
+        against the floor and then the service (and its reference and
+        baseline)."""
+        seed = self.seeds[-1]
+        service = self.service
+        with_reference = any(workload in REFERENCES for workload in workloads)
+        baseline = self.baseline
+        if not any(workload in IDENTIFY_WORKLOADS for workload in workloads):
+            baseline = None
         # Production applies migrations before serving (Procfile: release).
         subprocess.run(
             [str(BIN / "flask"), "--app", "app", "db", "upgrade"],
@@ -312,58 +409,64 @@ def measure(
         )
         try:
             service.start("/health")
-            reference.start("/select")
-            warm = [floor.url, service.url, f"{reference.url}/select"]
+            warm = [self.floor.url, service.url]
+            if with_reference:
+                self.reference.start("/select")
+                warm.append(f"{self.reference.url}/select")
             if baseline is not None:
                 # Its migrations may be older than the database's: no /health.
                 baseline.start("/identify")
                 warm.append(baseline.url)
             # Every worker opens its connections and warms its caches before
             # anything is measured: one second of lookups each, not recorded.
-            warm_up = replace(settings, duration=1)
+            warm_up = replace(self.settings, duration=1)
             for url in warm:
-                wrk(warm_up, url, "lookup", seed, [run_number, 0, 0])
-            # A quarter of each repetition's pairs is kept for the mix's merges.
-            mix_pairs = pairs_per_seed // 4
-            for workload in database.workloads:
-                if workload == "merge":
-                    pairs = (pair_cursor + mix_pairs, pair_cursor + pairs_per_seed)
-                else:
-                    pairs = (pair_cursor, pair_cursor + mix_pairs)
-                targets = [("floor", floor.url), ("service", service.url)]
+                wrk(warm_up, url, "lookup", seed, [self.run_number, 0, 0])
+            for workload in workloads:
+                targets = [("floor", self.floor.url), ("service", service.url)]
                 if workload in REFERENCES:
                     path = REFERENCES[workload]
-                    targets.append(("reference", f"{reference.url}{path}"))
-                spans = {"service": pairs}
+                    targets.append(("reference", f"{self.reference.url}{path}"))
                 if baseline is not None and workload in IDENTIFY_WORKLOADS:
                     targets.append(("baseline", baseline.url))
-                    # The service and the baseline merge disjoint halves.
-                    middle = (pairs[0] + pairs[1]) // 2
-                    spans = {
-                        "service": (pairs[0], middle),
-                        "baseline": (middle, pairs[1]),
-                    }
+                spans = self.spans(workload)
                 for target, url in targets:
-                    # The floor and references never run out of pairs.
-                    span = spans.get(target, (0, 10**9))
-                    measured = target in spans
-                    before = database.counts() if measured else None
-                    result = wrk(settings, url, workload, seed, [run_number, *span])
-                    run_number += 1
-                    run = Run(database.kind, size, workload, repeat, target, **result)
-                    if before is not None:
-                        after = database.counts()
-                        run.delta_rows = after[0] - before[0]
-                        run.delta_primaries = after[1] - before[1]
-                    runs.append(run)
-                    log(f"  {format_run(run)}")
-            pair_cursor += pairs_per_seed
+                    self.run(workload, repeat, target, url, spans.get(target))
+            if not any(workload in CORRECTIONS for workload in workloads):
+                self.pair_cursor += self.pairs_per_seed
         finally:
             service.stop()
-            reference.stop()
+            self.reference.stop()
             if baseline is not None:
                 baseline.stop()
-    return runs, seeds
+
+    def run(
+        self,
+        workload: str,
+        repeat: int,
+        target: str,
+        url: str,
+        span: tuple[int, int] | None,
+    ) -> None:
+        """One wrk run; with a span, the target is measured: the table's
+        change over the run is recorded."""
+        database = self.database
+        before = database.counts() if span is not None else None
+        result = wrk(
+            self.settings,
+            url,
+            workload,
+            self.seeds[-1],
+            [self.run_number, *(span or (0, 10**9))],
+        )
+        self.run_number += 1
+        run = Run(database.kind, self.size, workload, repeat, target, **result)
+        if before is not None:
+            after = database.counts()
+            run.delta_rows = after[0] - before[0]
+            run.delta_primaries = after[1] - before[1]
+        self.runs.append(run)
+        log(f"  {format_run(run)}")
 
 
 def baseline_tree(revision: str) -> Path:
@@ -684,11 +787,18 @@ def report(
         "- Checks: non-2xx counts wrk's non-2xx answers and socket errors;"
         " Δrows/req and Δprimaries/req are the table's change over the service"
         " runs divided by the requests wrk counted (a lookup must be +0/+0, a new"
-        " secondary +1/+0, a new primary +1/+1, a merge +0/-1)",
+        " secondary +1/+0, a new primary +1/+1, a merge +0/-1, a detach +0/+1,"
+        " an erase -5/-1)",
         "- Merges use disjoint pairs of seeded clusters; where a size has too few"
         " (10,000 contacts: 1,250 pairs per seeding) the run stops when they run"
         " out and its rate is taken over the time it ran (one wrk thread, so that"
         " all its connections stop together)",
+        "- Detach and erase each use half of the seeded 5-row customers, each"
+        " customer once (10,000 contacts: 333 each; 1,000,000: 33,333), and run"
+        " after the other workloads on a database seeded for them alone, in"
+        " every repetition; they stop like merges if their customers run out."
+        " The floor answers them without a database as it answers the others;"
+        " no target is set against it for them",
         "",
         "Workloads:",
         "",
