@@ -32,9 +32,10 @@ Settings, all from the environment:
   BENCH_PG_URL      postgresql://postgres@127.0.0.1/bench
   BENCH_PORT        28001               the service; then floor, references, baseline
   BENCH_OUT         BENCHMARKS.md       the report; every run goes beside it as .json
-  BENCH_SERIES      matrix,cluster,flood  what to run: the matrix above, the
-                                        cluster-size series (cluster_series) and
+  BENCH_SERIES      matrix,cluster,flood,detach  what to run: the matrix above,
+                                        the cluster-size series (cluster_series),
                                         the placeholder flood (placeholder_flood)
+                                        and the large detach (detach_series)
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
   WEB_CONCURRENCY   gunicorn workers, as in production (gunicorn.conf.py)
 Only ever loads 127.0.0.1.
@@ -1140,9 +1141,138 @@ def cluster_report(runs: list[ClusterRun]) -> list[str]:
     return lines
 
 
+# The large detach: one value taken from a customer of LARGE_ROWS rows that
+# all hold one phone, each row with an email of its own (bench/seed.py, whose
+# LARGE_PHONE_BASE and LARGE_DOMAIN these are), beside DETACH_BASE_SIZE
+# seeded contacts, one request at a time, each on a customer of its own.
+LARGE_ROWS = 1000
+LARGE_PHONE_BASE = 18_000_000_000
+LARGE_DOMAIN = "large.example.com"
+DETACH_BASE_SIZE = 1_000_000
+DETACH_REPEATS = 5
+DETACH_VALUES = ("email", "phone")
+DETACH_TARGET_MS = 200.0
+
+
+@dataclass
+class LargeDetach:
+    database: str
+    rows: int
+    value: str
+    repeat: int
+    ms: float
+    customers_after: int
+
+
+def detach_series(settings: Settings) -> list[LargeDetach]:
+    """For each database: seed DETACH_BASE_SIZE contacts and enough customers
+    of LARGE_ROWS rows, serve the app, then on one connection detach, from a
+    different customer each time, one row's email (the customer stays whole)
+    and the phone they all share (it falls apart into LARGE_ROWS customers),
+    DETACH_REPEATS times each after one unrecorded request of each."""
+    detaches = []
+    for kind in sorted(SERIES_DATABASES.intersection(settings.databases)):
+        database = Database(kind, settings)
+        log(f"{kind}, detach from customers of {LARGE_ROWS:,} rows")
+        customers = len(DETACH_VALUES) * (DETACH_REPEATS + 1)
+        seed = database.seed(DETACH_BASE_SIZE, customers, LARGE_ROWS)
+        log(f"  seeded {seed}")
+        service = Server("app:app", settings.port, {"DATABASE_URL": database.url})
+        service.start("/health")
+        connection = http.client.HTTPConnection(HOST, settings.port, timeout=60)
+        large = enumerate(seed["large_primary_ids"])
+        try:
+            for repeat in range(-1, DETACH_REPEATS):
+                for value in DETACH_VALUES:
+                    index, primary_id = next(large)
+                    ms, after = detach_large(connection, index, primary_id, value)
+                    if repeat < 0:
+                        continue
+                    detaches.append(
+                        LargeDetach(kind, LARGE_ROWS, value, repeat, ms, after)
+                    )
+                    log(f"  {value:5} #{repeat} {ms:8.1f} ms, {after:,} customers")
+        finally:
+            connection.close()
+            service.stop()
+    return detaches
+
+
+def detach_large(
+    connection: http.client.HTTPConnection, index: int, primary_id: int, value: str
+) -> tuple[float, int]:
+    """Detach `value` (email: the email of the customer's middle row; phone:
+    the phone all its rows hold) from the `index`th large customer; return
+    the milliseconds it took and the customers in the answer."""
+    if value == "email":
+        body = {"email": f"b{index}e{LARGE_ROWS // 2}@{LARGE_DOMAIN}"}
+    else:
+        body = {"phoneNumber": str(LARGE_PHONE_BASE + index)}
+    started = time.perf_counter()
+    connection.request(
+        "POST",
+        f"/customers/{primary_id}/detach",
+        json.dumps(body),
+        {"Content-Type": "application/json"},
+    )
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    ms = (time.perf_counter() - started) * 1000
+    expected = 1 if value == "email" else LARGE_ROWS
+    if response.status != 200 or len(answer["contacts"]) != expected:
+        raise SystemExit(
+            f"detach of the {value} of customer {primary_id}: {response.status},"
+            f" {len(answer.get('contacts', []))} customers, not {expected}"
+        )
+    return ms, expected
+
+
+def detach_report(detaches: list[LargeDetach]) -> list[str]:
+    """The series' table (p50 and max of the requests of each database and
+    value) and its target."""
+    lines = [
+        f"## Detach from a {LARGE_ROWS:,}-row customer",
+        "",
+        f"Customers of {LARGE_ROWS:,} rows that all hold one phone, each row with"
+        f" an email of its own, beside {DETACH_BASE_SIZE:,} seeded contacts"
+        " (bench/seed.py; the ledger holds each customer's"
+        f" {LARGE_ROWS:,} events, written by the migration as for every seeded"
+        " row). One request at a time on one connection, each on a customer of"
+        " its own, after one unrecorded request of each kind:",
+        "",
+        "- email: the email of one row; the row keeps the phone and the customer"
+        " stays whole: one row updated, the email nulled in one event, one event"
+        " added, the whole customer in the answer",
+        f"- phone: the phone every row holds; each row keeps only its email and"
+        f" the customer falls apart into {LARGE_ROWS:,}: every row updated, the"
+        f" phone nulled in {LARGE_ROWS:,} events, {LARGE_ROWS + 1:,} events"
+        f" added, {LARGE_ROWS:,} customers in the answer",
+        "",
+        "| database | value detached | requests | p50 ms | max ms | customers after |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    verdicts = []
+    keys = dict.fromkeys((detach.database, detach.value) for detach in detaches)
+    for database, value in keys:
+        mine = [d for d in detaches if (d.database, d.value) == (database, value)]
+        slowest = max(d.ms for d in mine)
+        lines.append(
+            f"| {database} | {value} | {len(mine)}"
+            f" | {statistics.median(d.ms for d in mine):.1f} | {slowest:.1f}"
+            f" | {mine[0].customers_after:,} |"
+        )
+        verdict = "met" if slowest < DETACH_TARGET_MS else "NOT met"
+        verdicts.append(
+            f"- {database}: detach of the {value} from a {LARGE_ROWS:,}-row"
+            f" customer < {DETACH_TARGET_MS:.0f} ms (the slowest request):"
+            f" {slowest:.1f} ms, {verdict}"
+        )
+    return [*lines, "", *verdicts, ""]
+
+
 def main() -> None:
     settings = Settings.from_env()
-    series = env_list("BENCH_SERIES", "matrix,cluster,flood")
+    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach")
     started = datetime.now(UTC)
     runs: list[Run] = []
     seeds: dict[str, list[dict[str, Any]]] = {}
@@ -1162,6 +1292,7 @@ def main() -> None:
             floor.stop()
     cluster_runs = cluster_series(settings) if "cluster" in series else []
     floods = placeholder_flood(settings) if "flood" in series else []
+    detaches = detach_series(settings) if "detach" in series else []
     minutes = (datetime.now(UTC) - started).total_seconds() / 60
     table = summarise(runs)
     text = (
@@ -1171,9 +1302,14 @@ def main() -> None:
         text += "\n" + "\n".join(cluster_report(cluster_runs))
     if floods:
         text += "\n" + "\n".join(flood_report(floods))
+    if detaches:
+        text += "\n" + "\n".join(detach_report(detaches))
     settings.out.write_text(text)
     settings.out.with_suffix(".json").write_text(
-        json.dumps([asdict(run) for run in [*runs, *cluster_runs, *floods]], indent=1)
+        json.dumps(
+            [asdict(run) for run in [*runs, *cluster_runs, *floods, *detaches]],
+            indent=1,
+        )
         + "\n"
     )
     log(f"wrote {settings.out}")
