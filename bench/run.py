@@ -32,6 +32,9 @@ Settings, all from the environment:
   BENCH_PG_URL      postgresql://postgres@127.0.0.1/bench
   BENCH_PORT        28001               the service; then floor, references, baseline
   BENCH_OUT         BENCHMARKS.md       the report; every run goes beside it as .json
+  BENCH_KEEP        unset               when 1, the report already in BENCH_OUT is
+                                        kept below the new one, and its runs in the
+                                        .json before the new ones
   BENCH_SERIES      matrix,cluster,flood,detach  what to run: the matrix above,
                                         the cluster-size series (cluster_series),
                                         the placeholder flood (placeholder_flood)
@@ -109,6 +112,7 @@ class Settings:
     pg_url: str
     port: int
     out: Path
+    keep: bool
     baseline: str | None
 
     @classmethod
@@ -129,6 +133,7 @@ class Settings:
             pg_url=env("BENCH_PG_URL", "postgresql://postgres@127.0.0.1/bench"),
             port=int(env("BENCH_PORT", "28001")),
             out=ROOT / env("BENCH_OUT", "BENCHMARKS.md"),
+            keep=env("BENCH_KEEP", "") == "1",
             baseline=os.environ.get("BENCH_BASELINE") or None,
         )
 
@@ -1304,19 +1309,29 @@ def main() -> None:
         text += "\n" + "\n".join(flood_report(floods))
     if detaches:
         text += "\n" + "\n".join(detach_report(detaches))
-    settings.out.write_text(text)
-    settings.out.with_suffix(".json").write_text(
-        json.dumps(
-            [asdict(run) for run in [*runs, *cluster_runs, *floods, *detaches]],
-            indent=1,
-        )
-        + "\n"
-    )
-    log(f"wrote {settings.out}")
+    records = [asdict(run) for run in [*runs, *cluster_runs, *floods, *detaches]]
+    write(settings, text, records)
     if any(row["non_2xx"] or row["socket_errors"] for row in table) or any(
         run.non_2xx or run.socket_errors for run in cluster_runs
     ):
         raise SystemExit("some requests failed: see non-2xx in the report")
+
+
+def write(settings: Settings, text: str, records: list[dict[str, Any]]) -> None:
+    """Write the report to BENCH_OUT and the runs beside it as .json; with
+    BENCH_KEEP, the report those files held goes below the new one and its
+    runs before the new ones."""
+    out, runs = settings.out, settings.out.with_suffix(".json")
+    if settings.keep and out.exists():
+        text += (
+            "\n---\n\nThe report below was in this file before the run above"
+            " (BENCH_KEEP=1), and is kept as it was.\n\n" + out.read_text()
+        )
+    if settings.keep and runs.exists():
+        records = [*json.loads(runs.read_text()), *records]
+    out.write_text(text)
+    runs.write_text(json.dumps(records, indent=1) + "\n")
+    log(f"wrote {out}")
 
 
 if __name__ == "__main__":
