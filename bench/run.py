@@ -794,7 +794,8 @@ def report(
         " Δrows/req and Δprimaries/req are the table's change over the service"
         " runs divided by the requests wrk counted (a lookup must be +0/+0, a new"
         " secondary +1/+0, a new primary +1/+1, a merge +0/-1, a detach +0/+1,"
-        " an erase -5/-1)",
+        " an erase -5/-1; the requests still in flight when wrk stops, at most"
+        " one per connection, change the table but are not counted)",
         "- Merges use disjoint pairs of seeded clusters; where a size has too few"
         " (10,000 contacts: 1,250 pairs per seeding) the run stops when they run"
         " out and its rate is taken over the time it ran (one wrk thread, so that"
@@ -830,24 +831,26 @@ def report(
                 f" | {row['rows_per_request']:+.2f}"
                 f" | {row['primaries_per_request']:+.2f} |"
             )
-        lines += [
-            "",
-            "The references (bench/reference.py), each run right after the"
-            " service, against the same floor run:",
-            "",
-            "| contacts | reference | req/s | ratio to floor | service workload"
-            " | service ÷ reference |",
-            "|---:|---|---:|---:|---|---:|",
-        ]
-        for row in table:
-            if row["database"] == database and row["reference_rps"] is not None:
+        mine = [row for row in table if row["database"] == database]
+        if any(row["reference_rps"] is not None for row in mine):
+            lines += [
+                "",
+                "The references (bench/reference.py), each run right after the"
+                " service, against the same floor run:",
+                "",
+                "| contacts | reference | req/s | ratio to floor | service workload"
+                " | service ÷ reference |",
+                "|---:|---|---:|---:|---|---:|",
+            ]
+        for row in mine:
+            if row["reference_rps"] is not None:
                 lines.append(
                     f"| {row['size']:,} | {REFERENCE_NAMES[row['workload']]}"
                     f" | {row['reference_rps']:.0f} | {row['reference_ratio']:.2f}"
                     f" | {row['workload']}"
                     f" | {row['ratio'] / row['reference_ratio']:.2f} |"
                 )
-        if any(row["baseline_rps"] for row in table):
+        if any(row["baseline_rps"] for row in mine):
             lines += [
                 "",
                 f"Beside the baseline (BENCH_BASELINE={settings.baseline}, commit"
@@ -867,9 +870,9 @@ def report(
                         f" | {row['baseline_ratio']:.2f}"
                         f" | {row['baseline_p99_ms']:.1f} |"
                     )
-        largest = max(row["size"] for row in table if row["database"] == database)
-        lines += ["", f"Targets at {largest:,} contacts:", ""]
-        lines += targets(table, database)
+        largest = max(row["size"] for row in mine)
+        if verdicts := targets(table, database):
+            lines += ["", f"Targets at {largest:,} contacts:", "", *verdicts]
         lines += ["", "Seeding (bench/seed.py, bulk load):", ""]
         for seed in seeds.get(database, []):
             lines.append(f"- {seed['rows']:,} contacts in {seed['seconds']} s")
