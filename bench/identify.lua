@@ -101,12 +101,21 @@ local function new_primary()
   return body(fresh())
 end
 
-local function merge()
+-- The next unused pair (or 5-row customer) of this thread's part, or nil.
+local function next_in_span()
   if pair_next >= pair_end then
     return nil
   end
   local p = pair_next
   pair_next = pair_next + 1
+  return p
+end
+
+local function merge()
+  local p = next_in_span()
+  if p == nil then
+    return nil
+  end
   return body(seeded_email(2 * p, 0), seeded_phone(2 * p + 1, 0))
 end
 
@@ -147,16 +156,6 @@ local function history()
   return wrk.format("GET", string.format("/customers/%d/history", five_row_primary(m)))
 end
 
--- The next unused 5-row customer of this thread's part, or nil.
-local function next_customer()
-  if pair_next >= pair_end then
-    return nil
-  end
-  local m = pair_next
-  pair_next = pair_next + 1
-  return m
-end
-
 -- Its rows 2 and 3 share the phone of j = 2, the only link between rows 0-2
 -- and rows 3-4: without it the customer becomes two (3 rows and 2).
 local function detach(m)
@@ -183,7 +182,7 @@ function request()
     return history()
   end
   if corrections[workload] ~= nil then
-    local m = next_customer()
+    local m = next_in_span()
     if m == nil then
       -- Every customer of this thread's part is used: stop, as merges do.
       stopped = 1
