@@ -5,14 +5,18 @@
 -- Requests go to POST /identify, or to the path of URL when it has one (the
 -- references of bench/reference.py serve /select and /insert).
 -- WORKLOAD is lookup, secondary, primary, merge, mix, customers_lookup (the
--- lookup bodies sent to POST /customers/lookup) or history (GET the history of
--- a seeded 5-row customer, whose 5 events the migration wrote). FULL_CLUSTERS is the
--- number of complete seeded clusters (bench/seed.py; the identifiers below
+-- lookup bodies sent to POST /customers/lookup), history (GET the history of
+-- a seeded 5-row customer, whose 5 events the migration wrote), detach (POST
+-- /customers/{id}/detach of a 5-row customer's middle phone, which splits it
+-- in two) or erase (DELETE /customers/{id} of a 5-row customer). FULL_CLUSTERS
+-- is the number of complete seeded clusters (bench/seed.py; the identifiers below
 -- must match the ones it writes). RUN numbers this run among all runs against
 -- the same seeded database (0 to 999), so brand-new identifiers never repeat. Merges use
--- the cluster pairs (2p, 2p + 1) for p in [PAIR_LO, PAIR_HI), split between the
--- THREADS wrk threads; a merge thread that has used up its pairs stops early, and done()
--- then reports the rate over the time the threads were really sending.
+-- the cluster pairs (2p, 2p + 1) for p in [PAIR_LO, PAIR_HI); detach and erase
+-- use the 5-row customers m (the clusters 5m + 4) for m in [PAIR_LO, PAIR_HI),
+-- each once. The span is split between the THREADS wrk threads; a thread that
+-- has used up its part stops early, and done() then reports the rate over the
+-- time the threads were really sending.
 --
 -- done() prints one line: "RESULT " followed by a JSON object.
 
@@ -97,12 +101,21 @@ local function new_primary()
   return body(fresh())
 end
 
-local function merge()
+-- The next unused pair (or 5-row customer) of this thread's part, or nil.
+local function next_in_span()
   if pair_next >= pair_end then
     return nil
   end
   local p = pair_next
   pair_next = pair_next + 1
+  return p
+end
+
+local function merge()
+  local p = next_in_span()
+  if p == nil then
+    return nil
+  end
   return body(seeded_email(2 * p, 0), seeded_phone(2 * p + 1, 0))
 end
 
@@ -134,10 +147,32 @@ local bodies = {
 
 -- Cluster k = 5m + 4 has 5 rows; 15 rows precede each group of five clusters,
 -- and 10 the fifth cluster within its group, so its primary's id is 15m + 11.
+local function five_row_primary(m)
+  return 15 * m + 11
+end
+
 local function history()
   local m = math.random(0, math.floor(full_clusters / 5) - 1)
-  return wrk.format("GET", string.format("/customers/%d/history", 15 * m + 11))
+  return wrk.format("GET", string.format("/customers/%d/history", five_row_primary(m)))
 end
+
+-- Its rows 2 and 3 share the phone of j = 2, the only link between rows 0-2
+-- and rows 3-4: without it the customer becomes two (3 rows and 2).
+local function detach(m)
+  local phone = seeded_phone(5 * m + 4, 2)
+  return wrk.format(
+    "POST",
+    string.format("/customers/%d/detach", five_row_primary(m)),
+    HEADERS,
+    string.format('{"phoneNumber":"%s"}', phone)
+  )
+end
+
+local function erase(m)
+  return wrk.format("DELETE", string.format("/customers/%d", five_row_primary(m)))
+end
+
+local corrections = { detach = detach, erase = erase }
 
 function request()
   if first_us == nil then
@@ -145,6 +180,16 @@ function request()
   end
   if workload == "history" then
     return history()
+  end
+  if corrections[workload] ~= nil then
+    local m = next_in_span()
+    if m == nil then
+      -- Every customer of this thread's part is used: stop, as merges do.
+      stopped = 1
+      wrk.thread:stop()
+      return history()
+    end
+    return corrections[workload](m)
   end
   local payload = bodies[workload]()
   if payload == nil then

@@ -9,6 +9,10 @@ primaries are also run against the references (bench/reference.py:
 one SELECT, one INSERT and COMMIT), right after the service. Medians are
 reported.
 
+Detach and erase consume what they touch (every request splits or erases a
+different seeded 5-row customer): they run after the other workloads, each
+repetition on a database seeded for them alone.
+
 With BENCH_BASELINE set to a git revision, that revision of the app is
 served too (from a worktree under bench/.data, on the same database) and
 measured right after the service on each workload it can serve, so that a
@@ -17,9 +21,10 @@ change is compared with what came before it in one run.
 Settings, all from the environment:
   BENCH_BASELINE    unset               a git revision to measure beside the service
   BENCH_DATABASES   sqlite,sqlite-normal,postgresql (sqlite-normal: SQLite with
-                    SQLITE_SYNCHRONOUS=NORMAL, write workloads only)
+                    SQLITE_SYNCHRONOUS=NORMAL, identify's writes only)
   BENCH_SIZES       10000,1000000       contacts seeded
-  BENCH_WORKLOADS   lookup,secondary,primary,merge,mix,customers_lookup,history
+  BENCH_WORKLOADS   lookup,secondary,primary,merge,mix,customers_lookup,history,
+                    detach,erase
   BENCH_DURATION    10                  seconds per wrk run
   BENCH_REPEATS     3                   runs per workload, alternating with the floor
   BENCH_CONNECTIONS 8                   wrk connections (BENCH_THREADS 1 wrk thread)
@@ -27,9 +32,13 @@ Settings, all from the environment:
   BENCH_PG_URL      postgresql://postgres@127.0.0.1/bench
   BENCH_PORT        28001               the service; then floor, references, baseline
   BENCH_OUT         BENCHMARKS.md       the report; every run goes beside it as .json
-  BENCH_SERIES      matrix,cluster,flood  what to run: the matrix above, the
-                                        cluster-size series (cluster_series) and
+  BENCH_KEEP        unset               when 1, the report already in BENCH_OUT is
+                                        kept below the new one, and its runs in the
+                                        .json before the new ones
+  BENCH_SERIES      matrix,cluster,flood,detach  what to run: the matrix above,
+                                        the cluster-size series (cluster_series),
                                         the placeholder flood (placeholder_flood)
+                                        and the large detach (detach_series)
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
   WEB_CONCURRENCY   gunicorn workers, as in production (gunicorn.conf.py)
 Only ever loads 127.0.0.1.
@@ -59,7 +68,9 @@ BENCH = ROOT / "bench"
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 IDENTIFY_WORKLOADS = ("lookup", "secondary", "primary", "merge", "mix")
-WORKLOADS = (*IDENTIFY_WORKLOADS, "customers_lookup", "history")
+# Each request consumes a seeded customer (see measure).
+CORRECTIONS = ("detach", "erase")
+WORKLOADS = (*IDENTIFY_WORKLOADS, "customers_lookup", "history", *CORRECTIONS)
 # Workloads that never write: synchronous changes nothing for them.
 READS = ("lookup", "customers_lookup", "history")
 DESCRIPTIONS = {
@@ -70,6 +81,13 @@ DESCRIPTIONS = {
     "mix": "80% lookup, 15% secondary, 4% primary, 1% merge",
     "customers_lookup": "POST /customers/lookup with the lookup bodies; never writes",
     "history": "GET /customers/{id}/history of a 5-row customer (5 events)",
+    "detach": "POST /customers/{id}/detach of a 5-row customer's middle phone,"
+    " the only value joining its rows 0-2 to rows 3-4: no row is deleted, two rows"
+    " lose the phone, the customer splits in two (3 rows and 2), the phone is"
+    " nulled in 2 events and 3 are added; each request a different customer",
+    "erase": "DELETE /customers/{id} of a 5-row customer: its 5 rows are deleted,"
+    " its 6 values nulled in its 5 events, 1 event added; each request a"
+    " different customer",
 }
 
 
@@ -94,6 +112,7 @@ class Settings:
     pg_url: str
     port: int
     out: Path
+    keep: bool
     baseline: str | None
 
     @classmethod
@@ -114,6 +133,7 @@ class Settings:
             pg_url=env("BENCH_PG_URL", "postgresql://postgres@127.0.0.1/bench"),
             port=int(env("BENCH_PORT", "28001")),
             out=ROOT / env("BENCH_OUT", "BENCHMARKS.md"),
+            keep=env("BENCH_KEEP", "") == "1",
             baseline=os.environ.get("BENCH_BASELINE") or None,
         )
 
@@ -123,8 +143,8 @@ class Database:
     the harness reads back to check a run.
 
     `sqlite-normal` is SQLite with SQLITE_SYNCHRONOUS=NORMAL, measured on the
-    workloads that write only (synchronous changes nothing for a lookup), to
-    show beside `sqlite` what the default FULL costs."""
+    workloads of /identify that write only (synchronous changes nothing for a
+    lookup), to show beside `sqlite` what the default FULL costs."""
 
     def __init__(self, kind: str, settings: Settings) -> None:
         self.kind = kind
@@ -138,7 +158,11 @@ class Database:
             self.url = f"sqlite:///{self.path}"
             if kind == "sqlite-normal":
                 self.env = {"SQLITE_SYNCHRONOUS": "NORMAL"}
-                self.workloads = [w for w in settings.workloads if w not in READS]
+                self.workloads = [
+                    w
+                    for w in settings.workloads
+                    if w not in READS and w not in CORRECTIONS
+                ]
         elif kind == "postgresql":
             self.url = settings.pg_url
         else:
@@ -146,9 +170,12 @@ class Database:
                 f"unknown database {kind!r}: sqlite, sqlite-normal or postgresql"
             )
 
-    def seed(self, size: int) -> dict[str, Any]:
+    def seed(self, size: int, large: int = 0, large_rows: int = 0) -> dict[str, Any]:
+        """Seed `size` contacts in clusters, then `large` customers of
+        `large_rows` rows (bench/seed.py)."""
+        arguments = [str(size), *([str(large), str(large_rows)] if large else [])]
         output = subprocess.run(
-            [sys.executable, str(BENCH / "seed.py"), str(size)],
+            [sys.executable, str(BENCH / "seed.py"), *arguments],
             env={**os.environ, "DATABASE_URL": self.url},
             cwd=ROOT,
             check=True,
@@ -274,34 +301,110 @@ def run_wrk(
 def measure(
     settings: Settings, database: Database, size: int, floor: Server
 ) -> tuple[list[Run], list[dict[str, Any]]]:
-    runs: list[Run] = []
-    seeds: list[dict[str, Any]] = []
-    service = Server(
-        "app:app", settings.port, {"DATABASE_URL": database.url, **database.env}
-    )
-    reference = Server(
-        "bench.reference:app", settings.port + 2, {"DATABASE_URL": database.url}
-    )
-    baseline = None
-    if settings.baseline:
-        baseline = Server(
-            "app:app",
-            settings.port + 3,
-            {"DATABASE_URL": database.url},
-            cwd=baseline_tree(settings.baseline),
+    """Every repetition of every workload of `database` at `size`, and the
+    seedings they ran on."""
+    matrix = Matrix(settings, database, size, floor)
+    # The corrections split and erase the 5-row customers that the other
+    # workloads read, merge and add to: they come last in a repetition, on a
+    # database seeded for them, and the next repetition is seeded afresh.
+    phases = [
+        phase
+        for phase in (
+            [w for w in database.workloads if w not in CORRECTIONS],
+            [w for w in database.workloads if w in CORRECTIONS],
         )
-    pairs_per_seed = 0
-    run_number = 0
-    pair_cursor = 0
+        if phase
+    ]
+    fresh = corrected = False
     for repeat in range(settings.repeats):
-        if repeat == 0 or size <= settings.reseed_max:
-            seed = database.seed(size)
-            seeds.append(seed)
-            log(f"  seeded {seed}")
-            reseeds_left = 1 if size <= settings.reseed_max else settings.repeats
-            pairs_per_seed = seed["full_clusters"] // 2 // reseeds_left
-            run_number = 0
-            pair_cursor = 0
+        for workloads in phases:
+            corrections = workloads[0] in CORRECTIONS
+            if not matrix.seeds or (
+                not fresh and (corrections or corrected or size <= settings.reseed_max)
+            ):
+                matrix.reseed()
+                corrected = False
+            fresh = False
+            matrix.run_phase(workloads, repeat)
+            corrected = corrected or corrections
+    return matrix.runs, matrix.seeds
+
+
+class Matrix:
+    """The servers of one database and size, the seedings and the runs."""
+
+    def __init__(
+        self, settings: Settings, database: Database, size: int, floor: Server
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.size = size
+        self.floor = floor
+        self.service = Server(
+            "app:app", settings.port, {"DATABASE_URL": database.url, **database.env}
+        )
+        self.reference = Server(
+            "bench.reference:app", settings.port + 2, {"DATABASE_URL": database.url}
+        )
+        self.baseline = None
+        if settings.baseline:
+            self.baseline = Server(
+                "app:app",
+                settings.port + 3,
+                {"DATABASE_URL": database.url},
+                cwd=baseline_tree(settings.baseline),
+            )
+        self.runs: list[Run] = []
+        self.seeds: list[dict[str, Any]] = []
+        self.pairs_per_seed = 0
+        self.run_number = 0
+        self.pair_cursor = 0
+
+    def reseed(self) -> None:
+        seed = self.database.seed(self.size)
+        self.seeds.append(seed)
+        log(f"  seeded {seed}")
+        settings = self.settings
+        reseeds_left = 1 if self.size <= settings.reseed_max else settings.repeats
+        self.pairs_per_seed = seed["full_clusters"] // 2 // reseeds_left
+        self.run_number = 0
+        self.pair_cursor = 0
+
+    def spans(self, workload: str) -> dict[str, tuple[int, int]]:
+        """The span of seeded clusters that each measured target uses: merge
+        pairs, or 5-row customers for the corrections. The floor and the
+        references never run out."""
+        # A quarter of each repetition's pairs is kept for the mix's merges.
+        mix_pairs = self.pairs_per_seed // 4
+        # The corrections share the 5-row customers of a seeding.
+        fives = self.seeds[-1]["full_clusters"] // 5
+        if workload == "merge":
+            pairs = (
+                self.pair_cursor + mix_pairs,
+                self.pair_cursor + self.pairs_per_seed,
+            )
+        elif workload == "detach":
+            pairs = (0, fives // 2)
+        elif workload == "erase":
+            pairs = (fives // 2, fives)
+        else:
+            pairs = (self.pair_cursor, self.pair_cursor + mix_pairs)
+        if self.baseline is None or workload not in IDENTIFY_WORKLOADS:
+            return {"service": pairs}
+        # The service and the baseline merge disjoint halves.
+        middle = (pairs[0] + pairs[1]) // 2
+        return {"service": (pairs[0], middle), "baseline": (middle, pairs[1])}
+
+    def run_phase(self, workloads: list[str], repeat: int) -> None:
+        """Serve the database, warm every server up, then run each workload
+        against the floor and then the service (and its reference and
+        baseline)."""
+        seed = self.seeds[-1]
+        service = self.service
+        with_reference = any(workload in REFERENCES for workload in workloads)
+        baseline = self.baseline
+        if not any(workload in IDENTIFY_WORKLOADS for workload in workloads):
+            baseline = None
         # Production applies migrations before serving (Procfile: release).
         subprocess.run(
             [str(BIN / "flask"), "--app", "app", "db", "upgrade"],
@@ -312,58 +415,64 @@ def measure(
         )
         try:
             service.start("/health")
-            reference.start("/select")
-            warm = [floor.url, service.url, f"{reference.url}/select"]
+            warm = [self.floor.url, service.url]
+            if with_reference:
+                self.reference.start("/select")
+                warm.append(f"{self.reference.url}/select")
             if baseline is not None:
                 # Its migrations may be older than the database's: no /health.
                 baseline.start("/identify")
                 warm.append(baseline.url)
             # Every worker opens its connections and warms its caches before
             # anything is measured: one second of lookups each, not recorded.
-            warm_up = replace(settings, duration=1)
+            warm_up = replace(self.settings, duration=1)
             for url in warm:
-                wrk(warm_up, url, "lookup", seed, [run_number, 0, 0])
-            # A quarter of each repetition's pairs is kept for the mix's merges.
-            mix_pairs = pairs_per_seed // 4
-            for workload in database.workloads:
-                if workload == "merge":
-                    pairs = (pair_cursor + mix_pairs, pair_cursor + pairs_per_seed)
-                else:
-                    pairs = (pair_cursor, pair_cursor + mix_pairs)
-                targets = [("floor", floor.url), ("service", service.url)]
+                wrk(warm_up, url, "lookup", seed, [self.run_number, 0, 0])
+            for workload in workloads:
+                targets = [("floor", self.floor.url), ("service", service.url)]
                 if workload in REFERENCES:
                     path = REFERENCES[workload]
-                    targets.append(("reference", f"{reference.url}{path}"))
-                spans = {"service": pairs}
+                    targets.append(("reference", f"{self.reference.url}{path}"))
                 if baseline is not None and workload in IDENTIFY_WORKLOADS:
                     targets.append(("baseline", baseline.url))
-                    # The service and the baseline merge disjoint halves.
-                    middle = (pairs[0] + pairs[1]) // 2
-                    spans = {
-                        "service": (pairs[0], middle),
-                        "baseline": (middle, pairs[1]),
-                    }
+                spans = self.spans(workload)
                 for target, url in targets:
-                    # The floor and references never run out of pairs.
-                    span = spans.get(target, (0, 10**9))
-                    measured = target in spans
-                    before = database.counts() if measured else None
-                    result = wrk(settings, url, workload, seed, [run_number, *span])
-                    run_number += 1
-                    run = Run(database.kind, size, workload, repeat, target, **result)
-                    if before is not None:
-                        after = database.counts()
-                        run.delta_rows = after[0] - before[0]
-                        run.delta_primaries = after[1] - before[1]
-                    runs.append(run)
-                    log(f"  {format_run(run)}")
-            pair_cursor += pairs_per_seed
+                    self.run(workload, repeat, target, url, spans.get(target))
+            if not any(workload in CORRECTIONS for workload in workloads):
+                self.pair_cursor += self.pairs_per_seed
         finally:
             service.stop()
-            reference.stop()
+            self.reference.stop()
             if baseline is not None:
                 baseline.stop()
-    return runs, seeds
+
+    def run(
+        self,
+        workload: str,
+        repeat: int,
+        target: str,
+        url: str,
+        span: tuple[int, int] | None,
+    ) -> None:
+        """One wrk run; with a span, the target is measured: the table's
+        change over the run is recorded."""
+        database = self.database
+        before = database.counts() if span is not None else None
+        result = wrk(
+            self.settings,
+            url,
+            workload,
+            self.seeds[-1],
+            [self.run_number, *(span or (0, 10**9))],
+        )
+        self.run_number += 1
+        run = Run(database.kind, self.size, workload, repeat, target, **result)
+        if before is not None:
+            after = database.counts()
+            run.delta_rows = after[0] - before[0]
+            run.delta_primaries = after[1] - before[1]
+        self.runs.append(run)
+        log(f"  {format_run(run)}")
 
 
 def baseline_tree(revision: str) -> Path:
@@ -684,11 +793,19 @@ def report(
         "- Checks: non-2xx counts wrk's non-2xx answers and socket errors;"
         " Δrows/req and Δprimaries/req are the table's change over the service"
         " runs divided by the requests wrk counted (a lookup must be +0/+0, a new"
-        " secondary +1/+0, a new primary +1/+1, a merge +0/-1)",
+        " secondary +1/+0, a new primary +1/+1, a merge +0/-1, a detach +0/+1,"
+        " an erase -5/-1; the requests still in flight when wrk stops, at most"
+        " one per connection, change the table but are not counted)",
         "- Merges use disjoint pairs of seeded clusters; where a size has too few"
         " (10,000 contacts: 1,250 pairs per seeding) the run stops when they run"
         " out and its rate is taken over the time it ran (one wrk thread, so that"
         " all its connections stop together)",
+        "- Detach and erase each use half of the seeded 5-row customers, each"
+        " customer once (10,000 contacts: 333 each; 1,000,000: 33,333), and run"
+        " after the other workloads on a database seeded for them alone, in"
+        " every repetition; they stop like merges if their customers run out."
+        " The floor answers them without a database as it answers the others;"
+        " no target is set against it for them",
         "",
         "Workloads:",
         "",
@@ -714,24 +831,26 @@ def report(
                 f" | {row['rows_per_request']:+.2f}"
                 f" | {row['primaries_per_request']:+.2f} |"
             )
-        lines += [
-            "",
-            "The references (bench/reference.py), each run right after the"
-            " service, against the same floor run:",
-            "",
-            "| contacts | reference | req/s | ratio to floor | service workload"
-            " | service ÷ reference |",
-            "|---:|---|---:|---:|---|---:|",
-        ]
-        for row in table:
-            if row["database"] == database and row["reference_rps"] is not None:
+        mine = [row for row in table if row["database"] == database]
+        if any(row["reference_rps"] is not None for row in mine):
+            lines += [
+                "",
+                "The references (bench/reference.py), each run right after the"
+                " service, against the same floor run:",
+                "",
+                "| contacts | reference | req/s | ratio to floor | service workload"
+                " | service ÷ reference |",
+                "|---:|---|---:|---:|---|---:|",
+            ]
+        for row in mine:
+            if row["reference_rps"] is not None:
                 lines.append(
                     f"| {row['size']:,} | {REFERENCE_NAMES[row['workload']]}"
                     f" | {row['reference_rps']:.0f} | {row['reference_ratio']:.2f}"
                     f" | {row['workload']}"
                     f" | {row['ratio'] / row['reference_ratio']:.2f} |"
                 )
-        if any(row["baseline_rps"] for row in table):
+        if any(row["baseline_rps"] for row in mine):
             lines += [
                 "",
                 f"Beside the baseline (BENCH_BASELINE={settings.baseline}, commit"
@@ -751,9 +870,9 @@ def report(
                         f" | {row['baseline_ratio']:.2f}"
                         f" | {row['baseline_p99_ms']:.1f} |"
                     )
-        largest = max(row["size"] for row in table if row["database"] == database)
-        lines += ["", f"Targets at {largest:,} contacts:", ""]
-        lines += targets(table, database)
+        largest = max(row["size"] for row in mine)
+        if verdicts := targets(table, database):
+            lines += ["", f"Targets at {largest:,} contacts:", "", *verdicts]
         lines += ["", "Seeding (bench/seed.py, bulk load):", ""]
         for seed in seeds.get(database, []):
             lines.append(f"- {seed['rows']:,} contacts in {seed['seconds']} s")
@@ -1030,9 +1149,138 @@ def cluster_report(runs: list[ClusterRun]) -> list[str]:
     return lines
 
 
+# The large detach: one value taken from a customer of LARGE_ROWS rows that
+# all hold one phone, each row with an email of its own (bench/seed.py, whose
+# LARGE_PHONE_BASE and LARGE_DOMAIN these are), beside DETACH_BASE_SIZE
+# seeded contacts, one request at a time, each on a customer of its own.
+LARGE_ROWS = 1000
+LARGE_PHONE_BASE = 18_000_000_000
+LARGE_DOMAIN = "large.example.com"
+DETACH_BASE_SIZE = 1_000_000
+DETACH_REPEATS = 5
+DETACH_VALUES = ("email", "phone")
+DETACH_TARGET_MS = 200.0
+
+
+@dataclass
+class LargeDetach:
+    database: str
+    rows: int
+    value: str
+    repeat: int
+    ms: float
+    customers_after: int
+
+
+def detach_series(settings: Settings) -> list[LargeDetach]:
+    """For each database: seed DETACH_BASE_SIZE contacts and enough customers
+    of LARGE_ROWS rows, serve the app, then on one connection detach, from a
+    different customer each time, one row's email (the customer stays whole)
+    and the phone they all share (it falls apart into LARGE_ROWS customers),
+    DETACH_REPEATS times each after one unrecorded request of each."""
+    detaches = []
+    for kind in sorted(SERIES_DATABASES.intersection(settings.databases)):
+        database = Database(kind, settings)
+        log(f"{kind}, detach from customers of {LARGE_ROWS:,} rows")
+        customers = len(DETACH_VALUES) * (DETACH_REPEATS + 1)
+        seed = database.seed(DETACH_BASE_SIZE, customers, LARGE_ROWS)
+        log(f"  seeded {seed}")
+        service = Server("app:app", settings.port, {"DATABASE_URL": database.url})
+        service.start("/health")
+        connection = http.client.HTTPConnection(HOST, settings.port, timeout=60)
+        large = enumerate(seed["large_primary_ids"])
+        try:
+            for repeat in range(-1, DETACH_REPEATS):
+                for value in DETACH_VALUES:
+                    index, primary_id = next(large)
+                    ms, after = detach_large(connection, index, primary_id, value)
+                    if repeat < 0:
+                        continue
+                    detaches.append(
+                        LargeDetach(kind, LARGE_ROWS, value, repeat, ms, after)
+                    )
+                    log(f"  {value:5} #{repeat} {ms:8.1f} ms, {after:,} customers")
+        finally:
+            connection.close()
+            service.stop()
+    return detaches
+
+
+def detach_large(
+    connection: http.client.HTTPConnection, index: int, primary_id: int, value: str
+) -> tuple[float, int]:
+    """Detach `value` (email: the email of the customer's middle row; phone:
+    the phone all its rows hold) from the `index`th large customer; return
+    the milliseconds it took and the customers in the answer."""
+    if value == "email":
+        body = {"email": f"b{index}e{LARGE_ROWS // 2}@{LARGE_DOMAIN}"}
+    else:
+        body = {"phoneNumber": str(LARGE_PHONE_BASE + index)}
+    started = time.perf_counter()
+    connection.request(
+        "POST",
+        f"/customers/{primary_id}/detach",
+        json.dumps(body),
+        {"Content-Type": "application/json"},
+    )
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    ms = (time.perf_counter() - started) * 1000
+    expected = 1 if value == "email" else LARGE_ROWS
+    if response.status != 200 or len(answer["contacts"]) != expected:
+        raise SystemExit(
+            f"detach of the {value} of customer {primary_id}: {response.status},"
+            f" {len(answer.get('contacts', []))} customers, not {expected}"
+        )
+    return ms, expected
+
+
+def detach_report(detaches: list[LargeDetach]) -> list[str]:
+    """The series' table (p50 and max of the requests of each database and
+    value) and its target."""
+    lines = [
+        f"## Detach from a {LARGE_ROWS:,}-row customer",
+        "",
+        f"Customers of {LARGE_ROWS:,} rows that all hold one phone, each row with"
+        f" an email of its own, beside {DETACH_BASE_SIZE:,} seeded contacts"
+        " (bench/seed.py; the ledger holds each customer's"
+        f" {LARGE_ROWS:,} events, written by the migration as for every seeded"
+        " row). One request at a time on one connection, each on a customer of"
+        " its own, after one unrecorded request of each kind:",
+        "",
+        "- email: the email of one row; the row keeps the phone and the customer"
+        " stays whole: one row updated, the email nulled in one event, one event"
+        " added, the whole customer in the answer",
+        f"- phone: the phone every row holds; each row keeps only its email and"
+        f" the customer falls apart into {LARGE_ROWS:,}: every row updated, the"
+        f" phone nulled in {LARGE_ROWS:,} events, {LARGE_ROWS + 1:,} events"
+        f" added, {LARGE_ROWS:,} customers in the answer",
+        "",
+        "| database | value detached | requests | p50 ms | max ms | customers after |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    verdicts = []
+    keys = dict.fromkeys((detach.database, detach.value) for detach in detaches)
+    for database, value in keys:
+        mine = [d for d in detaches if (d.database, d.value) == (database, value)]
+        slowest = max(d.ms for d in mine)
+        lines.append(
+            f"| {database} | {value} | {len(mine)}"
+            f" | {statistics.median(d.ms for d in mine):.1f} | {slowest:.1f}"
+            f" | {mine[0].customers_after:,} |"
+        )
+        verdict = "met" if slowest < DETACH_TARGET_MS else "NOT met"
+        verdicts.append(
+            f"- {database}: detach of the {value} from a {LARGE_ROWS:,}-row"
+            f" customer < {DETACH_TARGET_MS:.0f} ms (the slowest request):"
+            f" {slowest:.1f} ms, {verdict}"
+        )
+    return [*lines, "", *verdicts, ""]
+
+
 def main() -> None:
     settings = Settings.from_env()
-    series = env_list("BENCH_SERIES", "matrix,cluster,flood")
+    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach")
     started = datetime.now(UTC)
     runs: list[Run] = []
     seeds: dict[str, list[dict[str, Any]]] = {}
@@ -1052,6 +1300,7 @@ def main() -> None:
             floor.stop()
     cluster_runs = cluster_series(settings) if "cluster" in series else []
     floods = placeholder_flood(settings) if "flood" in series else []
+    detaches = detach_series(settings) if "detach" in series else []
     minutes = (datetime.now(UTC) - started).total_seconds() / 60
     table = summarise(runs)
     text = (
@@ -1061,16 +1310,31 @@ def main() -> None:
         text += "\n" + "\n".join(cluster_report(cluster_runs))
     if floods:
         text += "\n" + "\n".join(flood_report(floods))
-    settings.out.write_text(text)
-    settings.out.with_suffix(".json").write_text(
-        json.dumps([asdict(run) for run in [*runs, *cluster_runs, *floods]], indent=1)
-        + "\n"
-    )
-    log(f"wrote {settings.out}")
+    if detaches:
+        text += "\n" + "\n".join(detach_report(detaches))
+    records = [asdict(run) for run in [*runs, *cluster_runs, *floods, *detaches]]
+    write(settings, text, records)
     if any(row["non_2xx"] or row["socket_errors"] for row in table) or any(
         run.non_2xx or run.socket_errors for run in cluster_runs
     ):
         raise SystemExit("some requests failed: see non-2xx in the report")
+
+
+def write(settings: Settings, text: str, records: list[dict[str, Any]]) -> None:
+    """Write the report to BENCH_OUT and the runs beside it as .json; with
+    BENCH_KEEP, the report those files held goes below the new one and its
+    runs before the new ones."""
+    out, runs = settings.out, settings.out.with_suffix(".json")
+    if settings.keep and out.exists():
+        text += (
+            "\n---\n\nThe report below was in this file before the run above"
+            " (BENCH_KEEP=1), and is kept as it was.\n\n" + out.read_text()
+        )
+    if settings.keep and runs.exists():
+        records = [*json.loads(runs.read_text()), *records]
+    out.write_text(text)
+    runs.write_text(json.dumps(records, indent=1) + "\n")
+    log(f"wrote {out}")
 
 
 if __name__ == "__main__":

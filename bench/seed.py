@@ -1,6 +1,6 @@
 """Fill an empty, migrated database with N contacts in realistic clusters.
 
-Usage: DATABASE_URL=... python bench/seed.py N
+Usage: DATABASE_URL=... python bench/seed.py N [LARGE ROWS]
 
 The schema comes from the real migrations (`flask --app app db upgrade`), run
 here after dropping whatever the database held: the contacts are loaded at
@@ -17,7 +17,13 @@ identifiers instead of reading them (see bench/identify.lua, which must agree):
 - row 0 is the primary; the others are secondaries linked to it;
 - ids ascend through the clusters, and created_at ascends with the id.
 
-Prints one JSON line: rows, clusters, full_clusters and seconds.
+With LARGE and ROWS, LARGE customers of ROWS rows each follow the N rows
+(bench/run.py's detach series): customer i's row j has email
+"b{i}e{j}@large.example.com" and phone str(LARGE_PHONE_BASE + i), the phone
+every row of that customer shares; row 0 is the primary.
+
+Prints one JSON line: rows, clusters, full_clusters, large_primary_ids and
+seconds.
 """
 
 import json
@@ -40,6 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONTACTS_ONLY = "0001"
 PHONE_BASE = 10_000_000_000
 EMAIL_DOMAIN = "seed.example.com"
+LARGE_PHONE_BASE = 18_000_000_000
+LARGE_DOMAIN = "large.example.com"
 STEP = timedelta(milliseconds=10)
 # The exact text SQLAlchemy's DateTime writes to SQLite (UTC, no zone).
 SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -51,10 +59,10 @@ def cluster_size(k: int) -> int:
     return 1 + k % 5
 
 
-def rows(count: int) -> Iterator[Row]:
+def rows(count: int, large: int = 0, large_rows: int = 0) -> Iterator[Row]:
     """The seeded rows: (id, phone_number, email, linked_id, precedence, created_at)."""
     # Every seeded row is older than anything the service will insert.
-    start = datetime.now(UTC) - STEP * count - timedelta(days=1)
+    start = datetime.now(UTC) - STEP * (count + large * large_rows) - timedelta(days=1)
     row_id = 0
     k = 0
     while row_id < count:
@@ -70,6 +78,18 @@ def rows(count: int) -> Iterator[Row]:
                 start + STEP * row_id,
             )
         k += 1
+    for i in range(large):
+        primary_id = row_id + 1
+        for j in range(large_rows):
+            row_id += 1
+            yield (
+                row_id,
+                str(LARGE_PHONE_BASE + i),
+                f"b{i}e{j}@{LARGE_DOMAIN}",
+                None if j == 0 else primary_id,
+                "primary" if j == 0 else "secondary",
+                start + STEP * row_id,
+            )
 
 
 def clusters(count: int) -> tuple[int, int]:
@@ -96,7 +116,7 @@ def migrate(url: str, revision: str) -> None:
     )
 
 
-def seed_sqlite(path: str, count: int) -> None:
+def seed_sqlite(path: str, seeded: Iterator[Row]) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(path + suffix).unlink(missing_ok=True)
     migrate(f"sqlite:///{path}", CONTACTS_ONLY)
@@ -120,7 +140,7 @@ def seed_sqlite(path: str, count: int) -> None:
         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             (*row[:5], text, text)
-            for row in rows(count)
+            for row in seeded
             for text in (row[5].strftime(SQLITE_DATETIME),)
         ),
     )
@@ -142,13 +162,20 @@ def create_database(url: str) -> None:
             connection.execute(SQL("CREATE DATABASE {}").format(Identifier(name)))
 
 
-def seed_postgresql(url: str, count: int) -> None:
+def seed_postgresql(url: str, seeded: Iterator[Row]) -> None:
     create_database(url)
     with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(
-            "DROP TABLE IF EXISTS contact, event, blocked_value, alembic_version"
-            " CASCADE"
-        )
+        # Every table the migrations made, whichever revision made them.
+        tables = [
+            Identifier(name)
+            for (name,) in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        ]
+        if tables:
+            connection.execute(
+                SQL("DROP TABLE {} CASCADE").format(SQL(", ").join(tables))
+            )
     migrate(url, CONTACTS_ONLY)
     with psycopg.connect(url) as connection:
         indexes = connection.execute(
@@ -163,7 +190,7 @@ def seed_postgresql(url: str, count: int) -> None:
             "COPY contact (id, phone_number, email, linked_id, link_precedence,"
             " created_at, updated_at) FROM STDIN"
         ) as copy:
-            for row in rows(count):
+            for row in seeded:
                 copy.write_row((*row, row[5]))
         for _, definition in indexes:
             connection.execute(definition)
@@ -177,21 +204,24 @@ def seed_postgresql(url: str, count: int) -> None:
 
 def main() -> None:
     count = int(sys.argv[1])
+    large, large_rows = map(int, sys.argv[2:4]) if len(sys.argv) > 2 else (0, 0)
     url = os.environ["DATABASE_URL"]
     started = time.perf_counter()
+    seeded = rows(count, large, large_rows)
     if url.startswith("sqlite:///"):
-        seed_sqlite(url.removeprefix("sqlite:///"), count)
+        seed_sqlite(url.removeprefix("sqlite:///"), seeded)
     else:
         url = url.replace("postgres://", "postgresql://", 1)
-        seed_postgresql(url, count)
+        seed_postgresql(url, seeded)
     migrate(url, "head")
     total, full = clusters(count)
     print(
         json.dumps(
             {
-                "rows": count,
+                "rows": count + large * large_rows,
                 "clusters": total,
                 "full_clusters": full,
+                "large_primary_ids": [count + 1 + i * large_rows for i in range(large)],
                 "seconds": round(time.perf_counter() - started, 1),
             }
         )
