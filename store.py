@@ -538,10 +538,15 @@ def customer(connection: Connection, contact_id: int) -> Identity | None:
     return found[0] if found else None
 
 
+def _ids(name: str) -> Any:
+    """A list of ids written into the statement: a customer's rows may be a
+    thousand, and binding each as a parameter costs more than the write."""
+    return bindparam(name, expanding=True, literal_execute=True)
+
+
 _RETIRED = select(*_COLUMNS).where(
     Contact.deleted_at.is_not(None),
-    Contact.id.in_(bindparam("ids", expanding=True))
-    | Contact.linked_id.in_(bindparam("ids", expanding=True)),
+    Contact.id.in_(_ids("ids")) | Contact.linked_id.in_(_ids("ids")),
 )
 _MERGED_PAIRS = (
     select(EventRow.email, EventRow.phone_number)
@@ -553,7 +558,7 @@ _MERGED_PAIRS = (
     .distinct()
 )
 _LEGACY_LINKS = select(LegacyLink.contact_id, LegacyLink.customer_id).where(
-    LegacyLink.contact_id.in_(bindparam("ids", expanding=True))
+    LegacyLink.contact_id.in_(_ids("ids"))
 )
 
 
@@ -701,23 +706,9 @@ def correct_and_commit(
     return retrying(connection, attempt)
 
 
-_PROMOTE_ALL = (
-    update(Contact)
-    .where(Contact.id.in_(bindparam("row_ids", expanding=True)))
-    .values(linked_id=None, link_precedence=PRIMARY, updated_at=bindparam("now"))
-)
-_CLEAR = {
-    field: update(Contact)
-    .where(Contact.id.in_(bindparam("row_ids", expanding=True)))
-    .values({column: None, Contact.updated_at: bindparam("now")})
-    for field, column in ((EMAIL, Contact.email), (PHONE_NUMBER, Contact.phone_number))
-}
-_DELETE_ROWS = delete(Contact).where(
-    Contact.id.in_(bindparam("row_ids", expanding=True))
-)
-_DELETE_LEGACY = delete(LegacyLink).where(
-    LegacyLink.contact_id.in_(bindparam("row_ids", expanding=True))
-)
+_DELETE_ROWS = delete(Contact).where(Contact.id.in_(_ids("row_ids")))
+_DELETE_LEGACY = delete(LegacyLink).where(LegacyLink.contact_id.in_(_ids("row_ids")))
+_VALUE_COLUMNS = {EMAIL: Contact.email, PHONE_NUMBER: Contact.phone_number}
 _FORGET = {
     field: update(EventRow).where(column == bindparam("value")).values({column: None})
     for field, column in (
@@ -733,20 +724,22 @@ def _apply_correction(
     """Write a correction's contact rows and null its forgotten values in the
     ledger, in the caller's transaction. Links change before rows go, so no
     row is left linked to a deleted one."""
-    if correction.cleared and correction.field is not None:
+    changes: dict[tuple[bool, int | None | str], list[int]] = {}
+    links = dict(correction.links)
+    cleared = set(correction.cleared)
+    for row_id in cleared | set(links):
+        target = links.get(row_id, "kept")
+        changes.setdefault((row_id in cleared, target), []).append(row_id)
+    for (clear, target), row_ids in changes.items():
+        values: dict[Any, Any] = {Contact.updated_at: now}
+        if clear and correction.field is not None:
+            values[_VALUE_COLUMNS[correction.field]] = None
+        if target != "kept":
+            values[Contact.linked_id] = target
+            values[Contact.link_precedence] = PRIMARY if target is None else SECONDARY
         connection.execute(
-            _CLEAR[correction.field],
-            {"row_ids": list(correction.cleared), "now": now},
-        )
-    targets: dict[int | None, list[int]] = {}
-    for row_id, target in correction.links:
-        targets.setdefault(target, []).append(row_id)
-    promoted = targets.pop(None, [])
-    if promoted:
-        connection.execute(_PROMOTE_ALL, {"row_ids": promoted, "now": now})
-    for primary_id, row_ids in targets.items():
-        connection.execute(
-            _LINK, {"row_ids": row_ids, "primary_id": primary_id, "now": now}
+            update(Contact).where(Contact.id.in_(_ids("row_ids"))).values(values),
+            {"row_ids": sorted(row_ids)},
         )
     if correction.deleted:
         deleted = {"row_ids": list(correction.deleted)}
