@@ -8,12 +8,14 @@ and decides again from what it now holds (reconcile.decide), then writes."""
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     CompoundSelect,
     Connection,
     Select,
+    Update,
     bindparam,
     delete,
     exists,
@@ -538,15 +540,10 @@ def customer(connection: Connection, contact_id: int) -> Identity | None:
     return found[0] if found else None
 
 
-def _ids(name: str) -> Any:
-    """A list of ids written into the statement: a customer's rows may be a
-    thousand, and binding each as a parameter costs more than the write."""
-    return bindparam(name, expanding=True, literal_execute=True)
-
-
 _RETIRED = select(*_COLUMNS).where(
     Contact.deleted_at.is_not(None),
-    Contact.id.in_(_ids("ids")) | Contact.linked_id.in_(_ids("ids")),
+    Contact.id.in_(bindparam("ids", expanding=True))
+    | Contact.linked_id.in_(bindparam("ids", expanding=True)),
 )
 _MERGED_PAIRS = (
     select(EventRow.email, EventRow.phone_number)
@@ -558,7 +555,7 @@ _MERGED_PAIRS = (
     .distinct()
 )
 _LEGACY_LINKS = select(LegacyLink.contact_id, LegacyLink.customer_id).where(
-    LegacyLink.contact_id.in_(_ids("ids"))
+    LegacyLink.contact_id.in_(bindparam("ids", expanding=True))
 )
 
 
@@ -706,9 +703,36 @@ def correct_and_commit(
     return retrying(connection, attempt)
 
 
-_DELETE_ROWS = delete(Contact).where(Contact.id.in_(_ids("row_ids")))
-_DELETE_LEGACY = delete(LegacyLink).where(LegacyLink.contact_id.in_(_ids("row_ids")))
+_DELETE_ROWS = delete(Contact).where(
+    Contact.id.in_(bindparam("row_ids", expanding=True))
+)
+_DELETE_LEGACY = delete(LegacyLink).where(
+    LegacyLink.contact_id.in_(bindparam("row_ids", expanding=True))
+)
 _VALUE_COLUMNS = {EMAIL: Contact.email, PHONE_NUMBER: Contact.phone_number}
+
+
+@cache
+def _change_rows(field: str | None, link: str) -> Update:
+    """UPDATE of the rows whose `field` becomes null (None: no value changes)
+    and whose link becomes :primary_id (`link` SECONDARY), none (PRIMARY), or
+    stays ("kept"): one statement per kind of change a correction makes."""
+    values: dict[Any, Any] = {Contact.updated_at: bindparam("now")}
+    if field is not None:
+        values[_VALUE_COLUMNS[field]] = None
+    if link == PRIMARY:
+        values[Contact.linked_id] = None
+    elif link == SECONDARY:
+        values[Contact.linked_id] = bindparam("primary_id")
+    if link != "kept":
+        values[Contact.link_precedence] = link
+    return (
+        update(Contact)
+        .where(Contact.id.in_(bindparam("row_ids", expanding=True)))
+        .values(values)
+    )
+
+
 _FORGET = {
     field: update(EventRow).where(column == bindparam("value")).values({column: None})
     for field, column in (
@@ -731,15 +755,11 @@ def _apply_correction(
         target = links.get(row_id, "kept")
         changes.setdefault((row_id in cleared, target), []).append(row_id)
     for (clear, target), row_ids in changes.items():
-        values: dict[Any, Any] = {Contact.updated_at: now}
-        if clear and correction.field is not None:
-            values[_VALUE_COLUMNS[correction.field]] = None
-        if target != "kept":
-            values[Contact.linked_id] = target
-            values[Contact.link_precedence] = PRIMARY if target is None else SECONDARY
+        field = correction.field if clear else None
+        link = "kept" if target == "kept" else PRIMARY if target is None else SECONDARY
         connection.execute(
-            update(Contact).where(Contact.id.in_(_ids("row_ids"))).values(values),
-            {"row_ids": sorted(row_ids)},
+            _change_rows(field, link),
+            {"row_ids": sorted(row_ids), "now": now, "primary_id": target},
         )
     if correction.deleted:
         deleted = {"row_ids": list(correction.deleted)}
