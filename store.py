@@ -734,7 +734,9 @@ def _change_rows(field: str | None, link: str) -> Update:
 
 
 _FORGET = {
-    field: update(EventRow).where(column == bindparam("value")).values({column: None})
+    field: update(EventRow)
+    .where(column.in_(bindparam("values", expanding=True)))
+    .values({column: None})
     for field, column in (
         (EMAIL, EventRow.email),
         (PHONE_NUMBER, EventRow.phone_number),
@@ -765,5 +767,7 @@ def _apply_correction(
         deleted = {"row_ids": list(correction.deleted)}
         connection.execute(_DELETE_LEGACY, deleted)
         connection.execute(_DELETE_ROWS, deleted)
-    for field, value in correction.forgotten:
-        connection.execute(_FORGET[field], {"value": value})
+    for field, forget in _FORGET.items():
+        values = [value for kind, value in correction.forgotten if kind == field]
+        if values:
+            connection.execute(forget, {"values": values})
