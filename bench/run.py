@@ -1165,6 +1165,7 @@ DETACH_TARGET_MS = 200.0
 @dataclass
 class LargeDetach:
     database: str
+    target: str
     rows: int
     value: str
     repeat: int
@@ -1174,35 +1175,58 @@ class LargeDetach:
 
 def detach_series(settings: Settings) -> list[LargeDetach]:
     """For each database: seed DETACH_BASE_SIZE contacts and enough customers
-    of LARGE_ROWS rows, serve the app, then on one connection detach, from a
-    different customer each time, one row's email (the customer stays whole)
-    and the phone they all share (it falls apart into LARGE_ROWS customers),
-    DETACH_REPEATS times each after one unrecorded request of each."""
+    of LARGE_ROWS rows, serve the app (and BENCH_BASELINE's, on a customer of
+    its own right after each of the service's), then on one connection each
+    detach, from a different customer each time, one row's email (the
+    customer stays whole) and the phone they all share (it falls apart into
+    LARGE_ROWS customers), DETACH_REPEATS times each after one unrecorded
+    request of each."""
     detaches = []
     for kind in sorted(SERIES_DATABASES.intersection(settings.databases)):
         database = Database(kind, settings)
         log(f"{kind}, detach from customers of {LARGE_ROWS:,} rows")
-        customers = len(DETACH_VALUES) * (DETACH_REPEATS + 1)
+        servers = {
+            "service": Server("app:app", settings.port, {"DATABASE_URL": database.url})
+        }
+        if settings.baseline:
+            servers["baseline"] = Server(
+                "app:app",
+                settings.port + 3,
+                {"DATABASE_URL": database.url},
+                cwd=baseline_tree(settings.baseline),
+            )
+        customers = len(DETACH_VALUES) * (DETACH_REPEATS + 1) * len(servers)
         seed = database.seed(DETACH_BASE_SIZE, customers, LARGE_ROWS)
         log(f"  seeded {seed}")
-        service = Server("app:app", settings.port, {"DATABASE_URL": database.url})
-        service.start("/health")
-        connection = http.client.HTTPConnection(HOST, settings.port, timeout=60)
+        connections = {}
         large = enumerate(seed["large_primary_ids"])
         try:
+            for target, server in servers.items():
+                server.start("/health")
+                connections[target] = http.client.HTTPConnection(
+                    HOST, server.port, timeout=60
+                )
             for repeat in range(-1, DETACH_REPEATS):
                 for value in DETACH_VALUES:
-                    index, primary_id = next(large)
-                    ms, after = detach_large(connection, index, primary_id, value)
-                    if repeat < 0:
-                        continue
-                    detaches.append(
-                        LargeDetach(kind, LARGE_ROWS, value, repeat, ms, after)
-                    )
-                    log(f"  {value:5} #{repeat} {ms:8.1f} ms, {after:,} customers")
+                    for target, connection in connections.items():
+                        index, primary_id = next(large)
+                        ms, after = detach_large(connection, index, primary_id, value)
+                        if repeat < 0:
+                            continue
+                        detaches.append(
+                            LargeDetach(
+                                kind, target, LARGE_ROWS, value, repeat, ms, after
+                            )
+                        )
+                        log(
+                            f"  {value:5} #{repeat} {target:8} {ms:8.1f} ms,"
+                            f" {after:,} customers"
+                        )
         finally:
-            connection.close()
-            service.stop()
+            for connection in connections.values():
+                connection.close()
+            for server in servers.values():
+                server.stop()
     return detaches
 
 
@@ -1246,7 +1270,9 @@ def detach_report(detaches: list[LargeDetach]) -> list[str]:
         " (bench/seed.py; the ledger holds each customer's"
         f" {LARGE_ROWS:,} events, written by the migration as for every seeded"
         " row). One request at a time on one connection, each on a customer of"
-        " its own, after one unrecorded request of each kind:",
+        " its own, after one unrecorded request of each kind (with BENCH_BASELINE,"
+        " that revision served beside the service, each of its requests right"
+        " after the service's on a customer of its own):",
         "",
         "- email: the email of one row; the row keeps the phone and the customer"
         " stays whole: one row updated, the email nulled in one event, one event"
@@ -1256,19 +1282,26 @@ def detach_report(detaches: list[LargeDetach]) -> list[str]:
         f" phone nulled in {LARGE_ROWS:,} events, {LARGE_ROWS + 1:,} events"
         f" added, {LARGE_ROWS:,} customers in the answer",
         "",
-        "| database | value detached | requests | p50 ms | max ms | customers after |",
-        "|---|---|---:|---:|---:|---:|",
+        "| database | value detached | served by | requests | p50 ms | max ms"
+        " | customers after |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     verdicts = []
-    keys = dict.fromkeys((detach.database, detach.value) for detach in detaches)
-    for database, value in keys:
-        mine = [d for d in detaches if (d.database, d.value) == (database, value)]
+    keys = dict.fromkeys((d.database, d.value, d.target) for d in detaches)
+    for database, value, target in keys:
+        mine = [
+            d
+            for d in detaches
+            if (d.database, d.value, d.target) == (database, value, target)
+        ]
         slowest = max(d.ms for d in mine)
         lines.append(
-            f"| {database} | {value} | {len(mine)}"
+            f"| {database} | {value} | {target} | {len(mine)}"
             f" | {statistics.median(d.ms for d in mine):.1f} | {slowest:.1f}"
             f" | {mine[0].customers_after:,} |"
         )
+        if target != "service":
+            continue
         verdict = "met" if slowest < DETACH_TARGET_MS else "NOT met"
         verdicts.append(
             f"- {database}: detach of the {value} from a {LARGE_ROWS:,}-row"
