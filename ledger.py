@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import psycopg
-from psycopg.types.json import Json
 from sqlalchemy import Connection, Row, bindparam, select, text
 
 from locks import driver
@@ -35,11 +34,33 @@ _COLUMNS = (
     "phone_number",
     "reason",
 )
-_PG_INSERT = f"INSERT INTO event ({', '.join(_COLUMNS)}) VALUES "
-_PG_VALUES = f"({', '.join(['%s'] * len(_COLUMNS))})"
+# PostgreSQL: the events go in as one array per column, unnested in their
+# order; `at` and the request id, the same for every event, go once (one
+# timestamp formatted per event cost 22 ms of a detach's 1,001 events, the
+# whole statement now 2.5 ms).
+_PG_ARRAYS = {
+    "type": "varchar",
+    "customer_id": "int",
+    "contact_ids": "json",
+    "absorbed_customer_id": "int",
+    "previous_customer_id": "int",
+    "email": "varchar",
+    "phone_number": "varchar",
+    "reason": "varchar",
+}
+_PG_APPEND = (
+    f"SELECT pg_advisory_xact_lock({LEDGER_LOCK});"
+    f" INSERT INTO event ({', '.join(_COLUMNS)})"
+    " SELECT e.type, %s, %s, e.customer_id, e.contact_ids, e.absorbed_customer_id,"
+    " e.previous_customer_id, e.email, e.phone_number, e.reason"
+    f" FROM unnest({', '.join(f'%s::{kind}[]' for kind in _PG_ARRAYS.values())})"
+    f" WITH ORDINALITY AS e({', '.join(_PG_ARRAYS)}, position)"
+    " ORDER BY e.position;"
+    " COMMIT"
+)
 _SQLITE_INSERT = (
     f"INSERT INTO event ({', '.join(_COLUMNS)})"
-    f" VALUES ({', '.join(['?'] * len(_COLUMNS))})"
+    f" VALUES ({', '.join(f':{name}' for name in _COLUMNS)})"
 )
 # The text SQLAlchemy's DateTime stores on SQLite (UTC, no zone).
 SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -59,46 +80,33 @@ def append_and_commit(
     it waits for this process, so a frozen or killed worker cannot hold it."""
     if connection.dialect.name == "sqlite":
         stamp = at.astimezone(UTC).strftime(SQLITE_DATETIME)
-        rows = [
-            _values(event, stamp, request_id, json.dumps(event.contact_ids))
-            for event in events
-        ]
+        rows = [_values(event, stamp, request_id) for event in events]
         driver(connection).executemany(_SQLITE_INSERT, rows)
         connection.commit()
         return
     cursor = psycopg.ClientCursor(
         cast(psycopg.Connection[Any], connection.connection.driver_connection)
     )
-    values = ", ".join(
-        cursor.mogrify(
-            _PG_VALUES,
-            _values(event, at, request_id, Json(list(event.contact_ids))),
-        )
-        for event in events
-    )
-    connection.exec_driver_sql(
-        f"SELECT pg_advisory_xact_lock({LEDGER_LOCK}); {_PG_INSERT}{values}; COMMIT"
-    )
+    rows = [_values(event, at, request_id) for event in events]
+    arrays = [[row[name] for row in rows] for name in _PG_ARRAYS]
+    connection.exec_driver_sql(cursor.mogrify(_PG_APPEND, [at, request_id, *arrays]))
     connection.commit()
 
 
-def _values(
-    event: NewEvent, at: Any, request_id: str | None, contact_ids: Any
-) -> tuple[Any, ...]:
-    """The event's values in the order of _COLUMNS, with `at` and the contact
-    ids as the driver takes them."""
-    return (
-        event.type.value,
-        at,
-        request_id,
-        event.customer_id,
-        contact_ids,
-        event.absorbed_customer_id,
-        event.previous_customer_id,
-        event.email,
-        event.phone_number,
-        event.reason,
-    )
+def _values(event: NewEvent, at: Any, request_id: str | None) -> dict[str, Any]:
+    """The event's row by column, with `at` as the driver takes it."""
+    return {
+        "type": event.type.value,
+        "at": at,
+        "request_id": request_id,
+        "customer_id": event.customer_id,
+        "contact_ids": json.dumps(event.contact_ids),
+        "absorbed_customer_id": event.absorbed_customer_id,
+        "previous_customer_id": event.previous_customer_id,
+        "email": event.email,
+        "phone_number": event.phone_number,
+        "reason": event.reason,
+    }
 
 
 @dataclass(frozen=True)
