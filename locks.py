@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from models import Contact
+from models import Contact, OneOf
 
 # How long a writer waits for a lock before it gives up with LostRace (503):
 # SQLite's write lock, or each of PostgreSQL's advisory and row locks.
@@ -148,7 +148,7 @@ def lock_postgresql(
 
 _LOCK_ROWS = (
     select(Contact.id)
-    .where(Contact.id.in_(bindparam("ids", expanding=True)))
+    .where(OneOf(Contact.id, "ids"))
     .order_by(Contact.created_at, Contact.id)
     .with_for_update()
 )

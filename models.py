@@ -3,8 +3,10 @@ from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
+    ARRAY,
     JSON,
     CheckConstraint,
+    ColumnElement,
     DateTime,
     Dialect,
     Engine,
@@ -14,11 +16,17 @@ from sqlalchemy import (
     MetaData,
     String,
     TypeDecorator,
+    any_,
+    bindparam,
     event,
     make_url,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import DeclarativeBase, Mapped, QueryableAttribute, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.sql.visitors import InternalTraversal
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -206,3 +214,34 @@ def prepare_engine(engine: Engine, *, synchronous: str) -> None:
             "wal_autocheckpoint = 4000",
         ):
             dbapi_connection.execute(f"PRAGMA {pragma}")
+
+
+class OneOf(ColumnElement[bool]):
+    """`column` equals one of the values of the list bound as `name`. On
+    PostgreSQL the list is one array parameter (`= ANY`); elsewhere it is
+    expanded into IN (...), a parameter per value. A thousand ids cost
+    SQLAlchemy and the server a few milliseconds each way expanded."""
+
+    inherit_cache = True
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("name", InternalTraversal.dp_string),
+    ]
+
+    def __init__(self, column: QueryableAttribute[Any], name: str) -> None:
+        self.column = column.expression
+        self.name = name
+
+
+@compiles(OneOf)
+def _expanded(element: OneOf, compiler: SQLCompiler, **kw: Any) -> str:
+    values: BindParameter[Any] = bindparam(element.name, expanding=True)
+    return compiler.process(element.column.in_(values), **kw)
+
+
+@compiles(OneOf, "postgresql")
+def _array(element: OneOf, compiler: SQLCompiler, **kw: Any) -> str:
+    values: BindParameter[Any] = bindparam(
+        element.name, type_=ARRAY(element.column.type)
+    )
+    return compiler.process(element.column == any_(values), **kw)

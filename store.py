@@ -37,7 +37,7 @@ import locks
 from correct import Correction, Evidence
 from guard import NO_GUARD, Guard
 from locks import LostRace
-from models import BlockedValue, Contact, LegacyLink, SuppressedValue
+from models import BlockedValue, Contact, LegacyLink, OneOf, SuppressedValue
 from models import Event as EventRow
 from reconcile import (
     EMAIL,
@@ -457,7 +457,7 @@ _PROMOTE = (
 )
 _LINK = (
     update(Contact)
-    .where(Contact.id.in_(bindparam("row_ids", expanding=True)))
+    .where(OneOf(Contact.id, "row_ids"))
     .values(
         linked_id=bindparam("primary_id"),
         link_precedence=SECONDARY,
@@ -542,20 +542,19 @@ def customer(connection: Connection, contact_id: int) -> Identity | None:
 
 _RETIRED = select(*_COLUMNS).where(
     Contact.deleted_at.is_not(None),
-    Contact.id.in_(bindparam("ids", expanding=True))
-    | Contact.linked_id.in_(bindparam("ids", expanding=True)),
+    OneOf(Contact.id, "ids") | OneOf(Contact.linked_id, "ids"),
 )
 _MERGED_PAIRS = (
     select(EventRow.email, EventRow.phone_number)
     .where(
         EventRow.type == EventType.MERGED.value,
-        EventRow.email.in_(bindparam("emails", expanding=True)),
-        EventRow.phone_number.in_(bindparam("phones", expanding=True)),
+        OneOf(EventRow.email, "emails"),
+        OneOf(EventRow.phone_number, "phones"),
     )
     .distinct()
 )
 _LEGACY_LINKS = select(LegacyLink.contact_id, LegacyLink.customer_id).where(
-    LegacyLink.contact_id.in_(bindparam("ids", expanding=True))
+    OneOf(LegacyLink.contact_id, "ids")
 )
 
 
@@ -703,12 +702,8 @@ def correct_and_commit(
     return retrying(connection, attempt)
 
 
-_DELETE_ROWS = delete(Contact).where(
-    Contact.id.in_(bindparam("row_ids", expanding=True))
-)
-_DELETE_LEGACY = delete(LegacyLink).where(
-    LegacyLink.contact_id.in_(bindparam("row_ids", expanding=True))
-)
+_DELETE_ROWS = delete(Contact).where(OneOf(Contact.id, "row_ids"))
+_DELETE_LEGACY = delete(LegacyLink).where(OneOf(LegacyLink.contact_id, "row_ids"))
 _VALUE_COLUMNS = {EMAIL: Contact.email, PHONE_NUMBER: Contact.phone_number}
 
 
@@ -726,17 +721,11 @@ def _change_rows(field: str | None, link: str) -> Update:
         values[Contact.linked_id] = bindparam("primary_id")
     if link != "kept":
         values[Contact.link_precedence] = link
-    return (
-        update(Contact)
-        .where(Contact.id.in_(bindparam("row_ids", expanding=True)))
-        .values(values)
-    )
+    return update(Contact).where(OneOf(Contact.id, "row_ids")).values(values)
 
 
 _FORGET = {
-    field: update(EventRow)
-    .where(column.in_(bindparam("values", expanding=True)))
-    .values({column: None})
+    field: update(EventRow).where(OneOf(column, "values")).values({column: None})
     for field, column in (
         (EMAIL, EventRow.email),
         (PHONE_NUMBER, EventRow.phone_number),
