@@ -136,14 +136,20 @@ _HISTORY = text(
         SELECT contact.id FROM contact JOIN root ON contact.id = root.id
         UNION SELECT contact.id FROM contact JOIN root ON contact.linked_id = root.id
     ),
-    customers AS (
-        SELECT id FROM members
-        UNION SELECT previous_customer_id FROM event
+    handovers AS (
+        SELECT previous_customer_id AS id, max(id) AS last FROM event
         WHERE type IN ('customer.primary_changed', 'customer.split')
         AND customer_id IN (SELECT id FROM members)
+        GROUP BY previous_customer_id
+    ),
+    found AS (
+        SELECT id FROM event
+        WHERE customer_id IN (SELECT id FROM members) AND id > :after
+        UNION SELECT event.id FROM event JOIN handovers
+        ON event.customer_id = handovers.id AND event.id <= handovers.last
+        WHERE event.id > :after
     )
-    SELECT * FROM event
-    WHERE customer_id IN (SELECT id FROM customers) AND id > :after
+    SELECT * FROM event WHERE id IN (SELECT id FROM found)
     ORDER BY id LIMIT :limit
     """
 ).columns(*_EVENT_COLUMNS)
@@ -159,9 +165,9 @@ def history(
     oldest first; None when no live contact has that id. They are the events
     of every contact id the customer has had: its primary's, those of the
     customers it absorbed (now its rows, live or soft-deleted), and that of
-    the customer it came from (a soft-deleted primary it took over from,
-    `customer.primary_changed`, or one it was split from, `customer.split`;
-    one step back: README, "Decisions")."""
+    the customer it came from up to the hand-over (a soft-deleted primary it
+    took over from, `customer.primary_changed`, or one it was split from,
+    `customer.split`; one step back: README, "Decisions")."""
     parameters = {"contact_id": contact_id, "after": after, "limit": limit + 1}
     page = _page(connection.execute(_HISTORY, parameters).all(), limit)
     if page.events or connection.execute(_LIVE_CONTACT, parameters).first():

@@ -347,6 +347,25 @@ def test_a_split_off_customers_history_goes_back_to_the_customer_it_left(
     assert types[-1] == "customer.split"
 
 
+def test_a_split_off_customers_history_ends_where_it_left_the_other_customer(
+    client: FlaskClient,
+) -> None:
+    post(client, "marty@hillvalley.edu", "5550")
+    post(client, "biff@hillvalley.edu", "7770")
+    post(client, "marty@hillvalley.edu", "7770")
+    client.post("/customers/1/detach", json={"phoneNumber": "7770"})
+    post(client, "marty@hillvalley.edu", "8880")
+
+    kept = client.get("/customers/1/history").get_json()["events"]
+    left = client.get("/customers/2/history").get_json()["events"]
+
+    assert kept[-1]["type"] == "customer.contact_added"
+    assert (left[-1]["type"], left[-1]["customerId"]) == ("customer.split", 2)
+    assert [e for e in kept if e["id"] < left[-1]["id"]] == [
+        e for e in left if e["customerId"] == 1
+    ]
+
+
 def test_corrections_are_counted_in_the_metrics(client: FlaskClient) -> None:
     family(client)
     client.post("/customers/1/detach", json={"phoneNumber": "5550", "dryRun": True})
