@@ -125,8 +125,11 @@ class BlockedValue(Base):
     """An email or a phone number the shop never wants matched or stored."""
 
     __tablename__ = "blocked_value"
+    # AUTOINCREMENT on SQLite: a deleted value's id is never given to a new
+    # one, so a repeated DELETE cannot remove it (migration 0006).
     __table_args__ = (
         CheckConstraint("(email IS NULL) <> (phone_number IS NULL)", name="one_value"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

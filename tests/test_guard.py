@@ -195,6 +195,22 @@ def test_builtin_rules_and_unknown_ids_cannot_be_deleted(
     assert_problem(client.delete(f"/blocked-values/{value_id}"), status)
 
 
+def test_a_deleted_blocked_values_id_is_never_given_to_another(
+    client: FlaskClient,
+) -> None:
+    first = client.post("/blocked-values", json={"phoneNumber": "5550100"})
+    newest = client.post("/blocked-values", json={"phoneNumber": "5550101"})
+    newest_id = newest.get_json()["id"]
+    assert client.delete(f"/blocked-values/{newest_id}").status_code == 204
+
+    added = client.post("/blocked-values", json={"phoneNumber": "5550102"})
+
+    assert added.get_json()["id"] not in (first.get_json()["id"], newest_id)
+    assert_problem(client.delete(f"/blocked-values/{newest_id}"), 404)
+    listed = client.get("/blocked-values").get_json()["blockedValues"]
+    assert [item["value"] for item in listed[3:]] == ["5550100", "5550102"]
+
+
 def test_a_phone_with_too_many_partners_is_dropped_and_the_pair_recorded(
     app: Flask, client: FlaskClient
 ) -> None:
