@@ -33,6 +33,7 @@ _COLUMNS = (
     "email",
     "phone_number",
     "reason",
+    "limit_name",
 )
 # PostgreSQL: the events go in as one array per column, unnested in their
 # order; `at` and the request id, the same for every event, go once (one
@@ -47,12 +48,13 @@ _PG_ARRAYS = {
     "email": "varchar",
     "phone_number": "varchar",
     "reason": "varchar",
+    "limit_name": "varchar",
 }
 _PG_APPEND = (
     f"SELECT pg_advisory_xact_lock({LEDGER_LOCK});"
     f" INSERT INTO event ({', '.join(_COLUMNS)})"
     " SELECT e.type, %s, %s, e.customer_id, e.contact_ids, e.absorbed_customer_id,"
-    " e.previous_customer_id, e.email, e.phone_number, e.reason"
+    " e.previous_customer_id, e.email, e.phone_number, e.reason, e.limit_name"
     f" FROM unnest({', '.join(f'%s::{kind}[]' for kind in _PG_ARRAYS.values())})"
     f" WITH ORDINALITY AS e({', '.join(_PG_ARRAYS)}, position)"
     " ORDER BY e.position;"
@@ -106,6 +108,7 @@ def _values(event: NewEvent, at: Any, request_id: str | None) -> dict[str, Any]:
         "email": event.email,
         "phone_number": event.phone_number,
         "reason": event.reason,
+        "limit_name": event.limit_name,
     }
 
 
@@ -195,6 +198,7 @@ def event_json(row: Row[Any]) -> dict[str, Any]:
         ("absorbedCustomerId", row.absorbed_customer_id),
         ("previousCustomerId", row.previous_customer_id),
         ("reason", row.reason),
+        ("limit", row.limit_name),
     ):
         if value is not None:
             answer[key] = value

@@ -118,7 +118,12 @@ class Event(Base):
     previous_customer_id: Mapped[int | None]
     email: Mapped[str | None] = mapped_column(String(254), index=True)
     phone_number: Mapped[str | None] = mapped_column(String(16), index=True)
-    reason: Mapped[str | None] = mapped_column(String(32))
+    # Why: the guard's verdict on a refused link, or the reason support gave
+    # for a detach or an erasure (a ticket reference; may hold personal data).
+    reason: Mapped[str | None] = mapped_column(String(200))
+    # The limit a refused link reached: MAX_VALUES_PER_CUSTOMER or
+    # MAX_PARTNERS_PER_VALUE.
+    limit_name: Mapped[str | None] = mapped_column(String(32))
 
 
 class BlockedValue(Base):
@@ -146,6 +151,19 @@ class SuppressedValue(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ErasureKeyCheck(Base):
+    """A keyed hash of a fixed text made with the ERASURE_KEY that suppressed
+    values are hashed with (never the key): one row, stored with the first
+    suppressed value, so that the service can tell a missing or another key
+    from the right one at start (guard.check_erasure_key)."""
+
+    __tablename__ = "erasure_key_check"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

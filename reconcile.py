@@ -109,6 +109,7 @@ class Event:
     absorbed_customer_id: int | None = None
     previous_customer_id: int | None = None
     reason: str | None = None
+    limit_name: str | None = None
 
     def settle(self, new_id: int) -> "Event":
         def real(contact_id: int) -> int:

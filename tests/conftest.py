@@ -144,13 +144,18 @@ def empty_tables(connection: Connection) -> None:
         connection.execute(
             text(
                 "TRUNCATE contact, event, blocked_value, suppressed_value,"
-                " legacy_link RESTART IDENTITY"
+                " legacy_link, erasure_key_check RESTART IDENTITY"
             )
         )
     else:
         connection.execute(text("DELETE FROM contact"))
         connection.execute(text("DELETE FROM event"))
-        for table in ("blocked_value", "suppressed_value", "legacy_link"):
+        for table in (
+            "blocked_value",
+            "suppressed_value",
+            "legacy_link",
+            "erasure_key_check",
+        ):
             connection.execute(text(f"DELETE FROM {table}"))
         connection.execute(text("DELETE FROM sqlite_sequence"))
 
