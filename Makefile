@@ -4,10 +4,12 @@ BIN := $(VENV)/bin
 
 .PHONY: run test ci browser bench
 
-## Install the service, migrate its database and serve it (SQLite by default).
+## Install the service, migrate its database and serve it (SQLite by default)
+## on this machine only (127.0.0.1), even when PORT is set; HOST=0.0.0.0
+## serves every interface.
 run: $(VENV)/.run-installed
 	$(BIN)/flask --app app db upgrade
-	$(BIN)/gunicorn app:app
+	HOST=$${HOST:-127.0.0.1} $(BIN)/gunicorn app:app
 
 ## Install the test tools and run the linters, the type checker and every test.
 ## The docs page test is skipped where Chromium is missing (see `make ci`).

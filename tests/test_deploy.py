@@ -2,6 +2,7 @@
 sets only PORT, several instances on one host."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from app import create_app
 from conftest import ROOT, migrate, postgres_schema, wait_until_healthy
@@ -104,3 +106,40 @@ def test_gunicorn_instances_open_no_shared_control_socket(tmp_path: Path) -> Non
         assert requests.get(f"{url}/health", timeout=10).status_code == 200
 
     assert list(home.iterdir()) == []
+
+
+def test_make_run_serves_this_machine_only_even_when_port_is_set(
+    tmp_path: Path,
+) -> None:
+    """`make run` is for a developer's machine: PORT picks the port, and
+    only the platform's own start command (Procfile) binds every interface."""
+    port = free_port()
+    unset = {"HOST", "PROMETHEUS_MULTIPROC_DIR"}
+    env = {name: value for name, value in os.environ.items() if name not in unset}
+    env |= {
+        "PORT": str(port),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'contacts.db'}",
+        "WEB_CONCURRENCY": "1",
+    }
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", process)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", port), timeout=5).close()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+def test_render_keeps_the_database_off_the_internet() -> None:
+    blueprint = yaml.safe_load((ROOT / "render.yaml").read_text())
+
+    assert [database["ipAllowList"] for database in blueprint["databases"]] == [[]]
