@@ -16,7 +16,8 @@ _EMAIL = re.compile(r"([^\s@\"'<>(),;:\[\]]+)@([^\s@\"'<>(),;:\[\]]+)")
 # tracebacks, ports, process ids, IPv4 addresses with their port, and
 # gunicorn's version.
 _LEGIBLE = (
-    r"\b(?:line|port|pid:?) \d{1,7}\b"
+    r"\b(?:line |port |pid:? ?)\d{1,7}\b"
+    r"|\bListening at: \S+ \(\d{1,7}\)"
     r"|\bgunicorn \d{1,3}(?:\.\d{1,3}){1,2}\b"
     r"|\b\d{1,3}(?:\.\d{1,3}){3}\b(?::\d{1,5}\b)?"
 )

@@ -63,9 +63,12 @@ ERASED_ROWS = Counter(
 
 # Unmatched paths share one label, so scanners cannot grow the metric set.
 UNMATCHED_ROUTE = "unmatched"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Digits and separators only, at least four digits: it could be a phone number.
-_PHONE_SHAPED = re.compile(r"[.:_-]*(?:\d[.:_-]*){4,}")
+# A client's request id is kept only as a UUID: any other text can carry
+# personal data (`cust_4479000111` holds a phone number), and it is echoed,
+# logged and stored in the ledger.
+_REQUEST_ID = re.compile(
+    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+)
 
 
 class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -170,8 +173,7 @@ def record_rejection(reason: str) -> None:
 def _start() -> None:
     g.started = time.perf_counter()
     sent = request.headers.get("X-Request-ID", "")
-    usable = _REQUEST_ID.fullmatch(sent) and not _PHONE_SHAPED.fullmatch(sent)
-    g.request_id = sent if usable else uuid.uuid4().hex
+    g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
 
 
 def _finish(response: Response) -> Response:

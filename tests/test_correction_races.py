@@ -114,7 +114,7 @@ class Client:
         base_url: str | None = None,
     ) -> Sent:
         base_url = base_url or self.base_urls[next(self.turn) % len(self.base_urls)]
-        request_id = f"race-{uuid.uuid4().hex}"
+        request_id = str(uuid.uuid4())
         response = http.request(
             method,
             f"{base_url}{path}",

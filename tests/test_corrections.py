@@ -19,6 +19,7 @@ from invariants import (
 from models import Contact, Event, SuppressedValue, db
 
 ERASURE_KEY = b"tests-erasure-key-0123"
+REQUEST_ID = "0e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"
 
 
 def post(client: FlaskClient, email: str | None, phone: str | None) -> Any:
@@ -79,7 +80,7 @@ def test_detaching_the_shared_phone_splits_what_only_it_joined(
     response = client.post(
         "/customers/2/detach",
         json={"phoneNumber": "555-0"},
-        headers={"X-Request-ID": "fix-1"},
+        headers={"X-Request-ID": REQUEST_ID},
     )
 
     assert response.status_code == 200
@@ -100,7 +101,7 @@ def test_detaching_the_shared_phone_splits_what_only_it_joined(
         ("customer.split", 3, [3], 1),
         ("customer.split", 4, [4], 1),
     ]
-    assert {e["requestId"] for e in found} == {"fix-1"}
+    assert {e["requestId"] for e in found} == {REQUEST_ID}
     every = client.get("/events?limit=100").get_json()["events"]
     assert all(e["phoneNumber"] != "5550" for e in every)
     assert client.get("/customers/1").status_code == 404

@@ -39,14 +39,33 @@ def events(client: FlaskClient, after: int = 0) -> list[dict[str, Any]]:
     return found
 
 
+REQUEST_ID = "3f0c9a4d-8e1b-4c2a-9f6e-5d4c3b2a1f0e"
+
+
 def stable(event: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if k not in {"at", "requestId"}}
+
+
+def test_a_request_id_that_could_carry_personal_data_is_never_stored(
+    client: FlaskClient,
+) -> None:
+    post(
+        client,
+        "lorraine@hillvalley.edu",
+        "123456",
+        **{"X-Request-ID": "cust_4479000111"},
+    )
+
+    (created,) = events(client)
+
+    assert "4479000111" not in created["requestId"]
+    assert len(created["requestId"]) == 32
 
 
 def test_each_rule_appends_its_event_with_the_request_as_evidence(
     client: FlaskClient,
 ) -> None:
-    post(client, "lorraine@hillvalley.edu", "123456", **{"X-Request-ID": "req-1"})
+    post(client, "lorraine@hillvalley.edu", "123456", **{"X-Request-ID": REQUEST_ID})
     post(client, "mcfly@hillvalley.edu", "123456")
     post(client, None, "123456")
     post(client, "george@hillvalley.edu", "919191")
@@ -68,7 +87,7 @@ def test_each_rule_appends_its_event_with_the_request_as_evidence(
          "absorbedCustomerId": 4, "email": "george@hillvalley.edu",
          "phoneNumber": "717171"},
     ]  # fmt: skip
-    assert found[0]["requestId"] == "req-1"
+    assert found[0]["requestId"] == REQUEST_ID
     assert all(event["requestId"] for event in found)
     assert found[0]["at"].endswith("Z")
     at = [datetime.fromisoformat(event["at"]) for event in found]

@@ -24,6 +24,9 @@ FORMATTED_PHONE = "555-987-6543"
         'connection to server at "10.0.12.7", port 5432 failed',
         "Listening at: http://127.0.0.1:8000",
         "Booting worker with pid: 123456",
+        "Listening at: http://127.0.0.1:8000 (4194301)",
+        "Worker (pid:123456) was sent SIGTERM!",
+        "Worker exiting (pid: 123456)",
         "Starting gunicorn 27.0.1",
     ],
 )

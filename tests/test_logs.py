@@ -55,13 +55,16 @@ def test_each_request_is_logged_as_one_json_line_with_its_fields(
     assert first["outcome"] == "created"
 
 
-def test_request_id_is_taken_from_the_header_and_echoed(
-    client: FlaskClient, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "sent", ["3f0c9a4d-8e1b-4c2a-9f6e-5d4c3b2a1f0e", "3F0C9A4D8E1B4C2A9F6E5D4C3B2A1F0E"]
+)
+def test_a_uuid_request_id_is_taken_from_the_header_and_echoed(
+    client: FlaskClient, capsys: pytest.CaptureFixture[str], sent: str
 ) -> None:
-    response = client.get("/health", headers={"X-Request-ID": "order-42.retry-1"})
+    response = client.get("/health", headers={"X-Request-ID": sent})
 
-    assert response.headers["X-Request-ID"] == "order-42.retry-1"
-    assert log_lines(capsys.readouterr().out)[0]["request_id"] == "order-42.retry-1"
+    assert response.headers["X-Request-ID"] == sent
+    assert log_lines(capsys.readouterr().out)[0]["request_id"] == sent
 
 
 @pytest.mark.parametrize(
@@ -74,9 +77,12 @@ def test_request_id_is_taken_from_the_header_and_echoed(
         "x" * 129,
         "5559876543",
         "555-987.6543",
+        "cust_4479000111",
+        "order-42.retry-1",
+        "3f0c9a4d-8e1b-4c2a-9f6e-5d4c3b2a1f0e-4479000111",
     ],
 )
-def test_request_id_is_generated_when_absent_or_unusable(
+def test_request_id_is_generated_unless_a_uuid_is_sent(
     client: FlaskClient, sent: str | None
 ) -> None:
     headers = {} if sent is None else {"X-Request-ID": sent}
@@ -107,15 +113,16 @@ def test_errors_are_logged_with_the_request_id_and_masked(
     def boom() -> str:
         raise RuntimeError(f"cannot store {EMAIL} with {PHONE}")
 
-    response = app.test_client().get("/boom", headers={"X-Request-ID": "boom-1"})
+    request_id = "b0b0b0b0-0000-4000-8000-000000000001"
+    response = app.test_client().get("/boom", headers={"X-Request-ID": request_id})
 
     output = capsys.readouterr().out
     error, access = log_lines(output)
     assert response.status_code == 500
     assert error["level"] == "ERROR"
-    assert error["request_id"] == "boom-1"
+    assert error["request_id"] == request_id
     assert "l***@hillvalley.edu" in error["exc_info"]
-    assert access["request_id"] == "boom-1"
+    assert access["request_id"] == request_id
     assert EMAIL not in output
     assert PHONE not in output
 
