@@ -6,13 +6,10 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from flask import (
     Blueprint,
     Flask,
@@ -45,6 +42,7 @@ import faults
 import guard
 import ledger
 import observability
+import schema
 import settings
 import store
 import support
@@ -65,7 +63,6 @@ from validation import (
 )
 
 MAX_BODY_BYTES = 64 * 1024
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 OPENAPI: dict[str, Any] = yaml.safe_load(
     (Path(__file__).resolve().parent / "openapi.yaml").read_text()
 )
@@ -118,7 +115,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.request_class = JSONRequest
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.config["SQLALCHEMY_DATABASE_URI"] = database_url()
+    app.config["SQLALCHEMY_DATABASE_URI"] = settings.database_url()
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["API_KEYS"] = settings.api_keys()
     app.config["PROMETHEUS_MULTIPROC_DIR"] = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -129,7 +126,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         "SQLALCHEMY_ENGINE_OPTIONS",
         engine_options(
             app.config["SQLALCHEMY_DATABASE_URI"],
-            pool_size=int(os.environ.get("DATABASE_POOL_SIZE", "2")),
+            pool_size=settings.database_pool_size(),
         ),
     )
     db.init_app(app)
@@ -158,21 +155,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(sqlite3.OperationalError, database_unavailable)
     app.register_error_handler(LostRace, database_busy)
     app.register_error_handler(NothingUsable, nothing_usable)
+    app.register_error_handler(guard.WrongErasureKey, wrong_erasure_key)
     app.cli.add_command(audit.contacts)
     app.cli.add_command(support.customers)
     return app
-
-
-def database_url() -> str:
-    """DATABASE_URL, or a SQLite file in the instance folder.
-
-    Hosting platforms still hand out "postgres://", which SQLAlchemy rejects;
-    both PostgreSQL spellings are served by psycopg 3."""
-    url = os.environ.get("DATABASE_URL", "sqlite:///contacts.db")
-    for scheme in ("postgres://", "postgresql://"):
-        if url.startswith(scheme):
-            return "postgresql+psycopg://" + url.removeprefix(scheme)
-    return url
 
 
 @contextmanager
@@ -392,26 +378,21 @@ def no_contact(contact_id: int) -> NotFound:
 
 @api.get("/health")
 def health() -> dict[str, str]:
-    """Ok when the database answers, its schema is at the latest migration
-    and it can take writes (faults.cannot_write: no row is written)."""
+    """Ok when the database answers, holds what this code needs (schema.py),
+    can take writes (faults.cannot_write: no row is written), and the
+    service's ERASURE_KEY is the one its suppressed values were made with."""
     with connect() as connection:
-        current = set(MigrationContext.configure(connection).get_current_heads())
-        if current != latest_revisions():
-            raise ServiceUnavailable(
-                f"The database schema is at revision {sorted(current) or 'none'},"
-                f" not {sorted(latest_revisions())}: run `flask --app app db upgrade`."
-            )
+        unserved = schema.problem(connection) or guard.erasure_key_problem(
+            connection, current_app.config["GUARD"]
+        )
+        if unserved is not None:
+            raise ServiceUnavailable(unserved)
         problem = faults.cannot_write(connection)
     if problem is not None:
         raise ServiceUnavailable(
             f"{problem} Requests that write fail until it is fixed."
         )
     return {"status": "ok"}
-
-
-@cache
-def latest_revisions() -> set[str]:
-    return set(ScriptDirectory(str(MIGRATIONS)).get_heads())
 
 
 @api.get("/metrics")
@@ -502,6 +483,11 @@ def schema_missing(cause: object) -> bool:
     if isinstance(cause, UndefinedTable | UndefinedColumn):
         return True
     return str(cause).startswith(("no such table", "no such column"))
+
+
+def wrong_erasure_key(error: guard.WrongErasureKey) -> Response:
+    current_app.logger.error("refused to suppress: %s", error)
+    return problem(ServiceUnavailable(f"{error} Nothing was erased."))
 
 
 def database_busy(error: LostRace) -> Response:

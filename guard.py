@@ -10,12 +10,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Insert, delete, insert, select
+from sqlalchemy import Connection, Insert, delete, exists, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 import locks
-from models import BlockedValue, SuppressedValue
+from models import BlockedValue, ErasureKeyCheck, SuppressedValue
 from reconcile import EMAIL, PHONE_NUMBER, Ignored, Limits
 from settings import ConfigurationError
 
@@ -106,6 +106,13 @@ class Guard:
         message = f"{field}:{value}".encode()
         return hmac.new(self.erasure_key, message, hashlib.sha256).hexdigest()
 
+    def key_check(self) -> str | None:
+        """A keyed hash of a fixed text: tells this key from another without
+        storing it (ErasureKeyCheck). None without a key."""
+        if self.erasure_key is None:
+            return None
+        return hmac.new(self.erasure_key, _KEY_CHECK_TEXT, hashlib.sha256).hexdigest()
+
     def screen(
         self, email: str | None, phone_number: str | None
     ) -> tuple[str | None, str | None, list[Ignored]]:
@@ -124,6 +131,8 @@ class Guard:
             ignored.append(Ignored(PHONE_NUMBER, "blocked"))
         return email, phone_number, ignored
 
+
+_KEY_CHECK_TEXT = b"erasure key check"
 
 # No protection at all: what the rules do when no guard is given.
 NO_GUARD = Guard(builtin=False, limits=None)
@@ -267,10 +276,54 @@ def block_within(
     )
 
 
+class WrongErasureKey(Exception):
+    """ERASURE_KEY is missing, or is not the key that the suppressed values
+    were made with: the message says which, and what to do."""
+
+
 def suppress_within(
-    connection: Connection, digests: Iterable[str], *, now: datetime
+    connection: Connection, guard: Guard, digests: Iterable[str], *, now: datetime
 ) -> None:
-    """Store suppressed values' digests in the caller's transaction."""
+    """Store suppressed values' digests in the caller's transaction, and the
+    check value of the key they are made with if none is stored yet. Raises
+    WrongErasureKey when another key's check value is stored."""
     rows = [{"digest": digest, "created_at": now} for digest in digests]
-    if rows:
-        connection.execute(_insert_new(connection, SuppressedValue), rows)
+    if not rows:
+        return
+    check = guard.key_check()
+    connection.execute(
+        _insert_new(connection, ErasureKeyCheck),
+        {"id": 1, "digest": check, "created_at": now},
+    )
+    if connection.execute(_STORED_CHECK).scalar() != check:
+        raise WrongErasureKey(_ANOTHER_KEY)
+    connection.execute(_insert_new(connection, SuppressedValue), rows)
+
+
+_STORED_CHECK = select(ErasureKeyCheck.digest).where(ErasureKeyCheck.id == 1)
+_ANY_SUPPRESSED = select(exists().select_from(SuppressedValue))
+_ANOTHER_KEY = (
+    "ERASURE_KEY is not the key that the suppressed values were made with: with"
+    " it, an erased person would be stored again at their next order. Set it"
+    " back to that key."
+)
+
+
+def erasure_key_problem(connection: Connection, guard: Guard) -> str | None:
+    """Why the service must not run with `guard`'s ERASURE_KEY: values are
+    suppressed and the key is missing, or is another than the one they were
+    made with (its check value differs). None when it may. Values suppressed
+    before check values were stored (migration 0007) cannot tell another
+    key: the check is stored with the next suppressed value."""
+    if not connection.execute(_ANY_SUPPRESSED).scalar():
+        return None
+    if guard.erasure_key is None:
+        return (
+            "values are suppressed (erased with suppress) but ERASURE_KEY is not"
+            " set: without it, an erased person would be stored again at their"
+            " next order. Set ERASURE_KEY to the key they were made with."
+        )
+    stored = connection.execute(_STORED_CHECK).scalar()
+    if stored is not None and stored != guard.key_check():
+        return _ANOTHER_KEY
+    return None

@@ -7,16 +7,41 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import create_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
 import guard
 import settings
 
 # A setting the app would refuse stops gunicorn here, before any worker boots.
 try:
     _api_keys = settings.api_keys()
+    _database = settings.database_url()
     settings.sqlite_synchronous()
-    guard.guard_from_env()
+    settings.database_pool_size()
+    _guard = guard.guard_from_env()
 except settings.ConfigurationError as error:
     raise SystemExit(f"Not starting: {error}") from None
+
+
+def _erasure_key_problem() -> str | None:
+    """guard.erasure_key_problem on the database, when it can be read now;
+    /health checks it again while the service runs."""
+    timeout = {"connect_timeout": 5} if _database.startswith("postgresql") else {}
+    engine = create_engine(_database, poolclass=NullPool, connect_args=timeout)
+    try:
+        with engine.connect() as connection:
+            return guard.erasure_key_problem(connection, _guard)
+    except DBAPIError:
+        return None
+    finally:
+        engine.dispose()
+
+
+_refused = _erasure_key_problem()
+if _refused is not None:
+    raise SystemExit(f"Not starting: {_refused}")
 
 bind = settings.bind()
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
@@ -52,6 +77,13 @@ def on_starting(server: Any) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for path in directory.glob("*.db"):
         path.unlink()
+    server.log.info("Serving the %s", settings.describe_database(_database))
+    if settings.port_set() and _database.startswith("sqlite"):
+        server.log.warning(
+            "PORT is set, as a hosting platform sets it, but the database is a"
+            " SQLite file: on most platforms that file is lost at every deploy."
+            " Set DATABASE_URL to a PostgreSQL database."
+        )
     if not _api_keys:
         server.log.warning(
             "API_KEYS is not set: every endpoint is open to anyone who can reach it."

@@ -4,8 +4,14 @@ cannot use stops `create_app()` and gunicorn with a message that says what to
 change, rather than running with something the operator did not ask for."""
 
 import os
+from pathlib import Path
+
+from sqlalchemy import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+# Where a relative SQLite path in DATABASE_URL is: the Flask instance folder.
+INSTANCE = Path(__file__).resolve().parent / "instance"
 
 
 class ConfigurationError(ValueError):
@@ -55,3 +61,62 @@ def bind() -> str:
     port = os.environ.get("PORT")
     host = os.environ.get("HOST") or ("0.0.0.0" if port else "127.0.0.1")
     return f"{host}:{port or '8000'}"
+
+
+def database_url() -> str:
+    """DATABASE_URL as SQLAlchemy takes it; by default a SQLite file in the
+    instance folder. A relative SQLite path is made absolute (in the instance
+    folder, as Flask-SQLAlchemy would), so every process names one file.
+
+    Hosting platforms still hand out "postgres://", which SQLAlchemy rejects;
+    both PostgreSQL spellings are served by psycopg 3. Any other engine is
+    refused with one line that names the accepted forms, never the URL
+    itself: it may hold a password."""
+    text = os.environ.get("DATABASE_URL", "sqlite:///contacts.db").strip()
+    for scheme in ("postgres://", "postgresql://"):
+        if text.startswith(scheme):
+            text = "postgresql+psycopg://" + text.removeprefix(scheme)
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        url = None
+    if url is None or url.drivername not in ("sqlite", "postgresql+psycopg"):
+        scheme = text.partition("://")[0] if "://" in text else "none"
+        raise ConfigurationError(
+            "DATABASE_URL must be sqlite:///PATH (a file) or"
+            " postgresql://USER:PASSWORD@HOST:PORT/DATABASE, not a URL with the"
+            f" scheme {scheme[:40]!r}."
+        )
+    if url.drivername == "sqlite" and url.database and url.database != ":memory:":
+        path = Path(url.database)
+        if not path.is_absolute():
+            INSTANCE.mkdir(exist_ok=True)
+            url = url.set(database=str(INSTANCE / path))
+    return url.render_as_string(hide_password=False)
+
+
+def describe_database(url: str) -> str:
+    """The engine and database of `url` for a log line: a SQLite file's path,
+    or PostgreSQL's database, host, port and user; never the password."""
+    parsed: URL = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite file {parsed.database}"
+    return (
+        f"PostgreSQL database {parsed.database} on host {parsed.host or 'localhost'}"
+        f" port {parsed.port or 5432} as user {parsed.username}"
+    )
+
+
+def database_pool_size() -> int:
+    """DATABASE_POOL_SIZE: PostgreSQL connections kept open per worker."""
+    text = os.environ.get("DATABASE_POOL_SIZE", "2").strip()
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ConfigurationError(
+            f"DATABASE_POOL_SIZE must be a whole number of at least 1, not {text!r}."
+        )
+    return int(text)
+
+
+def port_set() -> bool:
+    """Whether PORT is set: a platform started the service (the Procfile)."""
+    return bool(os.environ.get("PORT"))

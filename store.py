@@ -692,7 +692,7 @@ def correct_and_commit(
                 guard.digest(field, value) for field, value in correction.forgotten
             ]
             guard_rules.suppress_within(
-                connection, [digest for digest in digests if digest], now=now
+                connection, guard, [digest for digest in digests if digest], now=now
             )
         ledger.append_and_commit(
             connection, correction.events, at=now, request_id=request_id

@@ -100,3 +100,59 @@ def test_sqlite_never_gives_a_deleted_contact_id_again_after_migration_0005(
         assert rows.all() == [(1, None), (2, 1), (5, None)]
         assert connection.execute(text("PRAGMA foreign_key_check")).all() == []
     engine.dispose()
+
+
+def test_a_schema_one_release_ahead_is_healthy_while_it_holds_what_the_code_uses(
+    empty_database_url: str,
+) -> None:
+    """A release's migration ran (it added a table and a column), then the
+    release was rolled back: this code serves the newer schema. A later one
+    that removed a column this code uses is not served."""
+    migrate(empty_database_url)
+    engine = create_engine(empty_database_url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE next_release (id INTEGER PRIMARY KEY)"))
+        connection.execute(text("ALTER TABLE contact ADD COLUMN next_column INTEGER"))
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database_url, "API_KEYS": []})
+    client = app.test_client()
+
+    health = client.get("/health")
+    answer = client.post("/identify", json={"email": "doc@fluxkart.com"})
+
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE event DROP COLUMN limit_name"))
+        connection.execute(text("UPDATE alembic_version SET version_num = '0100'"))
+    broken = create_app({"SQLALCHEMY_DATABASE_URI": empty_database_url})
+    lacking = broken.test_client().get("/health")
+    for each in (app, broken):
+        with each.app_context():
+            db.engine.dispose()
+    engine.dispose()
+    assert health.status_code == 200, health.get_json()
+    assert answer.status_code == 200
+    assert lacking.status_code == 503
+    detail = lacking.get_json()["detail"]
+    assert "newer than this code's ['0007']" in detail
+    assert "event.limit_name" in detail
+
+
+def test_a_schema_behind_the_code_is_503_naming_the_upgrade(
+    empty_database_url: str,
+) -> None:
+    env = {**os.environ, "DATABASE_URL": empty_database_url}
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "db", "upgrade", "0006"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database_url})
+
+    response = app.test_client().get("/health")
+
+    with app.app_context():
+        db.engine.dispose()
+    assert response.status_code == 503
+    assert "at revision ['0006'], not ['0007']" in response.get_json()["detail"]

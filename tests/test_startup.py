@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from conftest import ROOT
+from conftest import ROOT, gunicorn
 from live import free_port
 from models import db
-from settings import ConfigurationError
+from settings import ConfigurationError, database_url
 
 
 def start_gunicorn(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -93,3 +93,75 @@ def test_nonsense_limits_stop_gunicorn_with_a_message(name: str, value: str) -> 
 
     assert finished.returncode != 0
     assert f"Not starting: {name} must be a whole number" in finished.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://shop:s3cret-pw@db.example/shop",
+        "sqlite-file.db",
+        "postgresql+asyncpg://shop:s3cret-pw@db.example/shop",
+    ],
+)
+def test_an_unsupported_database_url_stops_gunicorn_with_one_line_not_a_traceback(
+    url: str,
+) -> None:
+    finished = start_gunicorn({"DATABASE_URL": url})
+
+    assert finished.returncode != 0
+    assert finished.stderr.strip().count("\n") == 0, finished.stderr
+    assert "Not starting: DATABASE_URL must be sqlite:///PATH" in finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert "s3cret-pw" not in finished.stderr
+
+
+def test_an_unsupported_database_url_stops_create_app(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://shop@db.example/shop")
+
+    with pytest.raises(ConfigurationError, match="DATABASE_URL must be"):
+        create_app()
+
+
+def served_log(env: dict[str, str], tmp_path: Path) -> str:
+    """gunicorn's log from start to a stop after its first health answer."""
+    log = tmp_path / "gunicorn.log"
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), **env}
+    url = env.pop("DATABASE_URL")
+    with log.open("w") as stderr, gunicorn(url, free_port(), 1, env, stderr=stderr):
+        pass
+    return log.read_text()
+
+
+def test_gunicorn_names_the_engine_and_database_at_start_without_the_password(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    with_password = postgres_url.replace("postgres@", "postgres:s3cret-pw@")
+    env = {"DATABASE_URL": with_password, "PGPASSWORD": "s3cret-pw"}
+
+    log = served_log(env, tmp_path)
+
+    assert "Serving the PostgreSQL database test on host 127.0.0.1 port 5432" in log
+    assert "as user postgres" in log
+    assert "s3cret-pw" not in log
+    assert "SQLite" not in log
+
+
+def test_gunicorn_warns_when_a_platform_port_meets_a_sqlite_file(
+    migrated_sqlite_file: Path, tmp_path: Path
+) -> None:
+    database = shutil.copy(migrated_sqlite_file, tmp_path / "contacts.db")
+
+    log = served_log({"DATABASE_URL": f"sqlite:///{database}"}, tmp_path)
+
+    assert f"Serving the SQLite file {database}" in log
+    assert "PORT is set, as a hosting platform sets it, but the database is a" in log
+
+
+def test_a_relative_sqlite_path_is_the_same_file_in_the_instance_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///contacts.db")
+
+    assert database_url() == f"sqlite:///{ROOT / 'instance' / 'contacts.db'}"
