@@ -52,14 +52,15 @@ BUILTIN_RULES = (
     BuiltinRule(
         "builtin:repeated-digit",
         PHONE_NUMBER,
-        "phone numbers whose digits are one digit repeated, six or more times",
+        "phone numbers whose digits are one digit repeated, six or more times,"
+        " also after a + and a country code of 1 to 3 digits",
     ),
     BuiltinRule(
         "builtin:digit-run",
         PHONE_NUMBER,
         "phone numbers whose digits are an ascending or descending run of eight"
         " or more, 0 following 9 and 9 following 0 (12345678, 1234567890,"
-        " 9876543210)",
+        " 9876543210), also after a + and a country code of 1 to 3 digits",
     ),
     BuiltinRule(
         "builtin:placeholder-email",
@@ -76,10 +77,14 @@ def builtin_rule(field: str, value: str) -> BuiltinRule | None:
         local_part = value.rpartition("@")[0]
         return BUILTIN_RULES[2] if local_part in PLACEHOLDER_LOCAL_PARTS else None
     digits = value.removeprefix("+")
-    if _REPEATED_DIGIT.fullmatch(digits):
-        return BUILTIN_RULES[0]
-    if len(digits) >= _RUN_LENGTH and _is_run(digits):
-        return BUILTIN_RULES[1]
+    # After a leading +, the number may start with a country code of 1 to 3
+    # digits: +1 000 000 0000 is a placeholder too.
+    national = [digits[length:] for length in (1, 2, 3)] if value[0] == "+" else []
+    for number in (digits, *national):
+        if _REPEATED_DIGIT.fullmatch(number):
+            return BUILTIN_RULES[0]
+        if len(number) >= _RUN_LENGTH and _is_run(number):
+            return BUILTIN_RULES[1]
     return None
 
 

@@ -53,6 +53,13 @@ def limited(app: Flask, **limits: Any) -> None:
         ("phoneNumber", "1234567", False),
         ("phoneNumber", "123456", False),
         ("phoneNumber", "5551234567", False),
+        ("phoneNumber", "+10000000000", True),
+        ("phoneNumber", "+440000000000", True),
+        ("phoneNumber", "+3531111111", True),
+        ("phoneNumber", "+4912345678", True),
+        ("phoneNumber", "+4930123456", False),
+        ("phoneNumber", "+15551234567", False),
+        ("phoneNumber", "10000000000", False),
         ("email", "test@test.com", True),
         ("email", "n.a@shop.com", True),
         ("email", "no-reply@shop.com", True),
@@ -64,6 +71,17 @@ def test_builtin_rules_block_placeholders_and_nothing_else(
     field: str, value: str, blocked: bool
 ) -> None:
     assert (builtin_rule(field, value) is not None) == blocked
+
+
+def test_a_placeholder_written_with_a_country_code_is_ignored(
+    app: Flask, client: FlaskClient
+) -> None:
+    first = post(client, "doc@fluxkart.com", "+1 000 000 0000")
+    second = post(client, "emmett@hillvalley.edu", "+44 0000 000000")
+
+    assert first["ignored"] == [{"field": "phoneNumber", "reason": "blocked"}]
+    assert second["contact"]["primaryContactId"] == 2
+    assert rows(app) == [("doc@fluxkart.com", None), ("emmett@hillvalley.edu", None)]
 
 
 def test_a_placeholder_phone_is_ignored_and_the_email_served(
