@@ -35,6 +35,7 @@ from werkzeug.exceptions import (
     ServiceUnavailable,
     UnprocessableEntity,
 )
+from werkzeug.routing import IntegerConverter
 
 import audit
 import correct
@@ -111,8 +112,16 @@ class JSONRequest(Request):
 migrate = Migrate(render_as_batch=True)
 
 
+class AsciiIdConverter(IntegerConverter):
+    """A whole number of ASCII digits: werkzeug's own also takes any Unicode
+    digit, so /customers/１ served customer 1."""
+
+    regex = r"[0-9]+"
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
+    app.url_map.converters["int"] = AsciiIdConverter
     app.request_class = JSONRequest
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["SQLALCHEMY_DATABASE_URI"] = settings.database_url()

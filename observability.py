@@ -192,6 +192,13 @@ def _finish(response: Response) -> Response:
         "status": response.status_code,
         "duration_ms": round(duration * 1000, 3),
     }
+    # The path is masked like every text (an id of four digits or more looks
+    # like a phone number); the ids its route took stay legible as numbers.
+    fields |= {
+        name: value
+        for name, value in (request.view_args or {}).items()
+        if isinstance(value, int)
+    }
     identity: Identity | None = g.get("identity")
     if identity is not None:
         fields["outcome"] = identity.outcome.value

@@ -133,6 +133,13 @@ def test_unknown_path_is_404(client: FlaskClient) -> None:
     assert_problem(client.get("/contacts"), 404)
 
 
+@pytest.mark.parametrize("path", ["/customers/\uff11", "/customers/\u0661/history"])
+def test_ids_in_paths_are_ascii_digits_only(client: FlaskClient, path: str) -> None:
+    client.post("/identify", json={"email": "doc@fluxkart.com"})
+
+    assert_problem(client.get(path), 404)
+
+
 def test_unexpected_error_is_a_500_problem_that_leaks_nothing(
     database_url: str,
 ) -> None:

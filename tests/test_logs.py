@@ -55,6 +55,16 @@ def test_each_request_is_logged_as_one_json_line_with_its_fields(
     assert first["outcome"] == "created"
 
 
+def test_ids_in_paths_stay_legible_in_the_log_line(
+    client: FlaskClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client.get("/customers/1234567/history")
+
+    (line,) = log_lines(capsys.readouterr().out)
+    assert line["status"] == 404
+    assert line["contact_id"] == 1234567
+
+
 @pytest.mark.parametrize(
     "sent", ["3f0c9a4d-8e1b-4c2a-9f6e-5d4c3b2a1f0e", "3F0C9A4D8E1B4C2A9F6E5D4C3B2A1F0E"]
 )
