@@ -14,6 +14,7 @@ import settings
 try:
     _api_keys = settings.api_keys()
     settings.sqlite_synchronous()
+    settings.request_body_timeout()
     guard.guard_from_env()
 except settings.ConfigurationError as error:
     raise SystemExit(f"Not starting: {error}") from None

@@ -93,3 +93,13 @@ def test_nonsense_limits_stop_gunicorn_with_a_message(name: str, value: str) -> 
 
     assert finished.returncode != 0
     assert f"Not starting: {name} must be a whole number" in finished.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "ten", "nan", "inf"])
+def test_a_request_body_timeout_that_is_not_seconds_above_0_stops_gunicorn(
+    value: str,
+) -> None:
+    finished = start_gunicorn({"REQUEST_BODY_TIMEOUT": value})
+
+    assert finished.returncode != 0
+    assert "Not starting: REQUEST_BODY_TIMEOUT must be a number" in finished.stderr
