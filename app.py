@@ -53,6 +53,7 @@ from models import db, engine_options, prepare_engine
 from reconcile import Identity, Ignored
 from store import NothingUsable
 from validation import (
+    MAX_BODY_BYTES,
     MAX_ID,
     InvalidInput,
     check_email,
@@ -63,7 +64,6 @@ from validation import (
     parse_page,
 )
 
-MAX_BODY_BYTES = 64 * 1024
 OPENAPI: dict[str, Any] = yaml.safe_load(
     (Path(__file__).resolve().parent / "openapi.yaml").read_text()
 )

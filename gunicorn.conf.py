@@ -19,6 +19,7 @@ try:
     _api_keys = settings.api_keys()
     _database = settings.database_url()
     settings.sqlite_synchronous()
+    settings.request_body_timeout()
     settings.database_pool_size()
     _guard = guard.guard_from_env()
 except settings.ConfigurationError as error:

@@ -54,6 +54,22 @@ def sqlite_synchronous() -> str:
     return value
 
 
+def request_body_timeout() -> float:
+    """Seconds a request's body has to arrive in full once its head has:
+    REQUEST_BODY_TIMEOUT, 10 by default."""
+    value = os.environ.get("REQUEST_BODY_TIMEOUT", "10")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigurationError(
+            f"REQUEST_BODY_TIMEOUT must be a number of seconds above 0 (the default"
+            f" is 10), not {value!r}."
+        )
+    return seconds
+
+
 def bind() -> str:
     """Where gunicorn listens: HOST:PORT. A platform that sets only PORT (the
     Procfile route) reaches the service from outside the machine, so then

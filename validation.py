@@ -8,6 +8,8 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 MAX_EMAIL_LENGTH = 254
+# The largest request body the service reads, declared or sent chunked.
+MAX_BODY_BYTES = 64 * 1024
 _PHONE_FORMATTING = re.compile(r"[ \-.()]")
 _PHONE = re.compile(r"\+?[0-9]{4,15}")
 

@@ -71,6 +71,28 @@ def test_chunked_body_over_64_kib_is_refused_not_cut(
     assert response.status_code == status
 
 
+CHUNKED = (
+    b"POST /identify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\n{}\r\n0\r\n\r\n",
+        b"0x2\r\n{}\r\n0\r\n\r\n",
+        b"2\r\n{}XX0\r\n\r\n",
+        b"2;\x01\r\n{}\r\n0\r\n\r\n",
+    ],
+    ids=["size-not-hex", "size-0x", "chunk-not-terminated", "bad-extension"],
+)
+def test_a_malformed_chunked_body_is_a_400_problem(url: str, body: bytes) -> None:
+    head, answer = raw_exchange(url, CHUNKED + body)
+
+    assert_problem(head, answer, 400)
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [

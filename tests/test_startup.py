@@ -165,3 +165,13 @@ def test_a_relative_sqlite_path_is_the_same_file_in_the_instance_folder(
     monkeypatch.setenv("DATABASE_URL", "sqlite:///contacts.db")
 
     assert database_url() == f"sqlite:///{ROOT / 'instance' / 'contacts.db'}"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "ten", "nan", "inf"])
+def test_a_request_body_timeout_that_is_not_seconds_above_0_stops_gunicorn(
+    value: str,
+) -> None:
+    finished = start_gunicorn({"REQUEST_BODY_TIMEOUT": value})
+
+    assert finished.returncode != 0
+    assert "Not starting: REQUEST_BODY_TIMEOUT must be a number" in finished.stderr
