@@ -60,6 +60,7 @@ from validation import (
     parse_blocked_value,
     parse_detach,
     parse_flags,
+    parse_holders,
     parse_identify,
     parse_page,
 )
@@ -286,6 +287,17 @@ def blocked_json(value: guard.Blocked) -> dict[str, Any]:
         "value": value.value,
         "createdAt": value.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
     }
+
+
+@api.post("/customers/holders")
+def customer_holders() -> dict[str, Any]:
+    """The customers holding an email or a phone, even a blocked one (which
+    lookup refuses), to detach it from them; never writes."""
+    field, value = parse_holders(request.get_json())
+    with connect() as connection:
+        found = store.holders(connection, field=field, value=value)
+    observability.record_customers(found)
+    return {"contacts": [contact_json(identity) for identity in found]}
 
 
 @api.get("/customers/<int:contact_id>")

@@ -129,33 +129,82 @@ def feed(connection: Connection, *, after: int, limit: int) -> Page:
     )
 
 
-_HISTORY = text(
-    """
+# The customer's history, in one statement (README: "Decisions"):
+# - members: its rows, live or soft-deleted; their ids are the customer ids
+#   whose events it lists, and the values its live rows hold are the only
+#   values it shows (any other is null);
+# - handovers: the customer ids it took over from (primary_changed: all
+#   their events up to the hand-over) or was split from (split: only those
+#   of their events that name one of its rows);
+# - of its own ids' events, those that name only rows living in another
+#   customer (a part split off since) are left out.
+# {elements} reads a JSON array of contact ids as rows (one function name per
+# engine); every subquery reads the customer's rows or one event's ids, so
+# the cost is the customer's size, whatever the size of the table.
+_HISTORY_SQL = """
     WITH root AS (
         SELECT coalesce(linked_id, id) AS id FROM contact
         WHERE id = :contact_id AND deleted_at IS NULL
     ),
     members AS (
-        SELECT contact.id FROM contact JOIN root ON contact.id = root.id
-        UNION SELECT contact.id FROM contact JOIN root ON contact.linked_id = root.id
+        SELECT contact.id, contact.email, contact.phone_number, contact.deleted_at
+        FROM contact JOIN root ON contact.id = root.id
+        UNION SELECT contact.id, contact.email, contact.phone_number,
+        contact.deleted_at
+        FROM contact JOIN root ON contact.linked_id = root.id
     ),
     handovers AS (
-        SELECT previous_customer_id AS id, max(id) AS last FROM event
+        SELECT type, previous_customer_id AS id, max(id) AS last FROM event
         WHERE type IN ('customer.primary_changed', 'customer.split')
         AND customer_id IN (SELECT id FROM members)
-        GROUP BY previous_customer_id
+        GROUP BY type, previous_customer_id
     ),
     found AS (
-        SELECT id FROM event
+        SELECT id, contact_ids, 1 AS whole FROM event
         WHERE customer_id IN (SELECT id FROM members) AND id > :after
-        UNION SELECT event.id FROM event JOIN handovers
+        UNION ALL SELECT event.id, event.contact_ids,
+        CASE WHEN handovers.type = 'customer.primary_changed' THEN 1 ELSE 0 END
+        FROM event JOIN handovers
         ON event.customer_id = handovers.id AND event.id <= handovers.last
         WHERE event.id > :after
+    ),
+    listed AS (
+        SELECT DISTINCT id FROM found
+        WHERE EXISTS (
+            SELECT 1 FROM {elements}(found.contact_ids) AS named
+            WHERE (
+                SELECT coalesce(linked_id, id) FROM contact
+                WHERE id = CAST(named.value AS INTEGER)
+            ) = (SELECT id FROM root)
+        )
+        OR (found.whole = 1 AND NOT EXISTS (
+            SELECT 1 FROM {elements}(found.contact_ids) AS named
+            WHERE (
+                SELECT coalesce(linked_id, id) FROM contact
+                WHERE id = CAST(named.value AS INTEGER) AND deleted_at IS NULL
+            ) <> (SELECT id FROM root)
+        ))
+        ORDER BY id LIMIT :limit
     )
-    SELECT * FROM event WHERE id IN (SELECT id FROM found)
-    ORDER BY id LIMIT :limit
-    """
-).columns(*_EVENT_COLUMNS)
+    SELECT event.id, type, at, request_id, customer_id, contact_ids,
+    absorbed_customer_id, previous_customer_id,
+    CASE WHEN email IN (
+        SELECT email FROM members WHERE deleted_at IS NULL
+    ) THEN email END AS email,
+    CASE WHEN phone_number IN (
+        SELECT phone_number FROM members WHERE deleted_at IS NULL
+    ) THEN phone_number END AS phone_number,
+    reason, limit_name
+    FROM event JOIN listed ON event.id = listed.id
+    ORDER BY event.id
+"""
+_HISTORY = {
+    dialect: text(_HISTORY_SQL.format(elements=elements)).columns(*_EVENT_COLUMNS)
+    for dialect, elements in (
+        ("sqlite", "json_each"),
+        ("postgresql", "json_array_elements_text"),
+    )
+}
 _LIVE_CONTACT = select(Contact.id).where(
     Contact.id == bindparam("contact_id"), Contact.deleted_at.is_(None)
 )
@@ -169,10 +218,14 @@ def history(
     of every contact id the customer has had: its primary's, those of the
     customers it absorbed (now its rows, live or soft-deleted), and that of
     the customer it came from up to the hand-over (a soft-deleted primary it
-    took over from, `customer.primary_changed`, or one it was split from,
-    `customer.split`; one step back: README, "Decisions")."""
+    took over from, `customer.primary_changed`: all of them; one it was split
+    from, `customer.split`: those that name one of its rows; one step back).
+    Of its own ids' events, those that name only rows of another customer
+    (split off since) are left out. An email or phone that no live row of
+    the customer holds is shown as null (README, "Decisions")."""
     parameters = {"contact_id": contact_id, "after": after, "limit": limit + 1}
-    page = _page(connection.execute(_HISTORY, parameters).all(), limit)
+    query = _HISTORY[connection.dialect.name]
+    page = _page(connection.execute(query, parameters).all(), limit)
     if page.events or connection.execute(_LIVE_CONTACT, parameters).first():
         return page
     return None

@@ -518,6 +518,16 @@ def lookup(
     return views(found.rows), found.ignored
 
 
+def holders(connection: Connection, *, field: str, value: str) -> list[Identity]:
+    """Every customer that a live row holding the email or phone (`field`:
+    EMAIL or PHONE_NUMBER) belongs to, ascending primary id, whether the value
+    is blocked or not: the customers a support person detaches it from.
+    Never writes."""
+    email = value if field == EMAIL else None
+    phone_number = value if field == PHONE_NUMBER else None
+    return views(read_clusters(connection, email=email, phone_number=phone_number))
+
+
 _CUSTOMER_OF = (
     select(_PRIMARY_ID)
     .where(Contact.id == bindparam("contact_id"), _LIVE)

@@ -1,7 +1,8 @@
 """`flask --app app customers …`: detach and erase for support staff, the same
 operations as POST /customers/{id}/detach and DELETE /customers/{id}, with
 the same locks, rules and ledger (README: "Correcting a customer: detach and erase").
-Events they append carry no request id."""
+Events they append carry no request id. `holders`, as POST /customers/holders,
+finds the customers to detach a value from."""
 
 import click
 from flask import current_app
@@ -12,9 +13,17 @@ from correct import Correction, NotHeld
 from masking import mask
 from models import db
 from reconcile import EMAIL, PHONE_NUMBER
-from validation import InvalidInput, check_email, normalise_phone_number
+from validation import (
+    InvalidInput,
+    check_email,
+    normalise_phone_number,
+    parse_blocked_value,
+)
 
-customers = AppGroup("customers", help="Correct customers: detach a value, erase.")
+customers = AppGroup(
+    "customers",
+    help="Correct customers: find who holds a value, detach it, erase.",
+)
 
 
 @customers.command("detach")
@@ -68,6 +77,41 @@ def detach(
             f" {[identity.primary_id, *identity.secondary_ids]},"
             f" {len(identity.emails)} email(s), {len(identity.phone_numbers)} phone(s)"
         )
+
+
+@customers.command("holders")
+@click.option("--email", help="The email to look for.")
+@click.option("--phone-number", help="The phone number to look for.")
+@click.option(
+    "--show-values",
+    is_flag=True,
+    help="Show emails and phone numbers in clear (masked otherwise).",
+)
+def holders(email: str | None, phone_number: str | None, show_values: bool) -> None:
+    """List the customers holding an email or a phone number, blocked or not
+    (a placeholder stored before it was blocked): those to detach it from.
+    Changes nothing."""
+    if (email is None) == (phone_number is None):
+        raise click.UsageError("Give exactly one of --email and --phone-number.")
+    try:
+        field, value = parse_blocked_value({EMAIL: email, PHONE_NUMBER: phone_number})
+    except InvalidInput as error:
+        raise click.BadParameter(str(error)) from None
+    with db.engine.connect() as connection:
+        found = store.holders(connection, field=field, value=value)
+    shown = (lambda text: text) if show_values else mask
+    click.echo(f"{len(found)} customer(s) hold the {field} {shown(value)}.")
+    for identity in found:
+        click.echo(
+            f"  customer {identity.primary_id}: rows"
+            f" {[identity.primary_id, *identity.secondary_ids]},"
+            f" {len(identity.emails)} email(s), {len(identity.phone_numbers)} phone(s)"
+        )
+        for label, values in (
+            ("emails", identity.emails),
+            ("phones", identity.phone_numbers),
+        ):
+            click.echo(f"    {label}: {', '.join(map(shown, values)) or '-'}")
 
 
 @customers.command("erase")

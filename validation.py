@@ -156,3 +156,15 @@ def parse_flags(args: Mapping[str, str], *names: str) -> dict[str, bool]:
             raise InvalidInput(f"{name} must be true or false.")
         flags[name] = value == "true"
     return flags
+
+
+def parse_holders(body: Any) -> tuple[str, str]:
+    """The field and normalised value of a body that holds exactly one of
+    email and phoneNumber and nothing else (the value is looked up, not
+    stored, so a member the service does not know is a mistake to report,
+    not to ignore). Raises InvalidInput."""
+    if isinstance(body, dict) and body.keys() - {"email", "phoneNumber"}:
+        raise InvalidInput(
+            "Send exactly one of email and phoneNumber, and nothing else."
+        )
+    return parse_blocked_value(body)

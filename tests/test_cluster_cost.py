@@ -9,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, insert, select
 
+import ledger
 import locks
 import store
-from models import Contact, db
+from models import Contact, Event, db
 
 PHONE = "5550100"
 
@@ -82,12 +83,7 @@ def postgresql_rows(connection: Connection) -> int:
         f"EXPLAIN (ANALYZE, FORMAT JSON) {query}",
         {"email": None, "phone_number": PHONE},
     ).scalar_one()
-
-    def rows(node: dict[str, Any]) -> int:
-        own = int(node["Actual Rows"] * node["Actual Loops"])
-        return own + sum(rows(child) for child in node.get("Plans", []))
-
-    return rows(explained["Plan"])
+    return sum_rows(explained["Plan"])
 
 
 def test_reading_a_cluster_costs_in_proportion_to_its_rows(app: Flask) -> None:
@@ -95,4 +91,79 @@ def test_reading_a_cluster_costs_in_proportion_to_its_rows(app: Flask) -> None:
     double the work of reading it; n x n rows would quadruple it."""
     small = cluster_read_work(app, 400)
     large = cluster_read_work(app, 800)
+    assert large < 2.5 * small, f"400 rows: {small}, 800 rows: {large}"
+
+
+def seed_history(connection: Connection, size: int) -> int:
+    """A customer of `size` rows, each with the event that added it; its id."""
+    seed_cluster(connection, size)
+    rows = connection.execute(select(Contact.id).order_by(Contact.id)).scalars().all()
+    now = datetime.now(UTC)
+    connection.execute(
+        insert(Event),
+        [
+            {
+                "type": "customer.contact_added",
+                "at": now,
+                "customer_id": rows[0],
+                "contact_ids": [row],
+                "email": f"row{n}@shop.com",
+                "phone_number": PHONE,
+            }
+            for n, row in enumerate(rows)
+        ],
+    )
+    return rows[0]
+
+
+def history_work(app: Flask, size: int) -> int:
+    """The work of reading the first page of a `size`-row customer's history."""
+    with app.app_context(), db.engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM event")
+        connection.exec_driver_sql("DELETE FROM contact")
+        customer = seed_history(connection, size)
+    with app.app_context(), db.engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql("ANALYZE contact")
+            connection.exec_driver_sql("ANALYZE event")
+            plan = explain_history(connection, customer)
+            assert "JIT" not in plan, "the history was compiled by JIT"
+            return sum_rows(plan["Plan"])
+        counted = [0]
+
+        def count() -> int:
+            counted[0] += 1
+            return 0
+
+        driver = locks.driver(connection)
+        driver.set_progress_handler(count, 1)
+        try:
+            page = ledger.history(connection, customer, after=0, limit=100)
+        finally:
+            driver.set_progress_handler(None, 1)
+        assert page is not None and len(page.events) == 100
+        return counted[0]
+
+
+def explain_history(connection: Connection, customer: int) -> Any:
+    query = ledger._HISTORY["postgresql"].compile(dialect=connection.dialect)
+    (explained,) = connection.exec_driver_sql(
+        f"EXPLAIN (ANALYZE, FORMAT JSON) {query}",
+        {"contact_id": customer, "after": 0, "limit": 101},
+    ).scalar_one()
+    return explained
+
+
+def sum_rows(node: dict[str, Any]) -> int:
+    own = int(node["Actual Rows"] * node["Actual Loops"])
+    return own + sum(sum_rows(child) for child in node.get("Plans", []))
+
+
+def test_a_customers_history_costs_in_proportion_to_its_rows(app: Flask) -> None:
+    """Each event of the history is checked against the rows it names (one
+    look-up each), so doubling the customer about doubles the work; and on
+    PostgreSQL the plan, estimated at 100 ids an event, is not JIT-compiled
+    (a second spent compiling a 20 ms query)."""
+    small = history_work(app, 400)
+    large = history_work(app, 800)
     assert large < 2.5 * small, f"400 rows: {small}, 800 rows: {large}"

@@ -213,6 +213,24 @@ class LimitedModel:
         )
 
 
+def assert_histories_show_only_held_values(
+    client: FlaskClient, model: ReferenceModel
+) -> None:
+    """Every email and phone in each customer's history is one it holds."""
+    for primary in sorted({row.linked_id or row.id for row in model.rows}):
+        view = model.view(primary)
+        held = {*view["emails"], *view["phoneNumbers"], None}
+        after: int | None = 0
+        while after is not None:
+            page = client.get(
+                f"/customers/{primary}/history?limit=100&after={after}"
+            ).get_json()
+            for event in page["events"]:
+                shown = {event["email"], event["phoneNumber"]}
+                assert shown <= held, (primary, event)
+            after = page["next"]
+
+
 def spellings(value: str) -> st.SearchStrategy[Any]:
     """Ways a client may send the same value."""
     if "@" in value:
@@ -312,6 +330,7 @@ def test_the_service_under_limits_and_blocked_values_answers_like_the_model(
             rows = live_rows(db.session())
             assert_invariants(rows)
             assert_ledger_explains(rows, ledger_events(db.session()))
+    assert_histories_show_only_held_values(client, model.model)
 
 
 ERASURE_KEY = b"property-test-erasure-key"
@@ -439,3 +458,59 @@ def test_detaches_and_erasures_between_identifies_answer_like_the_model(
             rows = live_rows(db.session())
             assert_invariants(rows, detached=True)
             assert_ledger_explains(rows, ledger_events(db.session()))
+    assert_histories_show_only_held_values(client, model)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    requests=st.lists(
+        st.tuples(st.sampled_from(EMAILS), st.sampled_from(PHONES)),
+        min_size=3,
+        max_size=8,
+    ),
+    detaches=st.integers(1, 2),
+    data=st.data(),
+)
+def test_after_detaches_every_history_shows_only_values_its_customer_holds(
+    app: Flask,
+    requests: list[tuple[str, str]],
+    detaches: int,
+    data: st.DataObject,
+) -> None:
+    """Requests that send both values often merge customers, and detaching
+    one of a customer's values then splits it in about half of the
+    sequences: each part's history must show none of the other's values."""
+    with app.app_context():
+        empty_database()
+    client = app.test_client()
+    model = ReferenceModel()
+    for email, phone in requests:
+        response = client.post("/identify", json={"email": email, "phoneNumber": phone})
+        assert response.get_json()["contact"] == model.identify(email, phone)
+
+    for _ in range(detaches):
+        if not model.rows:
+            break
+        contact_id = data.draw(st.sampled_from([row.id for row in model.rows]))
+        kind, value = data.draw(
+            st.sampled_from(
+                [
+                    (kind, getattr(row, kind))
+                    for row in model.customer_of(contact_id)
+                    for kind in ("email", "phone")
+                    if getattr(row, kind) is not None
+                ]
+            )
+        )
+        field_name = "email" if kind == "email" else "phoneNumber"
+        response = client.post(
+            f"/customers/{contact_id}/detach", json={field_name: value}
+        )
+        assert response.get_json() == {
+            "contacts": model.detach(contact_id, kind, value)
+        }
+        assert_histories_show_only_held_values(client, model)
