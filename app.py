@@ -59,8 +59,9 @@ from validation import (
     check_email,
     parse_blocked_value,
     parse_detach,
-    parse_flags,
+    parse_erase,
     parse_identify,
+    parse_no_input,
     parse_page,
 )
 
@@ -253,7 +254,7 @@ def list_blocked_values() -> dict[str, Any]:
 
 @api.post("/blocked-values")
 def add_blocked_value() -> tuple[dict[str, Any], int, dict[str, str]]:
-    field, value = parse_blocked_value(request.get_json())
+    field, value = parse_blocked_value(request.args, request.get_json())
     rule = guard.builtin_rule(field, value)
     if rule is not None and current_app.config["GUARD"].builtin:
         raise Conflict(f"{field} is already blocked by the built-in rule {rule.id}.")
@@ -266,6 +267,7 @@ def add_blocked_value() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 @api.delete("/blocked-values/<value_id>")
 def delete_blocked_value(value_id: str) -> tuple[str, int]:
+    parse_no_input(request.args, request.get_data(), "DELETE /blocked-values/{id}")
     if any(rule.id == value_id for rule in guard.BUILTIN_RULES):
         raise Conflict(
             f"{value_id} is a built-in rule and cannot be deleted; set"
@@ -328,7 +330,7 @@ def events() -> dict[str, Any]:
 @api.post("/customers/<int:contact_id>/detach")
 def detach_value(contact_id: int) -> dict[str, Any]:
     """Take an email or a phone away from a customer and regroup the rest."""
-    field, value, block, dry_run = parse_detach(request.get_json())
+    asked = parse_detach(request.args, request.get_json())
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
 
@@ -337,28 +339,34 @@ def detach_value(contact_id: int) -> dict[str, Any]:
             done, retries = store.detach_and_commit(
                 connection,
                 contact_id,
-                field=field,
-                value=value,
+                field=asked.field,
+                value=asked.value,
                 request_id=g.request_id,
-                block=block,
-                dry_run=dry_run,
+                block=asked.block,
+                dry_run=asked.dry_run,
             )
         except correct.NotHeld:
             raise UnprocessableEntity(
-                f"Customer {contact_id} holds no such {field}. Nothing was changed."
+                f"Customer {contact_id} holds no such {asked.field}. Nothing was"
+                " changed."
             ) from None
     if done is None:
         raise no_contact(contact_id)
-    observability.record_correction("detach", done, dry_run=dry_run, retries=retries)
-    return {"contacts": [contact_json(identity) for identity in done.customers]}
+    observability.record_correction(
+        "detach", done, dry_run=asked.dry_run, retries=retries
+    )
+    return {
+        "contacts": [contact_json(identity) for identity in done.customers],
+        "dryRun": asked.dry_run,
+    }
 
 
 @api.delete("/customers/<int:contact_id>")
 def erase_customer(contact_id: int) -> dict[str, Any]:
     """Erase a customer: every row, every copy of its values in the ledger."""
-    flags = parse_flags(request.args, "suppress", "dryRun")
+    asked = parse_erase(request.args, request.get_data())
     protection = current_app.config["GUARD"]
-    if flags["suppress"] and protection.erasure_key is None:
+    if asked.suppress and protection.erasure_key is None:
         raise UnprocessableEntity(
             "suppress needs the service's ERASURE_KEY, the secret that suppressed"
             " values are hashed with, and it is not set. Nothing was erased."
@@ -372,17 +380,18 @@ def erase_customer(contact_id: int) -> dict[str, Any]:
             contact_id,
             request_id=g.request_id,
             guard=protection,
-            suppress=flags["suppress"],
-            dry_run=flags["dryRun"],
+            suppress=asked.suppress,
+            dry_run=asked.dry_run,
         )
     if done is None:
         raise no_contact(contact_id)
     observability.record_correction(
-        "erase", done, dry_run=flags["dryRun"], retries=retries
+        "erase", done, dry_run=asked.dry_run, retries=retries
     )
     return {
         "erasedContactIds": list(done.deleted),
-        "suppressed": len(done.forgotten) if flags["suppress"] else 0,
+        "suppressed": len(done.forgotten) if asked.suppress else 0,
+        "dryRun": asked.dry_run,
     }
 
 

@@ -1,11 +1,17 @@
 """Parsing and normalising what clients send: the identify body (README: "The
-contract", normalisation) and the paging parameters of the lists."""
+contract", normalisation), the paging parameters of the lists, and the
+requests that correct customers and blocked values, which refuse any query
+parameter or body member they do not know (README: "Correcting a
+customer")."""
 
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
+from werkzeug.datastructures import MultiDict
 
 MAX_EMAIL_LENGTH = 254
 _PHONE_FORMATTING = re.compile(r"[ \-.()]")
@@ -115,11 +121,88 @@ def _whole_number(args: Mapping[str, str], name: str, default: int) -> int:
     return int(value)
 
 
-def parse_blocked_value(body: Any) -> tuple[str, str]:
-    """The field ("email" or "phoneNumber") and normalised value of a body
-    that holds exactly one of them. Raises InvalidInput."""
+BLOCKED_VALUE_MEMBERS = ("email", "phoneNumber")
+DETACH_MEMBERS = ("email", "phoneNumber", "block", "dryRun")
+ERASE_PARAMETERS = ("suppress", "dryRun")
+NOTHING_CHANGED = "Nothing was changed."
+# Unknown names are quoted back, cut to this length.
+_QUOTED_NAME_LENGTH = 40
+
+
+def parse_blocked_value(args: MultiDict[str, str], body: Any) -> tuple[str, str]:
+    """The field ("email" or "phoneNumber") and normalised value of a
+    POST /blocked-values: no query parameter, a body with exactly one of the
+    two and no other member. Raises InvalidInput."""
+    _refuse_unknown(args, (), "POST /blocked-values", "query parameter")
+    body = _object(body)
+    _refuse_unknown(body, BLOCKED_VALUE_MEMBERS, "POST /blocked-values", "body member")
+    return _one_value(body)
+
+
+def parse_no_input(args: MultiDict[str, str], body: bytes, route: str) -> None:
+    """Refuse any query parameter and any body: `route` takes neither. Raises
+    InvalidInput."""
+    _refuse_unknown(args, (), route, "query parameter")
+    if body:
+        raise InvalidInput(f"{route} takes no body. {NOTHING_CHANGED}")
+
+
+@dataclass(frozen=True)
+class Detach:
+    """What POST /customers/{id}/detach asks for."""
+
+    field: str
+    value: str
+    block: bool
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class Erase:
+    """What DELETE /customers/{id} asks for."""
+
+    suppress: bool
+    dry_run: bool
+
+
+def parse_detach(args: MultiDict[str, str], body: Any) -> Detach:
+    """A detach: no query parameter; a body with exactly one of email and
+    phoneNumber, and optionally the booleans `block` and `dryRun`, and no
+    other member. Raises InvalidInput."""
+    route = "POST /customers/{id}/detach"
+    _refuse_unknown(args, (), route, "query parameter", "its options go in the body")
+    body = _object(body)
+    _refuse_unknown(body, DETACH_MEMBERS, route, "body member")
+    field, value = _one_value(body)
+    return Detach(
+        field,
+        value,
+        block=_flag(body, "block"),
+        dry_run=_flag(body, "dryRun"),
+    )
+
+
+def parse_erase(args: MultiDict[str, str], body: bytes) -> Erase:
+    """An erase: the query parameters `suppress` and `dryRun` (each `true` or
+    `false`), each at most once, no other, and no body. Raises
+    InvalidInput."""
+    route = "DELETE /customers/{id}"
+    if body:
+        raise InvalidInput(
+            f"{route} takes no body: send suppress and dryRun in the query"
+            f" string. {NOTHING_CHANGED}"
+        )
+    _refuse_unknown(args, ERASE_PARAMETERS, route, "query parameter")
+    return Erase(suppress=_switch(args, "suppress"), dry_run=_switch(args, "dryRun"))
+
+
+def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("The body must be a JSON object.")
+    return body
+
+
+def _one_value(body: dict[str, Any]) -> tuple[str, str]:
     email = normalise_email(body.get("email"))
     phone_number = normalise_phone_number(body.get("phoneNumber"))
     if (email is None) == (phone_number is None):
@@ -130,11 +213,46 @@ def parse_blocked_value(body: Any) -> tuple[str, str]:
     return "phoneNumber", phone_number
 
 
-def parse_detach(body: Any) -> tuple[str, str, bool, bool]:
-    """The field, normalised value, `block` and `dryRun` of a detach body.
-    Raises InvalidInput."""
-    field, value = parse_blocked_value(body)
-    return field, value, _flag(body, "block"), _flag(body, "dryRun")
+def _refuse_unknown(
+    given: Mapping[str, Any],
+    accepted: Sequence[str],
+    route: str,
+    kind: str,
+    hint: str = "",
+) -> None:
+    """Raise InvalidInput naming the names of `given` that are not `accepted`
+    and the accepted ones (and `hint`, when `route` accepts none); or, for a
+    query string, a name given twice: a request that changes data is never
+    served on a guess."""
+    unknown = [name for name in given if name not in accepted]
+    if unknown:
+        names = ", ".join(_quoted(name) for name in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        takes = f"accepts {_listed(accepted)}" if accepted else f"takes no {kind}s"
+        if hint and not accepted:
+            takes += f" ({hint})"
+        raise InvalidInput(
+            f"Unknown {kind}{plural} {names}: {route} {takes}. {NOTHING_CHANGED}"
+        )
+    if isinstance(given, MultiDict):
+        for name in accepted:
+            if len(given.getlist(name)) > 1:
+                raise InvalidInput(
+                    f"The {kind} {name} is given more than once; give it once."
+                    f" {NOTHING_CHANGED}"
+                )
+
+
+def _quoted(name: str) -> str:
+    if len(name) > _QUOTED_NAME_LENGTH:
+        name = name[:_QUOTED_NAME_LENGTH] + "..."
+    return json.dumps(name)
+
+
+def _listed(names: Sequence[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    return f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _flag(body: dict[str, Any], name: str) -> bool:
@@ -144,13 +262,9 @@ def _flag(body: dict[str, Any], name: str) -> bool:
     return value
 
 
-def parse_flags(args: Mapping[str, str], *names: str) -> dict[str, bool]:
-    """Query-string switches: each absent, `true` or `false`. Raises
-    InvalidInput."""
-    flags = {}
-    for name in names:
-        value = args.get(name, "false")
-        if value not in {"true", "false"}:
-            raise InvalidInput(f"{name} must be true or false.")
-        flags[name] = value == "true"
-    return flags
+def _switch(args: Mapping[str, str], name: str) -> bool:
+    """A query-string switch: absent, `true` or `false`."""
+    value = args.get(name, "false")
+    if value not in {"true", "false"}:
+        raise InvalidInput(f"{name} must be true or false.")
+    return value == "true"

@@ -88,7 +88,8 @@ def test_detaching_the_shared_phone_splits_what_only_it_joined(
             view(2, ["marty@hillvalley.edu"], [], []),
             view(3, ["jennifer@hillvalley.edu"], [], []),
             view(4, ["doc@hillvalley.edu"], ["8880"], []),
-        ]
+        ],
+        "dryRun": False,
     }
     found = client.get("/events?after=5").get_json()["events"]
     assert [
@@ -125,7 +126,8 @@ def test_a_merge_whose_values_both_remain_keeps_the_customers_together(
                 ["5550", "8880"],
                 [2, 3, 4],
             )
-        ]
+        ],
+        "dryRun": False,
     }
     found = client.get("/events?after=5").get_json()["events"]
     assert [(e["type"], e["contactIds"]) for e in found] == [("customer.detached", [])]
@@ -148,7 +150,7 @@ def test_a_dry_run_answers_as_the_detach_would_and_changes_nothing(
     done = client.post(
         "/customers/1/detach", json={"phoneNumber": "5550", "block": True}
     )
-    assert done.get_json() == dry.get_json()
+    assert done.get_json() == {**dry.get_json(), "dryRun": False}
 
 
 def test_a_detached_and_blocked_value_is_ignored_from_then_on(
@@ -227,7 +229,11 @@ def test_erasing_deletes_every_row_and_every_copy_of_the_values(
     response = client.delete("/customers/4")
 
     assert response.status_code == 200
-    assert response.get_json() == {"erasedContactIds": [1, 2, 3, 4], "suppressed": 0}
+    assert response.get_json() == {
+        "erasedContactIds": [1, 2, 3, 4],
+        "suppressed": 0,
+        "dryRun": False,
+    }
     assert client.get("/customers/1").status_code == 404
     assert client.get("/customers/1/history").status_code == 404
     rows, events, _, suppressed = state(app)
@@ -257,7 +263,11 @@ def test_suppressed_values_are_kept_only_as_keyed_hashes_and_ignored_from_then_o
 
     response = client.delete("/customers/1?suppress=true")
 
-    assert response.get_json() == {"erasedContactIds": [1, 2, 3, 4], "suppressed": 5}
+    assert response.get_json() == {
+        "erasedContactIds": [1, 2, 3, 4],
+        "suppressed": 5,
+        "dryRun": False,
+    }
     with app.app_context():
         digests = db.session().scalars(select(SuppressedValue.digest)).all()
     assert len(digests) == 5
@@ -316,7 +326,105 @@ def test_a_dry_run_erase_answers_as_the_erase_would_and_changes_nothing(
 
     assert dry.status_code == 200
     assert state(app) == before
-    assert client.delete("/customers/3?suppress=true").get_json() == dry.get_json()
+    done = client.delete("/customers/3?suppress=true")
+    assert done.get_json() == {**dry.get_json(), "dryRun": False}
+
+
+def test_every_detach_and_erase_answer_says_whether_it_was_a_dry_run(
+    client: FlaskClient,
+) -> None:
+    family(client)
+    detach = {"phoneNumber": "5550"}
+
+    answers = [
+        client.post("/customers/1/detach", json={**detach, "dryRun": True}),
+        client.post("/customers/1/detach", json={**detach, "dryRun": False}),
+        client.delete("/customers/4?dryRun=true"),
+        client.delete("/customers/4"),
+    ]
+
+    assert [answer.get_json()["dryRun"] for answer in answers] == [
+        True,
+        False,
+        True,
+        False,
+    ]
+
+
+def twenty_rows(client: FlaskClient) -> None:
+    """Customer 1: twenty rows joined by the phone 5550."""
+    for n in range(20):
+        post(client, f"shopper{n}@hillvalley.edu", "5550")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "named", "accepted"),
+    [
+        ("DELETE", "/customers/1?dry_run=true", None, '"dry_run"', "dryRun"),
+        ("DELETE", "/customers/1?dryrun=true", None, '"dryrun"', "dryRun"),
+        ("DELETE", "/customers/1?dryRun=true&force=1", None, '"force"', "dryRun"),
+        ("DELETE", "/customers/1", {"dryRun": True}, "no body", "query"),
+        (
+            "POST",
+            "/customers/1/detach?dryRun=true",
+            {"phoneNumber": "5550"},
+            '"dryRun"',
+            "no query parameters",
+        ),
+        (
+            "POST",
+            "/customers/1/detach",
+            {"phoneNumber": "5550", "dryrun": True},
+            '"dryrun"',
+            "dryRun",
+        ),
+        (
+            "POST",
+            "/customers/1/detach",
+            {"phoneNumber": "5550", "dry_run": True},
+            '"dry_run"',
+            "dryRun",
+        ),
+    ],
+)
+def test_a_misspelt_or_misplaced_dry_run_is_a_400_that_names_it_and_changes_nothing(
+    app: Flask,
+    client: FlaskClient,
+    method: str,
+    path: str,
+    body: Any,
+    named: str,
+    accepted: str,
+) -> None:
+    twenty_rows(client)
+    before = state(app)
+
+    response = client.open(path, method=method, json=body)
+
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    detail = response.get_json()["detail"]
+    assert named in detail and accepted in detail, detail
+    assert state(app) == before
+    customer = client.get("/customers/1").get_json()["contact"]
+    assert len(customer["secondaryContactIds"]) == 19
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["?dryRun=true&dryRun=false", "?suppress=false&suppress=true"],
+)
+def test_an_erase_switch_given_twice_is_a_400_and_erases_nothing(
+    app: Flask, client: FlaskClient, query: str
+) -> None:
+    family(client)
+    before = state(app)
+
+    response = client.delete(f"/customers/1{query}")
+
+    assert response.status_code == 400
+    assert "more than once" in response.get_json()["detail"]
+    assert state(app) == before
 
 
 def test_an_erased_customers_ids_are_never_given_to_new_rows(

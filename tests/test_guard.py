@@ -171,6 +171,39 @@ def test_a_bad_blocked_value_is_a_400_that_stores_nothing(
     assert len(client.get("/blocked-values").get_json()["blockedValues"]) == 3
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "named"),
+    [
+        ("/blocked-values", {"phoneNumber": "5550100", "note": "x"}, '"note"'),
+        ("/blocked-values?dryRun=true", {"phoneNumber": "5550100"}, '"dryRun"'),
+    ],
+)
+def test_adding_a_blocked_value_with_an_unknown_member_or_parameter_is_a_400(
+    client: FlaskClient, path: str, body: Any, named: str
+) -> None:
+    response = client.post(path, json=body)
+
+    assert_problem(response, 400)
+    assert named in response.get_json()["detail"]
+    assert len(client.get("/blocked-values").get_json()["blockedValues"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("query", "body"), [("?dryRun=true", None), ("", {"dryRun": True})]
+)
+def test_deleting_a_blocked_value_with_a_parameter_or_a_body_is_a_400(
+    client: FlaskClient, query: str, body: Any
+) -> None:
+    added = client.post("/blocked-values", json={"phoneNumber": "5550100"})
+    value_id = added.get_json()["id"]
+
+    response = client.delete(f"/blocked-values/{value_id}{query}", json=body)
+
+    assert_problem(response, 400)
+    listed = client.get("/blocked-values").get_json()["blockedValues"]
+    assert [item["id"] for item in listed[3:]] == [value_id]
+
+
 def test_duplicates_and_builtin_values_conflict(client: FlaskClient) -> None:
     assert (
         client.post("/blocked-values", json={"phoneNumber": "5550100"}).status_code

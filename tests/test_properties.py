@@ -410,7 +410,7 @@ def test_detaches_and_erasures_between_identifies_answer_like_the_model(
                 assert response.status_code == 422
             else:
                 assert response.status_code == 200
-                assert response.get_json() == {"contacts": answer}
+                assert response.get_json() == {"contacts": answer, "dryRun": False}
                 if block:
                     excluded.setdefault((kind, value), "blocked")
                 with app.app_context():
@@ -429,6 +429,7 @@ def test_detaches_and_erasures_between_identifies_answer_like_the_model(
                 assert response.get_json() == {
                     "erasedContactIds": erased,
                     "suppressed": len(values) if suppress else 0,
+                    "dryRun": False,
                 }
                 if suppress:
                     for value in values:
