@@ -344,6 +344,7 @@ def detach_value(contact_id: int) -> dict[str, Any]:
                 request_id=g.request_id,
                 block=asked.block,
                 dry_run=asked.dry_run,
+                reason=asked.reason,
             )
         except correct.NotHeld:
             raise UnprocessableEntity(
@@ -382,6 +383,7 @@ def erase_customer(contact_id: int) -> dict[str, Any]:
             guard=protection,
             suppress=asked.suppress,
             dry_run=asked.dry_run,
+            reason=asked.reason,
         )
     if done is None:
         raise no_contact(contact_id)

@@ -12,9 +12,33 @@ from correct import Correction, NotHeld
 from masking import mask
 from models import db
 from reconcile import EMAIL, PHONE_NUMBER
-from validation import InvalidInput, check_email, normalise_phone_number
+from validation import (
+    MAX_REASON_LENGTH,
+    InvalidInput,
+    check_email,
+    normalise_phone_number,
+    parse_reason,
+)
 
 customers = AppGroup("customers", help="Correct customers: detach a value, erase.")
+
+
+def _reason(_: click.Context, __: click.Parameter, value: str | None) -> str | None:
+    """--reason checked as the API checks `reason` (validation.parse_reason)."""
+    if value is None:
+        return None
+    try:
+        return parse_reason(value)
+    except InvalidInput as error:
+        raise click.BadParameter(str(error)) from None
+
+
+reason_option = click.option(
+    "--reason",
+    callback=_reason,
+    help=f"Why, for the ledger: a ticket reference (1 to {MAX_REASON_LENGTH}"
+    " characters). Stored on the events; never logged or printed.",
+)
 
 
 @customers.command("detach")
@@ -23,12 +47,14 @@ customers = AppGroup("customers", help="Correct customers: detach a value, erase
 @click.option("--phone-number", help="The phone number to take away.")
 @click.option("--block", is_flag=True, help="Add the value to the blocked values.")
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+@reason_option
 def detach(
     contact_id: int,
     email: str | None,
     phone_number: str | None,
     block: bool,
     dry_run: bool,
+    reason: str | None,
 ) -> None:
     """Take an email or a phone number away from the customer of CONTACT_ID
     and regroup its other rows by the evidence that remains."""
@@ -51,6 +77,7 @@ def detach(
                 request_id=None,
                 block=block,
                 dry_run=dry_run,
+                reason=reason,
             )
         except NotHeld:
             raise click.ClickException(
@@ -79,7 +106,8 @@ def detach(
     " matched or stored again.",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
-def erase(contact_id: int, suppress: bool, dry_run: bool) -> None:
+@reason_option
+def erase(contact_id: int, suppress: bool, dry_run: bool, reason: str | None) -> None:
     """Erase the customer of CONTACT_ID: every row, every copy of its values
     in the ledger (GDPR art. 17)."""
     guard = current_app.config["GUARD"]
@@ -96,6 +124,7 @@ def erase(contact_id: int, suppress: bool, dry_run: bool) -> None:
             guard=guard,
             suppress=suppress,
             dry_run=dry_run,
+            reason=reason,
         )
     done = _found(done, contact_id)
     verb = "Would erase" if dry_run else "Erased"

@@ -6,6 +6,7 @@ customer")."""
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -122,9 +123,10 @@ def _whole_number(args: Mapping[str, str], name: str, default: int) -> int:
 
 
 BLOCKED_VALUE_MEMBERS = ("email", "phoneNumber")
-DETACH_MEMBERS = ("email", "phoneNumber", "block", "dryRun")
-ERASE_PARAMETERS = ("suppress", "dryRun")
+DETACH_MEMBERS = ("email", "phoneNumber", "block", "dryRun", "reason")
+ERASE_PARAMETERS = ("suppress", "dryRun", "reason")
 NOTHING_CHANGED = "Nothing was changed."
+MAX_REASON_LENGTH = 200
 # Unknown names are quoted back, cut to this length.
 _QUOTED_NAME_LENGTH = 40
 
@@ -155,6 +157,7 @@ class Detach:
     value: str
     block: bool
     dry_run: bool
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -163,12 +166,13 @@ class Erase:
 
     suppress: bool
     dry_run: bool
+    reason: str | None
 
 
 def parse_detach(args: MultiDict[str, str], body: Any) -> Detach:
     """A detach: no query parameter; a body with exactly one of email and
-    phoneNumber, and optionally the booleans `block` and `dryRun`, and no
-    other member. Raises InvalidInput."""
+    phoneNumber, and optionally the booleans `block` and `dryRun` and a
+    `reason` (parse_reason), and no other member. Raises InvalidInput."""
     route = "POST /customers/{id}/detach"
     _refuse_unknown(args, (), route, "query parameter", "its options go in the body")
     body = _object(body)
@@ -179,21 +183,48 @@ def parse_detach(args: MultiDict[str, str], body: Any) -> Detach:
         value,
         block=_flag(body, "block"),
         dry_run=_flag(body, "dryRun"),
+        reason=parse_reason(body["reason"]) if "reason" in body else None,
     )
 
 
 def parse_erase(args: MultiDict[str, str], body: bytes) -> Erase:
     """An erase: the query parameters `suppress` and `dryRun` (each `true` or
-    `false`), each at most once, no other, and no body. Raises
-    InvalidInput."""
+    `false`) and `reason` (parse_reason), each at most once, no other, and no
+    body. Raises InvalidInput."""
     route = "DELETE /customers/{id}"
     if body:
         raise InvalidInput(
-            f"{route} takes no body: send suppress and dryRun in the query"
+            f"{route} takes no body: send suppress, dryRun and reason in the query"
             f" string. {NOTHING_CHANGED}"
         )
     _refuse_unknown(args, ERASE_PARAMETERS, route, "query parameter")
-    return Erase(suppress=_switch(args, "suppress"), dry_run=_switch(args, "dryRun"))
+    reason = args.get("reason")
+    return Erase(
+        suppress=_switch(args, "suppress"),
+        dry_run=_switch(args, "dryRun"),
+        reason=None if reason is None else parse_reason(reason),
+    )
+
+
+def parse_reason(value: Any) -> str:
+    """The reason support gives for a detach or an erasure (a ticket
+    reference), trimmed: a string of 1 to MAX_REASON_LENGTH characters once
+    trimmed, without control characters. It may hold personal data: it is
+    stored on the correction's events, never logged, and never quoted back.
+    Raises InvalidInput."""
+    if not isinstance(value, str):
+        raise InvalidInput("reason must be a string.")
+    reason = value.strip()
+    if not 1 <= len(reason) <= MAX_REASON_LENGTH:
+        raise InvalidInput(
+            f"reason must be 1 to {MAX_REASON_LENGTH} characters once trimmed."
+        )
+    # Cs: an unpaired surrogate, which JSON can carry, cannot be stored.
+    if any(unicodedata.category(c) in {"Cc", "Cs"} for c in reason):
+        raise InvalidInput(
+            "reason must not hold control characters (line breaks, tabs, ...)."
+        )
+    return reason
 
 
 def _object(body: Any) -> dict[str, Any]:

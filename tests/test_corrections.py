@@ -537,3 +537,173 @@ def test_support_commands_refuse_bad_input_and_change_nothing(
 
     assert result.exit_code != 0
     assert state(app) == before
+
+
+def events_after(client: FlaskClient, after: int) -> list[dict[str, Any]]:
+    return client.get(f"/events?after={after}&limit=100").get_json()["events"]
+
+
+def reasons(app: Flask) -> dict[int, str | None]:
+    """Every event's reason by id, read from the table."""
+    with app.app_context():
+        found = db.session().execute(select(Event.id, Event.reason))
+        return {event_id: reason for event_id, reason in found}
+
+
+def test_a_detach_stores_its_trimmed_reason_on_every_event_it_appends(
+    client: FlaskClient,
+) -> None:
+    family(client)
+
+    response = client.post(
+        "/customers/1/detach", json={"phoneNumber": "5550", "reason": " TICKET-4711 "}
+    )
+
+    assert response.status_code == 200
+    appended = events_after(client, 5)
+    assert [e["type"] for e in appended] == ["customer.detached"] + [
+        "customer.split"
+    ] * 3
+    assert {e["reason"] for e in appended} == {"TICKET-4711"}
+    assert all("reason" not in e for e in events_after(client, 0)[:5])
+
+
+def test_an_erasure_stores_its_reason_on_its_event(client: FlaskClient) -> None:
+    family(client)
+
+    response = client.delete("/customers/4?reason=GDPR%2017%20%C3%A9")
+
+    assert response.status_code == 200
+    (erased,) = events_after(client, 5)
+    assert (erased["type"], erased["reason"]) == ("customer.erased", "GDPR 17 é")
+
+
+def test_a_reason_of_200_characters_once_trimmed_is_stored_whole(
+    app: Flask, client: FlaskClient
+) -> None:
+    family(client)
+    reason = "é" * 200
+
+    response = client.post(
+        "/customers/1/detach",
+        json={"email": "doc@hillvalley.edu", "reason": f"  {reason}\u3000"},
+    )
+
+    assert response.status_code == 200
+    assert set(reasons(app).values()) == {None, reason}
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["", "   ", "x" * 201, "line\nbreak", "tab\there", "nul\x00", "\ud800", 42, None],
+)
+def test_a_bad_detach_reason_is_a_400_that_changes_nothing(
+    app: Flask, client: FlaskClient, reason: Any
+) -> None:
+    family(client)
+    before = state(app)
+
+    response = client.post(
+        "/customers/1/detach", json={"phoneNumber": "5550", "reason": reason}
+    )
+
+    assert response.status_code == 400
+    assert response.get_json()["detail"].startswith("reason must ")
+    assert state(app) == before
+
+
+@pytest.mark.parametrize(
+    "query", ["reason=", "reason=%20", "reason=a%0Ab", "reason=" + "x" * 201]
+)
+def test_a_bad_erasure_reason_is_a_400_that_erases_nothing(
+    app: Flask, client: FlaskClient, query: str
+) -> None:
+    family(client)
+    before = state(app)
+
+    response = client.delete(f"/customers/1?{query}")
+
+    assert response.status_code == 400
+    assert response.get_json()["detail"].startswith("reason must ")
+    assert state(app) == before
+
+
+def test_erasing_a_customer_nulls_the_reasons_of_the_detaches_it_took_part_in(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Customer 1 (rows 1-4) loses jennifer's email (R1), then the phone that
+    joined it (R2), which splits it into customers 2, 3 and 4; customer 2
+    later loses marty's phone (R3), and an unrelated customer 6 a phone (R4).
+    Erasing customer 4 nulls R1 and R2 (on every event of those detaches,
+    the other parts' included: a reason may name the person) and keeps R3
+    and R4, and its own reason."""
+    family(client)
+    post(client, "marty@hillvalley.edu", "6660")
+    post(client, "biff@hillvalley.edu", "7770")
+    post(client, "biff@hillvalley.edu", "7771")
+    detaches = [
+        ("/customers/1/detach", {"email": "jennifer@hillvalley.edu"}, "R1"),
+        ("/customers/1/detach", {"phoneNumber": "5550"}, "R2"),
+        ("/customers/2/detach", {"phoneNumber": "6660"}, "R3"),
+        ("/customers/7/detach", {"phoneNumber": "7771"}, "R4"),
+    ]
+    for path, body, reason in detaches:
+        response = client.post(path, json={**body, "reason": reason})
+        assert response.status_code == 200, response.get_json()
+    before = reasons(app)
+    assert {r for r in before.values() if r} == {"R1", "R2", "R3", "R4"}
+    assert client.get("/customers/4").get_json()["contact"]["secondaryContactIds"] == []
+
+    response = client.delete("/customers/4?reason=GDPR-1")
+
+    assert response.status_code == 200
+    after = reasons(app)
+    erased_id = max(after)
+    assert after.pop(erased_id) == "GDPR-1"
+    assert after == {
+        event_id: None if reason in {"R1", "R2"} else reason
+        for event_id, reason in before.items()
+    }
+    check_table(app)
+
+
+def test_a_dry_run_erasure_keeps_every_reason(app: Flask, client: FlaskClient) -> None:
+    family(client)
+    client.post("/customers/1/detach", json={"phoneNumber": "5550", "reason": "R1"})
+    before = reasons(app)
+
+    response = client.delete("/customers/4?dryRun=true&reason=GDPR-1")
+
+    assert response.status_code == 200
+    assert reasons(app) == before
+
+
+def test_support_commands_store_their_reason_and_refuse_a_bad_one(
+    app: Flask, client: FlaskClient
+) -> None:
+    family(client)
+    post(client, "biff@hillvalley.edu", "7770")
+    runner = app.test_cli_runner()
+    before = state(app)
+
+    bad = runner.invoke(
+        args=["customers", "detach", "1", "--phone-number", "5550", "--reason", " "]
+    )
+
+    assert bad.exit_code != 0 and "reason must be 1 to 200" in bad.output
+    assert state(app) == before
+    detached = runner.invoke(
+        args=["customers", "detach", "1", "--phone-number", "5550", "--reason", "T-1"]
+    )
+    assert detached.exit_code == 0, detached.output
+    erased = runner.invoke(args=["customers", "erase", "5", "--reason", "T-2"])
+    assert erased.exit_code == 0, erased.output
+    assert "T-1" not in detached.output and "T-2" not in erased.output
+    appended = events_after(client, 6)
+    assert [(e["type"], e.get("reason")) for e in appended] == [
+        ("customer.detached", "T-1"),
+        ("customer.split", "T-1"),
+        ("customer.split", "T-1"),
+        ("customer.split", "T-1"),
+        ("customer.erased", "T-2"),
+    ]

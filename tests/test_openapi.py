@@ -148,7 +148,9 @@ def ask(
         if parameter["in"] == "path":
             url = url.replace(f"{{{parameter['name']}}}", str(value))
         else:
-            query[parameter["name"]] = json.dumps(value)
+            query[parameter["name"]] = (
+                value if isinstance(value, str) else json.dumps(value)
+            )
     body = bodies[name]["value"] if name in bodies else None
     return client.open(url, method=method, query_string=query, json=body)
 
