@@ -3,12 +3,15 @@ operations as POST /customers/{id}/detach and DELETE /customers/{id}, with
 the same locks, rules and ledger (README: "Correcting a customer: detach and erase").
 Events they append carry no request id."""
 
+import sys
+
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 import store
 from correct import Correction, NotHeld
+from guard import Guard
 from masking import mask
 from models import db
 from reconcile import EMAIL, PHONE_NUMBER
@@ -107,15 +110,50 @@ def detach(
 )
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
 @reason_option
-def erase(contact_id: int, suppress: bool, dry_run: bool, reason: str | None) -> None:
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Erase without asking. Needed when not run on a terminal (a script, a pipe).",
+)
+def erase(
+    contact_id: int, suppress: bool, dry_run: bool, reason: str | None, yes: bool
+) -> None:
     """Erase the customer of CONTACT_ID: every row, every copy of its values
-    in the ledger (GDPR art. 17)."""
+    in the ledger (GDPR art. 17). On a terminal it first says what would be
+    erased and asks; elsewhere it needs --yes."""
     guard = current_app.config["GUARD"]
     if suppress and guard.erasure_key is None:
         raise click.ClickException(
             "--suppress needs ERASURE_KEY, the secret that suppressed values are"
             " hashed with, and it is not set. Nothing was erased."
         )
+    if not dry_run and not yes:
+        # A prompt that nobody can see (a script, a pipe) must not be answered
+        # by whatever happens to be on stdin.
+        if not sys.stdin.isatty():
+            raise click.ClickException(
+                "An erasure cannot be undone, and without a terminal nobody can"
+                " confirm it: add --yes to erase without asking. Nothing was erased."
+            )
+        preview = _erase(contact_id, guard, suppress, reason, dry_run=True)
+        _say_erased(preview, suppress, dry_run=True)
+        if not click.confirm(
+            f"Erase customer {preview.customer_id}? This cannot be undone.",
+            default=False,
+        ):
+            raise click.ClickException("Not confirmed. Nothing was erased.")
+    done = _erase(contact_id, guard, suppress, reason, dry_run=dry_run)
+    _say_erased(done, suppress, dry_run=dry_run)
+
+
+def _erase(
+    contact_id: int,
+    guard: Guard,
+    suppress: bool,
+    reason: str | None,
+    *,
+    dry_run: bool,
+) -> Correction:
     with db.engine.connect() as connection:
         done, _ = store.erase_and_commit(
             connection,
@@ -126,7 +164,10 @@ def erase(contact_id: int, suppress: bool, dry_run: bool, reason: str | None) ->
             dry_run=dry_run,
             reason=reason,
         )
-    done = _found(done, contact_id)
+    return _found(done, contact_id)
+
+
+def _say_erased(done: Correction, suppress: bool, *, dry_run: bool) -> None:
     verb = "Would erase" if dry_run else "Erased"
     click.echo(f"{verb} customer {done.customer_id}.")
     _report(done, dry_run)

@@ -2,6 +2,10 @@
 answer, what they change (rows, ledger, blocked and suppressed values), and
 that bad input changes nothing."""
 
+import os
+import pty
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -9,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, text, update
 
+from conftest import ROOT
 from guard import Guard
 from invariants import (
     assert_invariants,
@@ -502,7 +507,7 @@ def test_support_commands_detach_and_erase_and_say_what_they_did(
     assert "5550" not in dry.output
     done = runner.invoke(args=["customers", "detach", "2", "--phone-number", "5550"])
     assert "Detached" in done.output and "customer 4: rows [4]" in done.output
-    erased = runner.invoke(args=["customers", "erase", "4", "--suppress"])
+    erased = runner.invoke(args=["customers", "erase", "4", "--suppress", "--yes"])
     assert erased.exit_code == 0, erased.output
     assert (
         "Erased customer 4." in erased.output
@@ -522,8 +527,9 @@ def test_support_commands_detach_and_erase_and_say_what_they_did(
         ["customers", "detach", "1", "--phone-number", "55"],
         ["customers", "detach", "1", "--email", "biff@hillvalley.edu"],
         ["customers", "detach", "99", "--phone-number", "5550"],
-        ["customers", "erase", "99"],
-        ["customers", "erase", "1", "--suppress"],
+        ["customers", "erase", "99", "--yes"],
+        ["customers", "erase", "1", "--suppress", "--yes"],
+        ["customers", "erase", "1", "--reason", "a\tb", "--yes"],
     ],
 )
 def test_support_commands_refuse_bad_input_and_change_nothing(
@@ -696,7 +702,7 @@ def test_support_commands_store_their_reason_and_refuse_a_bad_one(
         args=["customers", "detach", "1", "--phone-number", "5550", "--reason", "T-1"]
     )
     assert detached.exit_code == 0, detached.output
-    erased = runner.invoke(args=["customers", "erase", "5", "--reason", "T-2"])
+    erased = runner.invoke(args=["customers", "erase", "5", "--reason", "T-2", "--yes"])
     assert erased.exit_code == 0, erased.output
     assert "T-1" not in detached.output and "T-2" not in erased.output
     appended = events_after(client, 6)
@@ -707,3 +713,79 @@ def test_support_commands_store_their_reason_and_refuse_a_bad_one(
         ("customer.split", "T-1"),
         ("customer.erased", "T-2"),
     ]
+
+
+def erase_on_a_terminal(
+    database_url: str, contact_id: int, answer: str
+) -> subprocess.CompletedProcess[str]:
+    """`flask --app app customers erase CONTACT_ID` run as an operator runs it,
+    its stdin a terminal (a pseudo-terminal), typing `answer` and Enter."""
+    terminal, process_end = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "app", "customers", "erase"]
+            + [str(contact_id)],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdin=process_end,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(terminal, f"{answer}\n".encode())
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        os.close(terminal)
+        os.close(process_end)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def test_erasing_on_a_terminal_says_what_would_go_then_no_keeps_the_customer(
+    app: Flask, client: FlaskClient, database_url: str
+) -> None:
+    family(client)
+    before = state(app)
+
+    done = erase_on_a_terminal(database_url, 4, "n")
+
+    assert done.returncode != 0
+    assert "Would erase customer 1." in done.stdout
+    assert "Erase customer 1? This cannot be undone. [y/N]" in done.stdout
+    assert "Nothing was erased." in done.stderr
+    assert state(app) == before
+
+
+def test_erasing_on_a_terminal_erases_after_yes(
+    app: Flask, client: FlaskClient, database_url: str
+) -> None:
+    family(client)
+
+    done = erase_on_a_terminal(database_url, 4, "y")
+
+    assert done.returncode == 0, done.stderr
+    assert "Erase customer 1? This cannot be undone. [y/N]" in done.stdout
+    assert "Erased customer 1." in done.stdout
+    assert client.get("/customers/4").status_code == 404
+    check_table(app)
+
+
+def test_erasing_without_a_terminal_is_refused_unless_yes(
+    app: Flask, client: FlaskClient
+) -> None:
+    family(client)
+    before = state(app)
+    runner = app.test_cli_runner()
+
+    piped = runner.invoke(args=["customers", "erase", "4"], input="y\n")
+
+    assert piped.exit_code != 0
+    assert "add --yes" in piped.output and "Nothing was erased." in piped.output
+    assert state(app) == before
+    dry = runner.invoke(args=["customers", "erase", "4", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "Would erase customer 1." in dry.output
+    assert state(app) == before
+    done = runner.invoke(args=["customers", "erase", "4", "--yes"])
+    assert done.exit_code == 0, done.output
+    assert "Erased customer 1." in done.output
+    assert client.get("/customers/4").status_code == 404
