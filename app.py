@@ -57,6 +57,7 @@ from validation import (
     MAX_ID,
     InvalidInput,
     check_email,
+    parse_blocked_page,
     parse_blocked_value,
     parse_detach,
     parse_erase,
@@ -235,9 +236,12 @@ def with_ignored(answer: dict[str, Any], ignored: Sequence[Ignored]) -> dict[str
 
 @api.get("/blocked-values")
 def list_blocked_values() -> dict[str, Any]:
+    """The built-in rules (on the first page only), then a page of the
+    shop's values."""
+    after, limit = parse_blocked_page(request.args)
     with connect() as connection:
-        values = guard.list_blocked(connection)
-    rules = guard.BUILTIN_RULES if current_app.config["GUARD"].builtin else ()
+        values, following = guard.list_blocked(connection, after=after, limit=limit)
+    builtin = current_app.config["GUARD"].builtin and after == 0
     return {
         "blockedValues": [
             {
@@ -246,9 +250,10 @@ def list_blocked_values() -> dict[str, Any]:
                 "field": rule.field,
                 "rule": rule.description,
             }
-            for rule in rules
+            for rule in (guard.BUILTIN_RULES if builtin else ())
         ]
-        + [blocked_json(value) for value in values]
+        + [blocked_json(value) for value in values],
+        "next": following,
     }
 
 

@@ -101,9 +101,10 @@ MAX_ID = 2**31 - 1
 
 
 def parse_page(args: Mapping[str, str]) -> tuple[int, int]:
-    """Return (after, limit) of a list's query string: `after` an event id,
-    0 to MAX_ID (default 0, the start); `limit` 1 to MAX_PAGE (default
-    DEFAULT_PAGE). Raises InvalidInput for anything else."""
+    """Return (after, limit) of a list's query string: `after` an id (of an
+    event, of a blocked value), 0 to MAX_ID (default 0, the start); `limit`
+    1 to MAX_PAGE (default DEFAULT_PAGE). Raises InvalidInput for anything
+    else."""
     after = _whole_number(args, "after", 0)
     if after > MAX_ID:
         raise InvalidInput(f"after must be from 0 to {MAX_ID}.")
@@ -123,6 +124,7 @@ def _whole_number(args: Mapping[str, str], name: str, default: int) -> int:
 
 
 BLOCKED_VALUE_MEMBERS = ("email", "phoneNumber")
+PAGE_PARAMETERS = ("after", "limit")
 DETACH_MEMBERS = ("email", "phoneNumber", "block", "dryRun", "reason")
 ERASE_PARAMETERS = ("suppress", "dryRun", "reason")
 NOTHING_CHANGED = "Nothing was changed."
@@ -139,6 +141,13 @@ def parse_blocked_value(args: MultiDict[str, str], body: Any) -> tuple[str, str]
     body = _object(body)
     _refuse_unknown(body, BLOCKED_VALUE_MEMBERS, "POST /blocked-values", "body member")
     return _one_value(body)
+
+
+def parse_blocked_page(args: MultiDict[str, str]) -> tuple[int, int]:
+    """(after, limit) of GET /blocked-values, as parse_page reads them; any
+    other query parameter, or one given twice, raises InvalidInput."""
+    _refuse_unknown(args, PAGE_PARAMETERS, "GET /blocked-values", "query parameter")
+    return parse_page(args)
 
 
 def parse_no_input(args: MultiDict[str, str], body: bytes, route: str) -> None:

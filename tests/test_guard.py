@@ -204,6 +204,72 @@ def test_deleting_a_blocked_value_with_a_parameter_or_a_body_is_a_400(
     assert [item["id"] for item in listed[3:]] == [value_id]
 
 
+def block_phones(client: FlaskClient, count: int) -> list[int]:
+    """Block `count` phone numbers; their ids, in order."""
+    ids = []
+    for n in range(count):
+        added = client.post("/blocked-values", json={"phoneNumber": f"555{n:04}"})
+        assert added.status_code == 201
+        ids.append(added.get_json()["id"])
+    return ids
+
+
+def test_blocked_values_page_with_the_builtin_rules_on_the_first_page_only(
+    client: FlaskClient,
+) -> None:
+    ids = block_phones(client, 5)
+
+    pages = []
+    after = 0
+    while after is not None:
+        page = client.get(f"/blocked-values?after={after}&limit=2").get_json()
+        pages.append([item["id"] for item in page["blockedValues"]])
+        after = page["next"]
+
+    builtin = [rule.id for rule in guard.BUILTIN_RULES]
+    assert pages == [builtin + ids[:2], ids[2:4], ids[4:]]
+
+
+def test_blocked_values_come_fifty_to_a_page_by_default(client: FlaskClient) -> None:
+    ids = block_phones(client, 51)
+
+    first = client.get("/blocked-values").get_json()
+    last = client.get(f"/blocked-values?after={first['next']}").get_json()
+
+    assert [item["id"] for item in first["blockedValues"][3:]] == ids[:50]
+    assert first["next"] == ids[49]
+    assert [item["id"] for item in last["blockedValues"]] == ids[50:]
+    assert last["next"] is None
+
+
+def test_without_the_builtin_rules_the_first_page_holds_only_the_shops_values(
+    app: Flask, client: FlaskClient
+) -> None:
+    app.config["GUARD"] = guard.Guard(builtin=False, limits=None)
+    ids = block_phones(client, 1)
+
+    page = client.get("/blocked-values").get_json()
+
+    assert [item["id"] for item in page["blockedValues"]] == ids
+    assert page["next"] is None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=101",
+        "after=-1",
+        "after=abc",
+        "after=2147483648",
+        "page=2",
+        "limit=1&limit=2",
+    ],
+)
+def test_a_bad_blocked_values_page_is_a_400(client: FlaskClient, query: str) -> None:
+    assert_problem(client.get(f"/blocked-values?{query}"), 400)
+
+
 def test_duplicates_and_builtin_values_conflict(client: FlaskClient) -> None:
     assert (
         client.post("/blocked-values", json={"phoneNumber": "5550100"}).status_code
