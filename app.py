@@ -228,10 +228,17 @@ def lookup_customers() -> dict[str, Any]:
 def with_ignored(answer: dict[str, Any], ignored: Sequence[Ignored]) -> dict[str, Any]:
     """The answer with what the request's values were ignored for, if any."""
     if ignored:
-        answer["ignored"] = [
-            {"field": item.field, "reason": item.reason} for item in ignored
-        ]
+        answer["ignored"] = ignored_json(ignored)
     return answer
+
+
+def ignored_json(ignored: Sequence[Ignored]) -> list[dict[str, str]]:
+    """Each ignored value's field and reason, and for `limit`, which limit."""
+    return [
+        {"field": item.field, "reason": item.reason}
+        | ({"limit": item.limit} if item.limit else {})
+        for item in ignored
+    ]
 
 
 @api.get("/blocked-values")
@@ -507,7 +514,7 @@ def nothing_usable(error: NothingUsable) -> Response:
         )
     )
     body = response.get_json()
-    body["ignored"] = [{"field": i.field, "reason": i.reason} for i in error.ignored]
+    body["ignored"] = ignored_json(error.ignored)
     response.set_data(json.dumps(body))
     return response
 

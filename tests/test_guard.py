@@ -319,7 +319,9 @@ def test_a_phone_with_too_many_partners_is_dropped_and_the_pair_recorded(
 
     answer = post(client, "shopper3@shop.com", "5550100")
 
-    assert answer["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
+    assert answer["ignored"] == [
+        {"field": "phoneNumber", "reason": "limit", "limit": "MAX_PARTNERS_PER_VALUE"}
+    ]
     assert answer["contact"]["primaryContactId"] == 4
     assert answer["contact"]["phoneNumbers"] == []
     refused = events(app)[-1]
@@ -330,9 +332,13 @@ def test_a_phone_with_too_many_partners_is_dropped_and_the_pair_recorded(
         "limit",
     )
     assert (refused.email, refused.phone_number) == ("shopper3@shop.com", "5550100")
+    assert refused.limit_name == "MAX_PARTNERS_PER_VALUE"
     history = client.get("/customers/4/history").get_json()["events"]
     assert history[-1]["type"] == "customer.link_refused"
-    assert history[-1]["reason"] == "limit"
+    assert (history[-1]["reason"], history[-1]["limit"]) == (
+        "limit",
+        "MAX_PARTNERS_PER_VALUE",
+    )
     # A known partner is no new partner: it still links.
     assert "ignored" not in post(client, "shopper0@shop.com", "5550100")
 
@@ -346,7 +352,9 @@ def test_merge_events_count_as_partners(app: Flask, client: FlaskClient) -> None
 
     answer = post(client, "c@shop.com", "5550002")
 
-    assert answer["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
+    assert answer["ignored"] == [
+        {"field": "phoneNumber", "reason": "limit", "limit": "MAX_PARTNERS_PER_VALUE"}
+    ]
 
 
 def test_a_customer_stops_growing_at_its_value_limit(
@@ -359,9 +367,17 @@ def test_a_customer_stops_growing_at_its_value_limit(
 
     answer = post(client, "c@shop.com", "5550002")
 
-    assert answer["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
+    assert answer["ignored"] == [
+        {"field": "phoneNumber", "reason": "limit", "limit": "MAX_VALUES_PER_CUSTOMER"}
+    ]
     assert answer["contact"]["primaryContactId"] == 4
     assert len(rows(app)) == 4
+    refused = client.get("/events?after=3").get_json()["events"][-1]
+    assert (refused["type"], refused["reason"], refused["limit"]) == (
+        "customer.link_refused",
+        "limit",
+        "MAX_VALUES_PER_CUSTOMER",
+    )
 
 
 def test_a_merge_beyond_the_value_limit_is_refused(
@@ -377,8 +393,13 @@ def test_a_merge_beyond_the_value_limit_is_refused(
 
     assert answer["contact"]["primaryContactId"] == 1
     assert answer["contact"]["secondaryContactIds"] == [2]
-    assert answer["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
-    assert events(app)[-1].type == "customer.link_refused"
+    assert answer["ignored"] == [
+        {"field": "phoneNumber", "reason": "limit", "limit": "MAX_VALUES_PER_CUSTOMER"}
+    ]
+    assert (events(app)[-1].type, events(app)[-1].limit_name) == (
+        "customer.link_refused",
+        "MAX_VALUES_PER_CUSTOMER",
+    )
 
 
 def test_the_priority_decides_which_value_is_dropped(
@@ -391,7 +412,9 @@ def test_the_priority_decides_which_value_is_dropped(
 
     answer = post(client, "b@shop.com", "5550001")
 
-    assert answer["ignored"] == [{"field": "email", "reason": "limit"}]
+    assert answer["ignored"] == [
+        {"field": "email", "reason": "limit", "limit": "MAX_PARTNERS_PER_VALUE"}
+    ]
     assert answer["contact"]["primaryContactId"] == 1
     assert answer["contact"]["emails"] == ["a@shop.com"]
 
