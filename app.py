@@ -1,6 +1,5 @@
 """The HTTP edge: the Flask app, its routes, and errors as problem documents."""
 
-import json
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -458,14 +457,19 @@ def contact_json(identity: Identity) -> dict[str, Any]:
     }
 
 
-def problem(error: HTTPException) -> Response:
-    """Every error as an RFC 9457 problem document; never a page or a trace."""
+def problem(error: HTTPException, extra: Mapping[str, Any] | None = None) -> Response:
+    """Every error as an RFC 9457 problem document, with the `extra` members
+    its kind adds; never a page or a trace."""
     status = error.code or 500
     detail = error.description
     if isinstance(error, RequestEntityTooLarge):
         detail = f"The request body must be at most {MAX_BODY_BYTES // 1024} KiB."
     response = jsonify(
-        type="about:blank", status=status, title=error.name, detail=detail
+        type="about:blank",
+        status=status,
+        title=error.name,
+        detail=detail,
+        **(extra or {}),
     )
     response.status_code = status
     response.mimetype = "application/problem+json"
@@ -507,16 +511,13 @@ def nothing_usable(error: NothingUsable) -> Response:
     """422: every value was ignored, so there is nothing to match or store."""
     observability.record_ignored(error.ignored)
     reasons = ", ".join(f"{item.field} ({item.reason})" for item in error.ignored)
-    response = problem(
+    return problem(
         UnprocessableEntity(
             f"Every value of the request was ignored: {reasons}. Nothing was"
             " matched or stored."
-        )
+        ),
+        {"ignored": ignored_json(error.ignored)},
     )
-    body = response.get_json()
-    body["ignored"] = ignored_json(error.ignored)
-    response.set_data(json.dumps(body))
-    return response
 
 
 def schema_missing(cause: object) -> bool:

@@ -2,6 +2,7 @@
 the limits on a customer and a value, what the answer says was ignored, and
 the settings the service refuses."""
 
+import json
 from typing import Any
 
 import pytest
@@ -95,6 +96,21 @@ def test_nothing_usable_left_is_a_422_that_stores_nothing(
     assert_problem(
         client.post("/customers/lookup", json={"phoneNumber": "000000"}), 422
     )
+
+
+def test_a_422_is_serialised_as_every_other_problem_document(
+    client: FlaskClient,
+) -> None:
+    unusable = client.post("/identify", json={"email": "test@shop.com"})
+    bad = client.post("/identify", json={"email": 42})
+
+    for response in (unusable, bad):
+        body = response.get_json()
+        assert list(body)[:4] == ["type", "status", "title", "detail"]
+        compact = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        assert response.get_data(as_text=True).strip() == compact
+        assert response.mimetype == "application/problem+json"
+    assert unusable.get_json()["ignored"] == [{"field": "email", "reason": "blocked"}]
 
 
 def test_the_builtin_rules_can_be_turned_off(app: Flask, client: FlaskClient) -> None:
