@@ -1,6 +1,5 @@
 """The HTTP edge: the Flask app, its routes, and errors as problem documents."""
 
-import json
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -57,11 +56,13 @@ from validation import (
     MAX_ID,
     InvalidInput,
     check_email,
+    parse_blocked_page,
     parse_blocked_value,
     parse_detach,
-    parse_flags,
+    parse_erase,
     parse_holders,
     parse_identify,
+    parse_no_input,
     parse_page,
 )
 
@@ -222,17 +223,27 @@ def lookup_customers() -> dict[str, Any]:
 def with_ignored(answer: dict[str, Any], ignored: Sequence[Ignored]) -> dict[str, Any]:
     """The answer with what the request's values were ignored for, if any."""
     if ignored:
-        answer["ignored"] = [
-            {"field": item.field, "reason": item.reason} for item in ignored
-        ]
+        answer["ignored"] = ignored_json(ignored)
     return answer
+
+
+def ignored_json(ignored: Sequence[Ignored]) -> list[dict[str, str]]:
+    """Each ignored value's field and reason, and for `limit`, which limit."""
+    return [
+        {"field": item.field, "reason": item.reason}
+        | ({"limit": item.limit} if item.limit else {})
+        for item in ignored
+    ]
 
 
 @api.get("/blocked-values")
 def list_blocked_values() -> dict[str, Any]:
+    """The built-in rules (on the first page only), then a page of the
+    shop's values."""
+    after, limit = parse_blocked_page(request.args)
     with connect() as connection:
-        values = guard.list_blocked(connection)
-    rules = guard.BUILTIN_RULES if current_app.config["GUARD"].builtin else ()
+        values, following = guard.list_blocked(connection, after=after, limit=limit)
+    builtin = current_app.config["GUARD"].builtin and after == 0
     return {
         "blockedValues": [
             {
@@ -241,15 +252,16 @@ def list_blocked_values() -> dict[str, Any]:
                 "field": rule.field,
                 "rule": rule.description,
             }
-            for rule in rules
+            for rule in (guard.BUILTIN_RULES if builtin else ())
         ]
-        + [blocked_json(value) for value in values]
+        + [blocked_json(value) for value in values],
+        "next": following,
     }
 
 
 @api.post("/blocked-values")
 def add_blocked_value() -> tuple[dict[str, Any], int, dict[str, str]]:
-    field, value = parse_blocked_value(request.get_json())
+    field, value = parse_blocked_value(request.args, request.get_json())
     rule = guard.builtin_rule(field, value)
     if rule is not None and current_app.config["GUARD"].builtin:
         raise Conflict(f"{field} is already blocked by the built-in rule {rule.id}.")
@@ -262,6 +274,7 @@ def add_blocked_value() -> tuple[dict[str, Any], int, dict[str, str]]:
 
 @api.delete("/blocked-values/<value_id>")
 def delete_blocked_value(value_id: str) -> tuple[str, int]:
+    parse_no_input(request.args, request.get_data(), "DELETE /blocked-values/{id}")
     if any(rule.id == value_id for rule in guard.BUILTIN_RULES):
         raise Conflict(
             f"{value_id} is a built-in rule and cannot be deleted; set"
@@ -335,7 +348,7 @@ def events() -> dict[str, Any]:
 @api.post("/customers/<int:contact_id>/detach")
 def detach_value(contact_id: int) -> dict[str, Any]:
     """Take an email or a phone away from a customer and regroup the rest."""
-    field, value, block, dry_run = parse_detach(request.get_json())
+    asked = parse_detach(request.args, request.get_json())
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
 
@@ -344,28 +357,35 @@ def detach_value(contact_id: int) -> dict[str, Any]:
             done, retries = store.detach_and_commit(
                 connection,
                 contact_id,
-                field=field,
-                value=value,
+                field=asked.field,
+                value=asked.value,
                 request_id=g.request_id,
-                block=block,
-                dry_run=dry_run,
+                block=asked.block,
+                dry_run=asked.dry_run,
+                reason=asked.reason,
             )
         except correct.NotHeld:
             raise UnprocessableEntity(
-                f"Customer {contact_id} holds no such {field}. Nothing was changed."
+                f"Customer {contact_id} holds no such {asked.field}. Nothing was"
+                " changed."
             ) from None
     if done is None:
         raise no_contact(contact_id)
-    observability.record_correction("detach", done, dry_run=dry_run, retries=retries)
-    return {"contacts": [contact_json(identity) for identity in done.customers]}
+    observability.record_correction(
+        "detach", done, dry_run=asked.dry_run, retries=retries
+    )
+    return {
+        "contacts": [contact_json(identity) for identity in done.customers],
+        "dryRun": asked.dry_run,
+    }
 
 
 @api.delete("/customers/<int:contact_id>")
 def erase_customer(contact_id: int) -> dict[str, Any]:
     """Erase a customer: every row, every copy of its values in the ledger."""
-    flags = parse_flags(request.args, "suppress", "dryRun")
+    asked = parse_erase(request.args, request.get_data())
     protection = current_app.config["GUARD"]
-    if flags["suppress"] and protection.erasure_key is None:
+    if asked.suppress and protection.erasure_key is None:
         raise UnprocessableEntity(
             "suppress needs the service's ERASURE_KEY, the secret that suppressed"
             " values are hashed with, and it is not set. Nothing was erased."
@@ -379,17 +399,19 @@ def erase_customer(contact_id: int) -> dict[str, Any]:
             contact_id,
             request_id=g.request_id,
             guard=protection,
-            suppress=flags["suppress"],
-            dry_run=flags["dryRun"],
+            suppress=asked.suppress,
+            dry_run=asked.dry_run,
+            reason=asked.reason,
         )
     if done is None:
         raise no_contact(contact_id)
     observability.record_correction(
-        "erase", done, dry_run=flags["dryRun"], retries=retries
+        "erase", done, dry_run=asked.dry_run, retries=retries
     )
     return {
         "erasedContactIds": list(done.deleted),
-        "suppressed": len(done.forgotten) if flags["suppress"] else 0,
+        "suppressed": len(done.forgotten) if asked.suppress else 0,
+        "dryRun": asked.dry_run,
     }
 
 
@@ -437,14 +459,19 @@ def contact_json(identity: Identity) -> dict[str, Any]:
     }
 
 
-def problem(error: HTTPException) -> Response:
-    """Every error as an RFC 9457 problem document; never a page or a trace."""
+def problem(error: HTTPException, extra: Mapping[str, Any] | None = None) -> Response:
+    """Every error as an RFC 9457 problem document, with the `extra` members
+    its kind adds; never a page or a trace."""
     status = error.code or 500
     detail = error.description
     if isinstance(error, RequestEntityTooLarge):
         detail = f"The request body must be at most {MAX_BODY_BYTES // 1024} KiB."
     response = jsonify(
-        type="about:blank", status=status, title=error.name, detail=detail
+        type="about:blank",
+        status=status,
+        title=error.name,
+        detail=detail,
+        **(extra or {}),
     )
     response.status_code = status
     response.mimetype = "application/problem+json"
@@ -486,16 +513,13 @@ def nothing_usable(error: NothingUsable) -> Response:
     """422: every value was ignored, so there is nothing to match or store."""
     observability.record_ignored(error.ignored)
     reasons = ", ".join(f"{item.field} ({item.reason})" for item in error.ignored)
-    response = problem(
+    return problem(
         UnprocessableEntity(
             f"Every value of the request was ignored: {reasons}. Nothing was"
             " matched or stored."
-        )
+        ),
+        {"ignored": ignored_json(error.ignored)},
     )
-    body = response.get_json()
-    body["ignored"] = [{"field": i.field, "reason": i.reason} for i in error.ignored]
-    response.set_data(json.dumps(body))
-    return response
 
 
 def schema_missing(cause: object) -> bool:

@@ -40,9 +40,11 @@ class Correction:
     `deleted` rows go (live and soft-deleted ones); `cleared` rows keep their
     other value and lose `field`; `links` are the rows whose link changes, to
     the primary given, or to none: they become primaries. Every copy in the
-    ledger of a value in `forgotten` ((field, value) pairs) becomes null.
-    `customers` is the answer of a detach: every customer its rows now form,
-    ascending id."""
+    ledger of a value in `forgotten` ((field, value) pairs) becomes null, and
+    so does the support reason of every earlier detach that the contact ids
+    in `reasons_forgotten` took part in (an erasure's: README, "What erasure
+    removes and what it keeps"). `customers` is the answer of a detach:
+    every customer its rows now form, ascending id."""
 
     customer_id: int
     deleted: tuple[int, ...]
@@ -52,6 +54,7 @@ class Correction:
     forgotten: tuple[tuple[str, str], ...]
     events: tuple[Event, ...]
     customers: tuple[Identity, ...]
+    reasons_forgotten: tuple[int, ...]
 
 
 class NotHeld(ValueError):
@@ -69,6 +72,7 @@ def detach(
     field: str,
     value: str,
     evidence: Evidence,
+    reason: str | None = None,
 ) -> Correction:
     """Take `value` (an email or a phone, by `field`) away from the customer
     whose live rows are `rows` (the customer's id is their primary's, which
@@ -83,8 +87,8 @@ def detach(
 
     Events: `customer.detached` (the rows deleted), then, when the rows fell
     apart, one `customer.split` per part, or, when one part remains under
-    another primary, `customer.primary_changed`. Raises NotHeld when no
-    live row holds the value."""
+    another primary, `customer.primary_changed`; each carries `reason`, the
+    one support gave. Raises NotHeld when no live row holds the value."""
     if not any(value_of(row, field) == value for row in rows):
         raise NotHeld(field)
     customer_id = rows[0].customer_id
@@ -108,9 +112,11 @@ def detach(
                 links.append((row.id, target))
             members.append(_linked(row, target))
     deleted = tuple(sorted(gone))
-    events = [Event(EventType.DETACHED, customer_id, deleted, None, None)]
+    events = [
+        Event(EventType.DETACHED, customer_id, deleted, None, None, reason=reason)
+    ]
     customers = views(members)
-    events += _regrouped(customer_id, customers)
+    events += _regrouped(customer_id, customers, reason)
     return Correction(
         customer_id=customer_id,
         deleted=deleted,
@@ -120,13 +126,18 @@ def detach(
         forgotten=((field, value),),
         events=tuple(events),
         customers=tuple(customers),
+        reasons_forgotten=(),
     )
 
 
-def erase(rows: Sequence[Member], retired: Sequence[Member]) -> Correction:
+def erase(
+    rows: Sequence[Member], retired: Sequence[Member], *, reason: str | None = None
+) -> Correction:
     """Delete every row of the customer whose live rows are `rows`, live or
-    soft-deleted, and forget every value they hold. One `customer.erased`
-    event, without values, names the former id and rows."""
+    soft-deleted, and forget every value they hold, and the reasons of the
+    detaches those rows took part in (they may name the person). One
+    `customer.erased` event, without values, names the former id and rows,
+    with `reason`, the one support gave."""
     customer_id = rows[0].customer_id
     everything = (*rows, *retired)
     deleted = tuple(sorted(row.id for row in everything))
@@ -136,7 +147,7 @@ def erase(rows: Sequence[Member], retired: Sequence[Member]) -> Correction:
         for field in (EMAIL, PHONE_NUMBER)
         if (found := value_of(row, field)) is not None
     }
-    erased = Event(EventType.ERASED, customer_id, deleted, None, None)
+    erased = Event(EventType.ERASED, customer_id, deleted, None, None, reason=reason)
     return Correction(
         customer_id=customer_id,
         deleted=deleted,
@@ -146,10 +157,13 @@ def erase(rows: Sequence[Member], retired: Sequence[Member]) -> Correction:
         forgotten=tuple(sorted(forgotten)),
         events=(erased,),
         customers=(),
+        reasons_forgotten=deleted,
     )
 
 
-def _regrouped(customer_id: int, customers: list[Identity]) -> list[Event]:
+def _regrouped(
+    customer_id: int, customers: list[Identity], reason: str | None
+) -> list[Event]:
     """The events that say where the remaining rows now belong: one split
     per part, or a change of primary when one part has a new one."""
     if len(customers) == 1 and customers[0].primary_id == customer_id:
@@ -163,6 +177,7 @@ def _regrouped(customer_id: int, customers: list[Identity]) -> list[Event]:
             None,
             None,
             previous_customer_id=customer_id,
+            reason=reason,
         )
         for identity in customers
     ]

@@ -210,24 +210,33 @@ class Blocked:
 _COLUMNS = {EMAIL: BlockedValue.email, PHONE_NUMBER: BlockedValue.phone_number}
 
 
-def list_blocked(connection: Connection) -> list[Blocked]:
+def list_blocked(
+    connection: Connection, *, after: int, limit: int
+) -> tuple[list[Blocked], int | None]:
+    """The shop's blocked values with an id above `after`, oldest first, at
+    most `limit` of them, and the `after` of the next page (None when no
+    more follow)."""
     rows = connection.execute(
         select(
             BlockedValue.id,
             BlockedValue.email,
             BlockedValue.phone_number,
             BlockedValue.created_at,
-        ).order_by(BlockedValue.id)
-    )
-    return [
+        )
+        .where(BlockedValue.id > after)
+        .order_by(BlockedValue.id)
+        .limit(limit + 1)
+    ).all()
+    values = [
         Blocked(
             row.id,
             EMAIL if row.email else PHONE_NUMBER,
             row.email or row.phone_number,
             row.created_at,
         )
-        for row in rows
+        for row in rows[:limit]
     ]
+    return values, values[-1].id if len(rows) > limit else None
 
 
 def add_blocked(

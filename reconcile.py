@@ -37,14 +37,20 @@ class EventType(StrEnum):
 EMAIL = "email"
 PHONE_NUMBER = "phoneNumber"
 
+# The limits, named as their settings are.
+MAX_VALUES = "MAX_VALUES_PER_CUSTOMER"
+MAX_PARTNERS = "MAX_PARTNERS_PER_VALUE"
+
 
 @dataclass(frozen=True)
 class Ignored:
     """A value of the request that was not matched or stored, and why:
-    `blocked`, `suppressed` or `limit`."""
+    `blocked`, `suppressed` or `limit`; for `limit`, which one (MAX_VALUES
+    or MAX_PARTNERS)."""
 
     field: str
     reason: str
+    limit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,8 +193,9 @@ def decide(
     values of the other kind (in rows or merge events: the rows' pairs are in
     `rows`, the merges' in `partners`), is decided as if it had been sent
     without its lower-priority value, and records the refused pair as a
-    `customer.link_refused` event. Without `partners` (a first read, before
-    any lock) only the rows' pairs count. Without `limits` nothing is refused.
+    `customer.link_refused` event naming the limit (MAX_VALUES when both
+    would break). Without `partners` (a first read, before any lock) only
+    the rows' pairs count. Without `limits` nothing is refused.
 
     1. Nothing matches: a new primary row.
     2. One cluster matches and the request brings a value it lacks: a new
@@ -202,7 +209,8 @@ def decide(
     decision = _link(rows, email, phone_number, now)
     if limits is None or email is None or phone_number is None:
         return replace(decision, ignored=tuple(ignored))
-    if not _breaks_a_limit(decision, rows, email, phone_number, limits, partners):
+    broken = _limit_broken(decision, rows, email, phone_number, limits, partners)
+    if broken is None:
         return replace(decision, ignored=tuple(ignored))
     dropped = limits.priority[1]
     kept_email = None if dropped == EMAIL else email
@@ -223,35 +231,38 @@ def decide(
         email,
         phone_number,
         reason="limit",
+        limit_name=broken,
     )
     return replace(
         kept,
         events=(*kept.events, refused),
-        ignored=(*ignored, Ignored(dropped, "limit")),
+        ignored=(*ignored, Ignored(dropped, "limit", broken)),
     )
 
 
-def _breaks_a_limit(
+def _limit_broken(
     decision: Decision,
     rows: Sequence[Member],
     email: str,
     phone_number: str,
     limits: Limits,
     partners: Partners | None,
-) -> bool:
-    """True when `decision` adds values to a customer beyond max_values, or
-    pairs the email and the phone when one of them already has max_partners
-    partners. With both values sent, a decision that grows a customer pairs
-    them: its new row holds both, or its merge event has both as evidence."""
+) -> str | None:
+    """The limit `decision` breaks, or None: MAX_VALUES when it adds values
+    to a customer beyond max_values (checked first), MAX_PARTNERS when it
+    pairs the email and the phone while one of them already has
+    max_partners partners. With both values sent, a decision that grows a
+    customer pairs them: its new row holds both, or its merge event has
+    both as evidence."""
     merges = any(event.type is EventType.MERGED for event in decision.events)
     grows = merges or decision.insert is not None
     if not grows:
-        return False
+        return None
     values = {m.email for m in decision.members} | {
         m.phone_number for m in decision.members
     }
     if len(values - {None}) > limits.max_values:
-        return True
+        return MAX_VALUES
     known = partners or Partners()
     phones = {r.phone_number for r in rows if r.email == email} | known.phones_of_email
     emails = {
@@ -259,9 +270,11 @@ def _breaks_a_limit(
     } | known.emails_of_phone
     phones.discard(None)
     emails.discard(None)
-    return (phone_number not in phones and len(phones) >= limits.max_partners) or (
+    if (phone_number not in phones and len(phones) >= limits.max_partners) or (
         email not in emails and len(emails) >= limits.max_partners
-    )
+    ):
+        return MAX_PARTNERS
+    return None
 
 
 def _link(

@@ -609,16 +609,23 @@ def detach_and_commit(
     request_id: str | None,
     block: bool = False,
     dry_run: bool = False,
+    reason: str | None = None,
 ) -> tuple[Correction | None, int]:
     """Take `value` away from the customer of live contact `contact_id`
-    (correct.detach), blocking it with `block`. Raises correct.NotHeld."""
+    (correct.detach), blocking it with `block`; its events carry `reason`.
+    Raises correct.NotHeld."""
 
     def rule(
         connection: Connection, rows: list[Member], retired: list[Member]
     ) -> Correction:
         evidence = read_evidence(connection, rows)
         return correct.detach(
-            rows, retired, field=field, value=value, evidence=evidence
+            rows,
+            retired,
+            field=field,
+            value=value,
+            evidence=evidence,
+            reason=reason,
         )
 
     return correct_and_commit(
@@ -639,13 +646,14 @@ def erase_and_commit(
     guard: Guard,
     suppress: bool = False,
     dry_run: bool = False,
+    reason: str | None = None,
 ) -> tuple[Correction | None, int]:
     """Erase the customer of live contact `contact_id` (correct.erase),
     suppressing its values with `suppress` (the caller checks that `guard`
-    has the key)."""
+    has the key); its event carries `reason`."""
 
     def rule(_: Connection, rows: list[Member], retired: list[Member]) -> Correction:
-        return correct.erase(rows, retired)
+        return correct.erase(rows, retired, reason=reason)
 
     return correct_and_commit(
         connection,
@@ -743,12 +751,86 @@ _FORGET = {
 }
 
 
+# The events a detach appends, which carry the reason support gave.
+_CORRECTED = (
+    EventType.DETACHED.value,
+    EventType.SPLIT.value,
+    EventType.PRIMARY_CHANGED.value,
+)
+_HANDOVERS = (
+    select(
+        EventRow.previous_customer_id.label("id"), func.max(EventRow.id).label("last")
+    )
+    .where(
+        OneOf(EventRow.customer_id, "ids"),
+        EventRow.type.in_([EventType.SPLIT.value, EventType.PRIMARY_CHANGED.value]),
+    )
+    .group_by(EventRow.previous_customer_id)
+    .cte("handovers")
+)
+_WITH_REASON = EventRow.reason.is_not(None) & EventRow.type.in_(_CORRECTED)
+_REASONED = union(
+    select(EventRow.id, EventRow.at).where(
+        _WITH_REASON, OneOf(EventRow.customer_id, "ids")
+    ),
+    select(EventRow.id, EventRow.at)
+    .join(
+        _HANDOVERS,
+        (EventRow.customer_id == _HANDOVERS.c.id) & (EventRow.id <= _HANDOVERS.c.last),
+    )
+    .where(_WITH_REASON),
+).subquery()
+# One event of each detach, with a reason, that the customers took part in:
+# as themselves, or as the customer they were split or handed over from, up
+# to the hand-over (one step back, as a history goes: ledger.history).
+_REASONED_DETACHES = select(func.min(_REASONED.c.id)).group_by(_REASONED.c.at)
+# A detach's events are the run of consecutive ids around one of them that
+# share its `at`: one transaction appends them at once, under the ledger's
+# lock (ledger.py), and two transactions never take the same microsecond.
+# Aliases, so that the UPDATE below does not correlate them with its rows.
+_ONE, _NEAR = EventRow.__table__.alias("one"), EventRow.__table__.alias("near")
+_AT = select(_ONE.c.at).where(_ONE.c.id == bindparam("event_id")).scalar_subquery()
+_BEFORE = (
+    select(_NEAR.c.id)
+    .where(_NEAR.c.id < bindparam("event_id"), _NEAR.c.at != _AT)
+    .order_by(_NEAR.c.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+_AFTER = (
+    select(_NEAR.c.id)
+    .where(_NEAR.c.id > bindparam("event_id"), _NEAR.c.at != _AT)
+    .order_by(_NEAR.c.id)
+    .limit(1)
+    .scalar_subquery()
+)
+_FORGET_REASONS = (
+    update(EventRow)
+    .where(
+        EventRow.id > func.coalesce(_BEFORE, 0),
+        # Event ids are 32-bit integers: 2**31 is above every one of them.
+        EventRow.id < func.coalesce(_AFTER, 2**31),
+        _WITH_REASON,
+    )
+    .values(reason=None)
+)
+
+
+def _forget_reasons(connection: Connection, contact_ids: Sequence[int]) -> None:
+    """Null the support reason on every event of every detach that these
+    contact ids took part in (correct.Correction.reasons_forgotten), in the
+    caller's transaction."""
+    found = connection.execute(_REASONED_DETACHES, {"ids": list(contact_ids)})
+    for (event_id,) in found.all():
+        connection.execute(_FORGET_REASONS, {"event_id": event_id})
+
+
 def _apply_correction(
     connection: Connection, correction: Correction, now: datetime
 ) -> None:
-    """Write a correction's contact rows and null its forgotten values in the
-    ledger, in the caller's transaction. Links change before rows go, so no
-    row is left linked to a deleted one."""
+    """Write a correction's contact rows and null its forgotten values and
+    reasons in the ledger, in the caller's transaction. Links change before
+    rows go, so no row is left linked to a deleted one."""
     changes: dict[tuple[bool, int | None | str], list[int]] = {}
     links = dict(correction.links)
     cleared = set(correction.cleared)
@@ -770,3 +852,5 @@ def _apply_correction(
         values = [value for kind, value in correction.forgotten if kind == field]
         if values:
             connection.execute(forget, {"values": values})
+    if correction.reasons_forgotten:
+        _forget_reasons(connection, correction.reasons_forgotten)

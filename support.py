@@ -4,25 +4,48 @@ the same locks, rules and ledger (README: "Correcting a customer: detach and era
 Events they append carry no request id. `holders`, as POST /customers/holders,
 finds the customers to detach a value from."""
 
+import sys
+
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 import store
 from correct import Correction, NotHeld
+from guard import Guard
 from masking import mask
 from models import db
 from reconcile import EMAIL, PHONE_NUMBER
 from validation import (
+    MAX_REASON_LENGTH,
     InvalidInput,
     check_email,
     normalise_phone_number,
-    parse_blocked_value,
+    parse_holders,
+    parse_reason,
 )
 
 customers = AppGroup(
     "customers",
     help="Correct customers: find who holds a value, detach it, erase.",
+)
+
+
+def _reason(_: click.Context, __: click.Parameter, value: str | None) -> str | None:
+    """--reason checked as the API checks `reason` (validation.parse_reason)."""
+    if value is None:
+        return None
+    try:
+        return parse_reason(value)
+    except InvalidInput as error:
+        raise click.BadParameter(str(error)) from None
+
+
+reason_option = click.option(
+    "--reason",
+    callback=_reason,
+    help=f"Why, for the ledger: a ticket reference (1 to {MAX_REASON_LENGTH}"
+    " characters). Stored on the events; never logged or printed.",
 )
 
 
@@ -32,12 +55,14 @@ customers = AppGroup(
 @click.option("--phone-number", help="The phone number to take away.")
 @click.option("--block", is_flag=True, help="Add the value to the blocked values.")
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+@reason_option
 def detach(
     contact_id: int,
     email: str | None,
     phone_number: str | None,
     block: bool,
     dry_run: bool,
+    reason: str | None,
 ) -> None:
     """Take an email or a phone number away from the customer of CONTACT_ID
     and regroup its other rows by the evidence that remains."""
@@ -60,6 +85,7 @@ def detach(
                 request_id=None,
                 block=block,
                 dry_run=dry_run,
+                reason=reason,
             )
         except NotHeld:
             raise click.ClickException(
@@ -94,7 +120,7 @@ def holders(email: str | None, phone_number: str | None, show_values: bool) -> N
     if (email is None) == (phone_number is None):
         raise click.UsageError("Give exactly one of --email and --phone-number.")
     try:
-        field, value = parse_blocked_value({EMAIL: email, PHONE_NUMBER: phone_number})
+        field, value = parse_holders({EMAIL: email, PHONE_NUMBER: phone_number})
     except InvalidInput as error:
         raise click.BadParameter(str(error)) from None
     with db.engine.connect() as connection:
@@ -123,15 +149,51 @@ def holders(email: str | None, phone_number: str | None, show_values: bool) -> N
     " matched or stored again.",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
-def erase(contact_id: int, suppress: bool, dry_run: bool) -> None:
+@reason_option
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Erase without asking. Needed when not run on a terminal (a script, a pipe).",
+)
+def erase(
+    contact_id: int, suppress: bool, dry_run: bool, reason: str | None, yes: bool
+) -> None:
     """Erase the customer of CONTACT_ID: every row, every copy of its values
-    in the ledger (GDPR art. 17)."""
+    in the ledger (GDPR art. 17). On a terminal it first says what would be
+    erased and asks; elsewhere it needs --yes."""
     guard = current_app.config["GUARD"]
     if suppress and guard.erasure_key is None:
         raise click.ClickException(
             "--suppress needs ERASURE_KEY, the secret that suppressed values are"
             " hashed with, and it is not set. Nothing was erased."
         )
+    if not dry_run and not yes:
+        # A prompt that nobody can see (a script, a pipe) must not be answered
+        # by whatever happens to be on stdin.
+        if not sys.stdin.isatty():
+            raise click.ClickException(
+                "An erasure cannot be undone, and without a terminal nobody can"
+                " confirm it: add --yes to erase without asking. Nothing was erased."
+            )
+        preview = _erase(contact_id, guard, suppress, reason, dry_run=True)
+        _say_erased(preview, suppress, dry_run=True)
+        if not click.confirm(
+            f"Erase customer {preview.customer_id}? This cannot be undone.",
+            default=False,
+        ):
+            raise click.ClickException("Not confirmed. Nothing was erased.")
+    done = _erase(contact_id, guard, suppress, reason, dry_run=dry_run)
+    _say_erased(done, suppress, dry_run=dry_run)
+
+
+def _erase(
+    contact_id: int,
+    guard: Guard,
+    suppress: bool,
+    reason: str | None,
+    *,
+    dry_run: bool,
+) -> Correction:
     with db.engine.connect() as connection:
         done, _ = store.erase_and_commit(
             connection,
@@ -140,8 +202,12 @@ def erase(contact_id: int, suppress: bool, dry_run: bool) -> None:
             guard=guard,
             suppress=suppress,
             dry_run=dry_run,
+            reason=reason,
         )
-    done = _found(done, contact_id)
+    return _found(done, contact_id)
+
+
+def _say_erased(done: Correction, suppress: bool, *, dry_run: bool) -> None:
     verb = "Would erase" if dry_run else "Erased"
     click.echo(f"{verb} customer {done.customer_id}.")
     _report(done, dry_run)

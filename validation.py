@@ -1,11 +1,18 @@
 """Parsing and normalising what clients send: the identify body (README: "The
-contract", normalisation) and the paging parameters of the lists."""
+contract", normalisation), the paging parameters of the lists, and the
+requests that correct customers and blocked values, which refuse any query
+parameter or body member they do not know (README: "Correcting a
+customer")."""
 
+import json
 import re
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
+from werkzeug.datastructures import MultiDict
 
 MAX_EMAIL_LENGTH = 254
 # The largest request body the service reads, declared or sent chunked.
@@ -96,9 +103,10 @@ MAX_ID = 2**31 - 1
 
 
 def parse_page(args: Mapping[str, str]) -> tuple[int, int]:
-    """Return (after, limit) of a list's query string: `after` an event id,
-    0 to MAX_ID (default 0, the start); `limit` 1 to MAX_PAGE (default
-    DEFAULT_PAGE). Raises InvalidInput for anything else."""
+    """Return (after, limit) of a list's query string: `after` an id (of an
+    event, of a blocked value), 0 to MAX_ID (default 0, the start); `limit`
+    1 to MAX_PAGE (default DEFAULT_PAGE). Raises InvalidInput for anything
+    else."""
     after = _whole_number(args, "after", 0)
     if after > MAX_ID:
         raise InvalidInput(f"after must be from 0 to {MAX_ID}.")
@@ -117,11 +125,126 @@ def _whole_number(args: Mapping[str, str], name: str, default: int) -> int:
     return int(value)
 
 
-def parse_blocked_value(body: Any) -> tuple[str, str]:
-    """The field ("email" or "phoneNumber") and normalised value of a body
-    that holds exactly one of them. Raises InvalidInput."""
+BLOCKED_VALUE_MEMBERS = ("email", "phoneNumber")
+PAGE_PARAMETERS = ("after", "limit")
+DETACH_MEMBERS = ("email", "phoneNumber", "block", "dryRun", "reason")
+ERASE_PARAMETERS = ("suppress", "dryRun", "reason")
+NOTHING_CHANGED = "Nothing was changed."
+MAX_REASON_LENGTH = 200
+# Unknown names are quoted back, cut to this length.
+_QUOTED_NAME_LENGTH = 40
+
+
+def parse_blocked_value(args: MultiDict[str, str], body: Any) -> tuple[str, str]:
+    """The field ("email" or "phoneNumber") and normalised value of a
+    POST /blocked-values: no query parameter, a body with exactly one of the
+    two and no other member. Raises InvalidInput."""
+    _refuse_unknown(args, (), "POST /blocked-values", "query parameter")
+    body = _object(body)
+    _refuse_unknown(body, BLOCKED_VALUE_MEMBERS, "POST /blocked-values", "body member")
+    return _one_value(body)
+
+
+def parse_blocked_page(args: MultiDict[str, str]) -> tuple[int, int]:
+    """(after, limit) of GET /blocked-values, as parse_page reads them; any
+    other query parameter, or one given twice, raises InvalidInput."""
+    _refuse_unknown(args, PAGE_PARAMETERS, "GET /blocked-values", "query parameter")
+    return parse_page(args)
+
+
+def parse_no_input(args: MultiDict[str, str], body: bytes, route: str) -> None:
+    """Refuse any query parameter and any body: `route` takes neither. Raises
+    InvalidInput."""
+    _refuse_unknown(args, (), route, "query parameter")
+    if body:
+        raise InvalidInput(f"{route} takes no body. {NOTHING_CHANGED}")
+
+
+@dataclass(frozen=True)
+class Detach:
+    """What POST /customers/{id}/detach asks for."""
+
+    field: str
+    value: str
+    block: bool
+    dry_run: bool
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Erase:
+    """What DELETE /customers/{id} asks for."""
+
+    suppress: bool
+    dry_run: bool
+    reason: str | None
+
+
+def parse_detach(args: MultiDict[str, str], body: Any) -> Detach:
+    """A detach: no query parameter; a body with exactly one of email and
+    phoneNumber, and optionally the booleans `block` and `dryRun` and a
+    `reason` (parse_reason), and no other member. Raises InvalidInput."""
+    route = "POST /customers/{id}/detach"
+    _refuse_unknown(args, (), route, "query parameter", "its options go in the body")
+    body = _object(body)
+    _refuse_unknown(body, DETACH_MEMBERS, route, "body member")
+    field, value = _one_value(body)
+    return Detach(
+        field,
+        value,
+        block=_flag(body, "block"),
+        dry_run=_flag(body, "dryRun"),
+        reason=parse_reason(body["reason"]) if "reason" in body else None,
+    )
+
+
+def parse_erase(args: MultiDict[str, str], body: bytes) -> Erase:
+    """An erase: the query parameters `suppress` and `dryRun` (each `true` or
+    `false`) and `reason` (parse_reason), each at most once, no other, and no
+    body. Raises InvalidInput."""
+    route = "DELETE /customers/{id}"
+    if body:
+        raise InvalidInput(
+            f"{route} takes no body: send suppress, dryRun and reason in the query"
+            f" string. {NOTHING_CHANGED}"
+        )
+    _refuse_unknown(args, ERASE_PARAMETERS, route, "query parameter")
+    reason = args.get("reason")
+    return Erase(
+        suppress=_switch(args, "suppress"),
+        dry_run=_switch(args, "dryRun"),
+        reason=None if reason is None else parse_reason(reason),
+    )
+
+
+def parse_reason(value: Any) -> str:
+    """The reason support gives for a detach or an erasure (a ticket
+    reference), trimmed: a string of 1 to MAX_REASON_LENGTH characters once
+    trimmed, without control characters. It may hold personal data: it is
+    stored on the correction's events, never logged, and never quoted back.
+    Raises InvalidInput."""
+    if not isinstance(value, str):
+        raise InvalidInput("reason must be a string.")
+    reason = value.strip()
+    if not 1 <= len(reason) <= MAX_REASON_LENGTH:
+        raise InvalidInput(
+            f"reason must be 1 to {MAX_REASON_LENGTH} characters once trimmed."
+        )
+    # Cs: an unpaired surrogate, which JSON can carry, cannot be stored.
+    if any(unicodedata.category(c) in {"Cc", "Cs"} for c in reason):
+        raise InvalidInput(
+            "reason must not hold control characters (line breaks, tabs, ...)."
+        )
+    return reason
+
+
+def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("The body must be a JSON object.")
+    return body
+
+
+def _one_value(body: dict[str, Any]) -> tuple[str, str]:
     email = normalise_email(body.get("email"))
     phone_number = normalise_phone_number(body.get("phoneNumber"))
     if (email is None) == (phone_number is None):
@@ -132,11 +255,46 @@ def parse_blocked_value(body: Any) -> tuple[str, str]:
     return "phoneNumber", phone_number
 
 
-def parse_detach(body: Any) -> tuple[str, str, bool, bool]:
-    """The field, normalised value, `block` and `dryRun` of a detach body.
-    Raises InvalidInput."""
-    field, value = parse_blocked_value(body)
-    return field, value, _flag(body, "block"), _flag(body, "dryRun")
+def _refuse_unknown(
+    given: Mapping[str, Any],
+    accepted: Sequence[str],
+    route: str,
+    kind: str,
+    hint: str = "",
+) -> None:
+    """Raise InvalidInput naming the names of `given` that are not `accepted`
+    and the accepted ones (and `hint`, when `route` accepts none); or, for a
+    query string, a name given twice: a request that changes data is never
+    served on a guess."""
+    unknown = [name for name in given if name not in accepted]
+    if unknown:
+        names = ", ".join(_quoted(name) for name in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        takes = f"accepts {_listed(accepted)}" if accepted else f"takes no {kind}s"
+        if hint and not accepted:
+            takes += f" ({hint})"
+        raise InvalidInput(
+            f"Unknown {kind}{plural} {names}: {route} {takes}. {NOTHING_CHANGED}"
+        )
+    if isinstance(given, MultiDict):
+        for name in accepted:
+            if len(given.getlist(name)) > 1:
+                raise InvalidInput(
+                    f"The {kind} {name} is given more than once; give it once."
+                    f" {NOTHING_CHANGED}"
+                )
+
+
+def _quoted(name: str) -> str:
+    if len(name) > _QUOTED_NAME_LENGTH:
+        name = name[:_QUOTED_NAME_LENGTH] + "..."
+    return json.dumps(name)
+
+
+def _listed(names: Sequence[str]) -> str:
+    if len(names) == 1:
+        return names[0]
+    return f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _flag(body: dict[str, Any], name: str) -> bool:
@@ -146,25 +304,21 @@ def _flag(body: dict[str, Any], name: str) -> bool:
     return value
 
 
-def parse_flags(args: Mapping[str, str], *names: str) -> dict[str, bool]:
-    """Query-string switches: each absent, `true` or `false`. Raises
-    InvalidInput."""
-    flags = {}
-    for name in names:
-        value = args.get(name, "false")
-        if value not in {"true", "false"}:
-            raise InvalidInput(f"{name} must be true or false.")
-        flags[name] = value == "true"
-    return flags
-
-
 def parse_holders(body: Any) -> tuple[str, str]:
-    """The field and normalised value of a body that holds exactly one of
-    email and phoneNumber and nothing else (the value is looked up, not
+    """The field and normalised value of a POST /customers/holders body: one
+    of email and phoneNumber and nothing else (the value is looked up, not
     stored, so a member the service does not know is a mistake to report,
     not to ignore). Raises InvalidInput."""
-    if isinstance(body, dict) and body.keys() - {"email", "phoneNumber"}:
-        raise InvalidInput(
-            "Send exactly one of email and phoneNumber, and nothing else."
-        )
-    return parse_blocked_value(body)
+    body = _object(body)
+    _refuse_unknown(
+        body, BLOCKED_VALUE_MEMBERS, "POST /customers/holders", "body member"
+    )
+    return _one_value(body)
+
+
+def _switch(args: Mapping[str, str], name: str) -> bool:
+    """A query-string switch: absent, `true` or `false`."""
+    value = args.get(name, "false")
+    if value not in {"true", "false"}:
+        raise InvalidInput(f"{name} must be true or false.")
+    return value == "true"

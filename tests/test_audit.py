@@ -29,7 +29,9 @@ def populated(app: Flask, client: FlaskClient) -> Flask:
     for phone in ("5550001", "5550002", "5550003"):
         identify(client, "a@x.com", phone)
     refused = identify(client, "a@x.com", "5550004")
-    assert refused["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
+    assert refused["ignored"] == [
+        {"field": "phoneNumber", "reason": "limit", "limit": "MAX_PARTNERS_PER_VALUE"}
+    ]
     # Customer 4: one phone, two emails (rows 4 and 5).
     identify(client, "b1@x.com", "6660001")
     identify(client, "b2@x.com", "6660001")

@@ -355,7 +355,14 @@ def test_racing_requests_never_give_a_value_more_partners_than_its_limit(
         refused = [r for r in responses if "ignored" in r.json()]
         assert len(refused) == len(responses) - 1
         assert all(
-            r.json()["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
+            r.json()["ignored"]
+            == [
+                {
+                    "field": "phoneNumber",
+                    "reason": "limit",
+                    "limit": "MAX_PARTNERS_PER_VALUE",
+                }
+            ]
             for r in refused
         )
     rows = table(url)

@@ -306,3 +306,41 @@ def test_erasing_deletes_every_row_and_forgets_every_value_without_keeping_one()
         (1, 2, 3),
     )
     assert (erased.email, erased.phone_number) == (None, None)
+
+
+def test_every_event_of_a_detach_carries_the_reason_support_gave() -> None:
+    rows = [
+        row(1, None, "5550"),
+        row(2, "a@shop.com", "5550", 1),
+        row(3, "b@shop.com", "5550", 1),
+    ]
+
+    done = detach(
+        rows,
+        [],
+        field=PHONE_NUMBER,
+        value="5550",
+        evidence=Evidence(),
+        reason="TICKET-4711",
+    )
+
+    assert [e.type for e in done.events] == [
+        EventType.DETACHED,
+        EventType.SPLIT,
+        EventType.SPLIT,
+    ]
+    assert {e.reason for e in done.events} == {"TICKET-4711"}
+    assert done.reasons_forgotten == ()
+
+
+def test_an_erasure_carries_its_reason_and_forgets_those_its_rows_took_part_in() -> (
+    None
+):
+    rows = [row(1, "a@shop.com", "1111"), row(2, "b@shop.com", "1111", 1)]
+    retired = [row(3, "old@shop.com", "3333", 1)]
+
+    done = erase(rows, retired, reason="GDPR-17")
+
+    (erased,) = done.events
+    assert erased.reason == "GDPR-17"
+    assert done.reasons_forgotten == (1, 2, 3)

@@ -2,6 +2,10 @@
 answer, what they change (rows, ledger, blocked and suppressed values), and
 that bad input changes nothing."""
 
+import os
+import pty
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -9,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, text, update
 
+from conftest import ROOT
 from guard import Guard
 from invariants import (
     assert_invariants,
@@ -89,7 +94,8 @@ def test_detaching_the_shared_phone_splits_what_only_it_joined(
             view(2, ["marty@hillvalley.edu"], [], []),
             view(3, ["jennifer@hillvalley.edu"], [], []),
             view(4, ["doc@hillvalley.edu"], ["8880"], []),
-        ]
+        ],
+        "dryRun": False,
     }
     found = client.get("/events?after=5").get_json()["events"]
     assert [
@@ -126,7 +132,8 @@ def test_a_merge_whose_values_both_remain_keeps_the_customers_together(
                 ["5550", "8880"],
                 [2, 3, 4],
             )
-        ]
+        ],
+        "dryRun": False,
     }
     found = client.get("/events?after=5").get_json()["events"]
     assert [(e["type"], e["contactIds"]) for e in found] == [("customer.detached", [])]
@@ -149,7 +156,7 @@ def test_a_dry_run_answers_as_the_detach_would_and_changes_nothing(
     done = client.post(
         "/customers/1/detach", json={"phoneNumber": "5550", "block": True}
     )
-    assert done.get_json() == dry.get_json()
+    assert done.get_json() == {**dry.get_json(), "dryRun": False}
 
 
 def test_a_detached_and_blocked_value_is_ignored_from_then_on(
@@ -228,7 +235,11 @@ def test_erasing_deletes_every_row_and_every_copy_of_the_values(
     response = client.delete("/customers/4")
 
     assert response.status_code == 200
-    assert response.get_json() == {"erasedContactIds": [1, 2, 3, 4], "suppressed": 0}
+    assert response.get_json() == {
+        "erasedContactIds": [1, 2, 3, 4],
+        "suppressed": 0,
+        "dryRun": False,
+    }
     assert client.get("/customers/1").status_code == 404
     assert client.get("/customers/1/history").status_code == 404
     rows, events, _, suppressed = state(app)
@@ -258,7 +269,11 @@ def test_suppressed_values_are_kept_only_as_keyed_hashes_and_ignored_from_then_o
 
     response = client.delete("/customers/1?suppress=true")
 
-    assert response.get_json() == {"erasedContactIds": [1, 2, 3, 4], "suppressed": 5}
+    assert response.get_json() == {
+        "erasedContactIds": [1, 2, 3, 4],
+        "suppressed": 5,
+        "dryRun": False,
+    }
     with app.app_context():
         digests = db.session().scalars(select(SuppressedValue.digest)).all()
     assert len(digests) == 5
@@ -317,7 +332,105 @@ def test_a_dry_run_erase_answers_as_the_erase_would_and_changes_nothing(
 
     assert dry.status_code == 200
     assert state(app) == before
-    assert client.delete("/customers/3?suppress=true").get_json() == dry.get_json()
+    done = client.delete("/customers/3?suppress=true")
+    assert done.get_json() == {**dry.get_json(), "dryRun": False}
+
+
+def test_every_detach_and_erase_answer_says_whether_it_was_a_dry_run(
+    client: FlaskClient,
+) -> None:
+    family(client)
+    detach = {"phoneNumber": "5550"}
+
+    answers = [
+        client.post("/customers/1/detach", json={**detach, "dryRun": True}),
+        client.post("/customers/1/detach", json={**detach, "dryRun": False}),
+        client.delete("/customers/4?dryRun=true"),
+        client.delete("/customers/4"),
+    ]
+
+    assert [answer.get_json()["dryRun"] for answer in answers] == [
+        True,
+        False,
+        True,
+        False,
+    ]
+
+
+def twenty_rows(client: FlaskClient) -> None:
+    """Customer 1: twenty rows joined by the phone 5550."""
+    for n in range(20):
+        post(client, f"shopper{n}@hillvalley.edu", "5550")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "named", "accepted"),
+    [
+        ("DELETE", "/customers/1?dry_run=true", None, '"dry_run"', "dryRun"),
+        ("DELETE", "/customers/1?dryrun=true", None, '"dryrun"', "dryRun"),
+        ("DELETE", "/customers/1?dryRun=true&force=1", None, '"force"', "dryRun"),
+        ("DELETE", "/customers/1", {"dryRun": True}, "no body", "query"),
+        (
+            "POST",
+            "/customers/1/detach?dryRun=true",
+            {"phoneNumber": "5550"},
+            '"dryRun"',
+            "no query parameters",
+        ),
+        (
+            "POST",
+            "/customers/1/detach",
+            {"phoneNumber": "5550", "dryrun": True},
+            '"dryrun"',
+            "dryRun",
+        ),
+        (
+            "POST",
+            "/customers/1/detach",
+            {"phoneNumber": "5550", "dry_run": True},
+            '"dry_run"',
+            "dryRun",
+        ),
+    ],
+)
+def test_a_misspelt_or_misplaced_dry_run_is_a_400_that_names_it_and_changes_nothing(
+    app: Flask,
+    client: FlaskClient,
+    method: str,
+    path: str,
+    body: Any,
+    named: str,
+    accepted: str,
+) -> None:
+    twenty_rows(client)
+    before = state(app)
+
+    response = client.open(path, method=method, json=body)
+
+    assert response.status_code == 400
+    assert response.mimetype == "application/problem+json"
+    detail = response.get_json()["detail"]
+    assert named in detail and accepted in detail, detail
+    assert state(app) == before
+    customer = client.get("/customers/1").get_json()["contact"]
+    assert len(customer["secondaryContactIds"]) == 19
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["?dryRun=true&dryRun=false", "?suppress=false&suppress=true"],
+)
+def test_an_erase_switch_given_twice_is_a_400_and_erases_nothing(
+    app: Flask, client: FlaskClient, query: str
+) -> None:
+    family(client)
+    before = state(app)
+
+    response = client.delete(f"/customers/1{query}")
+
+    assert response.status_code == 400
+    assert "more than once" in response.get_json()["detail"]
+    assert state(app) == before
 
 
 def test_an_erased_customers_ids_are_never_given_to_new_rows(
@@ -474,7 +587,7 @@ def test_support_commands_detach_and_erase_and_say_what_they_did(
     assert "5550" not in dry.output
     done = runner.invoke(args=["customers", "detach", "2", "--phone-number", "5550"])
     assert "Detached" in done.output and "customer 4: rows [4]" in done.output
-    erased = runner.invoke(args=["customers", "erase", "4", "--suppress"])
+    erased = runner.invoke(args=["customers", "erase", "4", "--suppress", "--yes"])
     assert erased.exit_code == 0, erased.output
     assert (
         "Erased customer 4." in erased.output
@@ -494,8 +607,9 @@ def test_support_commands_detach_and_erase_and_say_what_they_did(
         ["customers", "detach", "1", "--phone-number", "55"],
         ["customers", "detach", "1", "--email", "biff@hillvalley.edu"],
         ["customers", "detach", "99", "--phone-number", "5550"],
-        ["customers", "erase", "99"],
-        ["customers", "erase", "1", "--suppress"],
+        ["customers", "erase", "99", "--yes"],
+        ["customers", "erase", "1", "--suppress", "--yes"],
+        ["customers", "erase", "1", "--reason", "a\tb", "--yes"],
     ],
 )
 def test_support_commands_refuse_bad_input_and_change_nothing(
@@ -509,3 +623,249 @@ def test_support_commands_refuse_bad_input_and_change_nothing(
 
     assert result.exit_code != 0
     assert state(app) == before
+
+
+def events_after(client: FlaskClient, after: int) -> list[dict[str, Any]]:
+    return client.get(f"/events?after={after}&limit=100").get_json()["events"]
+
+
+def reasons(app: Flask) -> dict[int, str | None]:
+    """Every event's reason by id, read from the table."""
+    with app.app_context():
+        found = db.session().execute(select(Event.id, Event.reason))
+        return {event_id: reason for event_id, reason in found}
+
+
+def test_a_detach_stores_its_trimmed_reason_on_every_event_it_appends(
+    client: FlaskClient,
+) -> None:
+    family(client)
+
+    response = client.post(
+        "/customers/1/detach", json={"phoneNumber": "5550", "reason": " TICKET-4711 "}
+    )
+
+    assert response.status_code == 200
+    appended = events_after(client, 5)
+    assert [e["type"] for e in appended] == ["customer.detached"] + [
+        "customer.split"
+    ] * 3
+    assert {e["reason"] for e in appended} == {"TICKET-4711"}
+    assert all("reason" not in e for e in events_after(client, 0)[:5])
+
+
+def test_an_erasure_stores_its_reason_on_its_event(client: FlaskClient) -> None:
+    family(client)
+
+    response = client.delete("/customers/4?reason=GDPR%2017%20%C3%A9")
+
+    assert response.status_code == 200
+    (erased,) = events_after(client, 5)
+    assert (erased["type"], erased["reason"]) == ("customer.erased", "GDPR 17 é")
+
+
+def test_a_reason_of_200_characters_once_trimmed_is_stored_whole(
+    app: Flask, client: FlaskClient
+) -> None:
+    family(client)
+    reason = "é" * 200
+
+    response = client.post(
+        "/customers/1/detach",
+        json={"email": "doc@hillvalley.edu", "reason": f"  {reason}\u3000"},
+    )
+
+    assert response.status_code == 200
+    assert set(reasons(app).values()) == {None, reason}
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["", "   ", "x" * 201, "line\nbreak", "tab\there", "nul\x00", "\ud800", 42, None],
+)
+def test_a_bad_detach_reason_is_a_400_that_changes_nothing(
+    app: Flask, client: FlaskClient, reason: Any
+) -> None:
+    family(client)
+    before = state(app)
+
+    response = client.post(
+        "/customers/1/detach", json={"phoneNumber": "5550", "reason": reason}
+    )
+
+    assert response.status_code == 400
+    assert response.get_json()["detail"].startswith("reason must ")
+    assert state(app) == before
+
+
+@pytest.mark.parametrize(
+    "query", ["reason=", "reason=%20", "reason=a%0Ab", "reason=" + "x" * 201]
+)
+def test_a_bad_erasure_reason_is_a_400_that_erases_nothing(
+    app: Flask, client: FlaskClient, query: str
+) -> None:
+    family(client)
+    before = state(app)
+
+    response = client.delete(f"/customers/1?{query}")
+
+    assert response.status_code == 400
+    assert response.get_json()["detail"].startswith("reason must ")
+    assert state(app) == before
+
+
+def test_erasing_a_customer_nulls_the_reasons_of_the_detaches_it_took_part_in(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Customer 1 (rows 1-4) loses jennifer's email (R1), then the phone that
+    joined it (R2), which splits it into customers 2, 3 and 4; customer 2
+    later loses marty's phone (R3), and an unrelated customer 6 a phone (R4).
+    Erasing customer 4 nulls R1 and R2 (on every event of those detaches,
+    the other parts' included: a reason may name the person) and keeps R3
+    and R4, and its own reason."""
+    family(client)
+    post(client, "marty@hillvalley.edu", "6660")
+    post(client, "biff@hillvalley.edu", "7770")
+    post(client, "biff@hillvalley.edu", "7771")
+    detaches = [
+        ("/customers/1/detach", {"email": "jennifer@hillvalley.edu"}, "R1"),
+        ("/customers/1/detach", {"phoneNumber": "5550"}, "R2"),
+        ("/customers/2/detach", {"phoneNumber": "6660"}, "R3"),
+        ("/customers/7/detach", {"phoneNumber": "7771"}, "R4"),
+    ]
+    for path, body, reason in detaches:
+        response = client.post(path, json={**body, "reason": reason})
+        assert response.status_code == 200, response.get_json()
+    before = reasons(app)
+    assert {r for r in before.values() if r} == {"R1", "R2", "R3", "R4"}
+    assert client.get("/customers/4").get_json()["contact"]["secondaryContactIds"] == []
+
+    response = client.delete("/customers/4?reason=GDPR-1")
+
+    assert response.status_code == 200
+    after = reasons(app)
+    erased_id = max(after)
+    assert after.pop(erased_id) == "GDPR-1"
+    assert after == {
+        event_id: None if reason in {"R1", "R2"} else reason
+        for event_id, reason in before.items()
+    }
+    check_table(app)
+
+
+def test_a_dry_run_erasure_keeps_every_reason(app: Flask, client: FlaskClient) -> None:
+    family(client)
+    client.post("/customers/1/detach", json={"phoneNumber": "5550", "reason": "R1"})
+    before = reasons(app)
+
+    response = client.delete("/customers/4?dryRun=true&reason=GDPR-1")
+
+    assert response.status_code == 200
+    assert reasons(app) == before
+
+
+def test_support_commands_store_their_reason_and_refuse_a_bad_one(
+    app: Flask, client: FlaskClient
+) -> None:
+    family(client)
+    post(client, "biff@hillvalley.edu", "7770")
+    runner = app.test_cli_runner()
+    before = state(app)
+
+    bad = runner.invoke(
+        args=["customers", "detach", "1", "--phone-number", "5550", "--reason", " "]
+    )
+
+    assert bad.exit_code != 0 and "reason must be 1 to 200" in bad.output
+    assert state(app) == before
+    detached = runner.invoke(
+        args=["customers", "detach", "1", "--phone-number", "5550", "--reason", "T-1"]
+    )
+    assert detached.exit_code == 0, detached.output
+    erased = runner.invoke(args=["customers", "erase", "5", "--reason", "T-2", "--yes"])
+    assert erased.exit_code == 0, erased.output
+    assert "T-1" not in detached.output and "T-2" not in erased.output
+    appended = events_after(client, 6)
+    assert [(e["type"], e.get("reason")) for e in appended] == [
+        ("customer.detached", "T-1"),
+        ("customer.split", "T-1"),
+        ("customer.split", "T-1"),
+        ("customer.split", "T-1"),
+        ("customer.erased", "T-2"),
+    ]
+
+
+def erase_on_a_terminal(
+    database_url: str, contact_id: int, answer: str
+) -> subprocess.CompletedProcess[str]:
+    """`flask --app app customers erase CONTACT_ID` run as an operator runs it,
+    its stdin a terminal (a pseudo-terminal), typing `answer` and Enter."""
+    terminal, process_end = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "app", "customers", "erase"]
+            + [str(contact_id)],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdin=process_end,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(terminal, f"{answer}\n".encode())
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        os.close(terminal)
+        os.close(process_end)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def test_erasing_on_a_terminal_says_what_would_go_then_no_keeps_the_customer(
+    app: Flask, client: FlaskClient, database_url: str
+) -> None:
+    family(client)
+    before = state(app)
+
+    done = erase_on_a_terminal(database_url, 4, "n")
+
+    assert done.returncode != 0
+    assert "Would erase customer 1." in done.stdout
+    assert "Erase customer 1? This cannot be undone. [y/N]" in done.stdout
+    assert "Nothing was erased." in done.stderr
+    assert state(app) == before
+
+
+def test_erasing_on_a_terminal_erases_after_yes(
+    app: Flask, client: FlaskClient, database_url: str
+) -> None:
+    family(client)
+
+    done = erase_on_a_terminal(database_url, 4, "y")
+
+    assert done.returncode == 0, done.stderr
+    assert "Erase customer 1? This cannot be undone. [y/N]" in done.stdout
+    assert "Erased customer 1." in done.stdout
+    assert client.get("/customers/4").status_code == 404
+    check_table(app)
+
+
+def test_erasing_without_a_terminal_is_refused_unless_yes(
+    app: Flask, client: FlaskClient
+) -> None:
+    family(client)
+    before = state(app)
+    runner = app.test_cli_runner()
+
+    piped = runner.invoke(args=["customers", "erase", "4"], input="y\n")
+
+    assert piped.exit_code != 0
+    assert "add --yes" in piped.output and "Nothing was erased." in piped.output
+    assert state(app) == before
+    dry = runner.invoke(args=["customers", "erase", "4", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "Would erase customer 1." in dry.output
+    assert state(app) == before
+    done = runner.invoke(args=["customers", "erase", "4", "--yes"])
+    assert done.exit_code == 0, done.output
+    assert "Erased customer 1." in done.output
+    assert client.get("/customers/4").status_code == 404

@@ -253,10 +253,11 @@ def test_decisions_under_limits_answer_like_the_limited_reference_model(
         answer, ignored = model.identify(email, phone)
         assert contact(decision, new_id) == answer
         assert [
-            {"field": i.field, "reason": i.reason} for i in decision.ignored
+            {"field": i.field, "reason": i.reason, "limit": i.limit}
+            for i in decision.ignored
         ] == ignored
         refused = [e for e in decision.events if e.type is EventType.LINK_REFUSED]
-        assert len(refused) == len(ignored)
+        assert [e.limit_name for e in refused] == [i["limit"] for i in ignored]
         rows = table.live()
         assert_invariants(rows)
         assert_ledger_explains(rows, table.events)

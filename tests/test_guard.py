@@ -2,6 +2,7 @@
 the limits on a customer and a value, what the answer says was ignored, and
 the settings the service refuses."""
 
+import json
 from typing import Any
 
 import pytest
@@ -115,6 +116,21 @@ def test_nothing_usable_left_is_a_422_that_stores_nothing(
     )
 
 
+def test_a_422_is_serialised_as_every_other_problem_document(
+    client: FlaskClient,
+) -> None:
+    unusable = client.post("/identify", json={"email": "test@shop.com"})
+    bad = client.post("/identify", json={"email": 42})
+
+    for response in (unusable, bad):
+        body = response.get_json()
+        assert list(body)[:4] == ["type", "status", "title", "detail"]
+        compact = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        assert response.get_data(as_text=True).strip() == compact
+        assert response.mimetype == "application/problem+json"
+    assert unusable.get_json()["ignored"] == [{"field": "email", "reason": "blocked"}]
+
+
 def test_the_builtin_rules_can_be_turned_off(app: Flask, client: FlaskClient) -> None:
     app.config["GUARD"] = guard.Guard(builtin=False, limits=Limits())
 
@@ -189,6 +205,105 @@ def test_a_bad_blocked_value_is_a_400_that_stores_nothing(
     assert len(client.get("/blocked-values").get_json()["blockedValues"]) == 3
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "named"),
+    [
+        ("/blocked-values", {"phoneNumber": "5550100", "note": "x"}, '"note"'),
+        ("/blocked-values?dryRun=true", {"phoneNumber": "5550100"}, '"dryRun"'),
+    ],
+)
+def test_adding_a_blocked_value_with_an_unknown_member_or_parameter_is_a_400(
+    client: FlaskClient, path: str, body: Any, named: str
+) -> None:
+    response = client.post(path, json=body)
+
+    assert_problem(response, 400)
+    assert named in response.get_json()["detail"]
+    assert len(client.get("/blocked-values").get_json()["blockedValues"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("query", "body"), [("?dryRun=true", None), ("", {"dryRun": True})]
+)
+def test_deleting_a_blocked_value_with_a_parameter_or_a_body_is_a_400(
+    client: FlaskClient, query: str, body: Any
+) -> None:
+    added = client.post("/blocked-values", json={"phoneNumber": "5550100"})
+    value_id = added.get_json()["id"]
+
+    response = client.delete(f"/blocked-values/{value_id}{query}", json=body)
+
+    assert_problem(response, 400)
+    listed = client.get("/blocked-values").get_json()["blockedValues"]
+    assert [item["id"] for item in listed[3:]] == [value_id]
+
+
+def block_phones(client: FlaskClient, count: int) -> list[int]:
+    """Block `count` phone numbers; their ids, in order."""
+    ids = []
+    for n in range(count):
+        added = client.post("/blocked-values", json={"phoneNumber": f"555{n:04}"})
+        assert added.status_code == 201
+        ids.append(added.get_json()["id"])
+    return ids
+
+
+def test_blocked_values_page_with_the_builtin_rules_on_the_first_page_only(
+    client: FlaskClient,
+) -> None:
+    ids = block_phones(client, 5)
+
+    pages = []
+    after = 0
+    while after is not None:
+        page = client.get(f"/blocked-values?after={after}&limit=2").get_json()
+        pages.append([item["id"] for item in page["blockedValues"]])
+        after = page["next"]
+
+    builtin = [rule.id for rule in guard.BUILTIN_RULES]
+    assert pages == [builtin + ids[:2], ids[2:4], ids[4:]]
+
+
+def test_blocked_values_come_fifty_to_a_page_by_default(client: FlaskClient) -> None:
+    ids = block_phones(client, 51)
+
+    first = client.get("/blocked-values").get_json()
+    last = client.get(f"/blocked-values?after={first['next']}").get_json()
+
+    assert [item["id"] for item in first["blockedValues"][3:]] == ids[:50]
+    assert first["next"] == ids[49]
+    assert [item["id"] for item in last["blockedValues"]] == ids[50:]
+    assert last["next"] is None
+
+
+def test_without_the_builtin_rules_the_first_page_holds_only_the_shops_values(
+    app: Flask, client: FlaskClient
+) -> None:
+    app.config["GUARD"] = guard.Guard(builtin=False, limits=None)
+    ids = block_phones(client, 1)
+
+    page = client.get("/blocked-values").get_json()
+
+    assert [item["id"] for item in page["blockedValues"]] == ids
+    assert page["next"] is None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=0",
+        "limit=101",
+        "after=-1",
+        "after=abc",
+        "after=2147483648",
+        "page=2",
+        "limit=1&limit=2",
+    ],
+)
+def test_a_bad_blocked_values_page_is_a_400(client: FlaskClient, query: str) -> None:
+    assert_problem(client.get(f"/blocked-values?{query}"), 400)
+
+
 def test_duplicates_and_builtin_values_conflict(client: FlaskClient) -> None:
     assert (
         client.post("/blocked-values", json={"phoneNumber": "5550100"}).status_code
@@ -238,7 +353,9 @@ def test_a_phone_with_too_many_partners_is_dropped_and_the_pair_recorded(
 
     answer = post(client, "shopper3@shop.com", "5550100")
 
-    assert answer["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
+    assert answer["ignored"] == [
+        {"field": "phoneNumber", "reason": "limit", "limit": "MAX_PARTNERS_PER_VALUE"}
+    ]
     assert answer["contact"]["primaryContactId"] == 4
     assert answer["contact"]["phoneNumbers"] == []
     refused = events(app)[-1]
@@ -249,9 +366,13 @@ def test_a_phone_with_too_many_partners_is_dropped_and_the_pair_recorded(
         "limit",
     )
     assert (refused.email, refused.phone_number) == ("shopper3@shop.com", "5550100")
+    assert refused.limit_name == "MAX_PARTNERS_PER_VALUE"
     history = client.get("/customers/4/history").get_json()["events"]
     assert history[-1]["type"] == "customer.link_refused"
-    assert history[-1]["reason"] == "limit"
+    assert (history[-1]["reason"], history[-1]["limit"]) == (
+        "limit",
+        "MAX_PARTNERS_PER_VALUE",
+    )
     # A known partner is no new partner: it still links.
     assert "ignored" not in post(client, "shopper0@shop.com", "5550100")
 
@@ -265,7 +386,9 @@ def test_merge_events_count_as_partners(app: Flask, client: FlaskClient) -> None
 
     answer = post(client, "c@shop.com", "5550002")
 
-    assert answer["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
+    assert answer["ignored"] == [
+        {"field": "phoneNumber", "reason": "limit", "limit": "MAX_PARTNERS_PER_VALUE"}
+    ]
 
 
 def test_a_customer_stops_growing_at_its_value_limit(
@@ -278,9 +401,17 @@ def test_a_customer_stops_growing_at_its_value_limit(
 
     answer = post(client, "c@shop.com", "5550002")
 
-    assert answer["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
+    assert answer["ignored"] == [
+        {"field": "phoneNumber", "reason": "limit", "limit": "MAX_VALUES_PER_CUSTOMER"}
+    ]
     assert answer["contact"]["primaryContactId"] == 4
     assert len(rows(app)) == 4
+    refused = client.get("/events?after=3").get_json()["events"][-1]
+    assert (refused["type"], refused["reason"], refused["limit"]) == (
+        "customer.link_refused",
+        "limit",
+        "MAX_VALUES_PER_CUSTOMER",
+    )
 
 
 def test_a_merge_beyond_the_value_limit_is_refused(
@@ -296,8 +427,13 @@ def test_a_merge_beyond_the_value_limit_is_refused(
 
     assert answer["contact"]["primaryContactId"] == 1
     assert answer["contact"]["secondaryContactIds"] == [2]
-    assert answer["ignored"] == [{"field": "phoneNumber", "reason": "limit"}]
-    assert events(app)[-1].type == "customer.link_refused"
+    assert answer["ignored"] == [
+        {"field": "phoneNumber", "reason": "limit", "limit": "MAX_VALUES_PER_CUSTOMER"}
+    ]
+    assert (events(app)[-1].type, events(app)[-1].limit_name) == (
+        "customer.link_refused",
+        "MAX_VALUES_PER_CUSTOMER",
+    )
 
 
 def test_the_priority_decides_which_value_is_dropped(
@@ -310,7 +446,9 @@ def test_the_priority_decides_which_value_is_dropped(
 
     answer = post(client, "b@shop.com", "5550001")
 
-    assert answer["ignored"] == [{"field": "email", "reason": "limit"}]
+    assert answer["ignored"] == [
+        {"field": "email", "reason": "limit", "limit": "MAX_PARTNERS_PER_VALUE"}
+    ]
     assert answer["contact"]["primaryContactId"] == 1
     assert answer["contact"]["emails"] == ["a@shop.com"]
 

@@ -15,6 +15,8 @@ from masking import mask
 EMAIL = "person@fluxkart.com"
 PHONE = "5559876543"
 FORMATTED_PHONE = "555-987-6543"
+# A support reason may name the person: it is stored, never logged.
+REASON = "Ticket ABC: Marty McFly asked"
 
 
 @pytest.mark.parametrize(
@@ -66,12 +68,13 @@ def test_personal_data_sent_every_way_never_reaches_the_logs_in_clear(
         created = requests.post(f"{url}/identify", json=identify, timeout=10).json()
         customer = f"{url}/customers/{created['contact']['primaryContactId']}"
         for body in (
-            {"email": "other@fluxkart.com"},
-            {"phoneNumber": PHONE, "dryRun": True},
-            {"phoneNumber": PHONE, "block": True},
+            {"email": "other@fluxkart.com", "reason": REASON},
+            {"phoneNumber": PHONE, "dryRun": True, "reason": REASON},
+            {"phoneNumber": PHONE, "block": True, "reason": f"{REASON}\x07"},
+            {"phoneNumber": PHONE, "block": True, "reason": REASON},
         ):
             requests.post(f"{customer}/detach", json=body, timeout=10)
-        requests.delete(customer, timeout=10)
+        requests.delete(customer, params={"reason": REASON}, timeout=10)
         with sqlite3.connect(tmp_path / "contacts.db") as database:
             database.execute(
                 "CREATE TRIGGER refuse BEFORE INSERT ON contact"
@@ -89,5 +92,5 @@ def test_personal_data_sent_every_way_never_reaches_the_logs_in_clear(
     for line in (stdout_text + stderr_text).splitlines():
         json.loads(line)
     for text in [stdout_text, stderr_text, *map(str, answers)]:
-        for value in (EMAIL, PHONE, FORMATTED_PHONE, "5559876"):
+        for value in (EMAIL, PHONE, FORMATTED_PHONE, "5559876", "Marty McFly"):
             assert value not in text

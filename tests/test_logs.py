@@ -200,3 +200,32 @@ def test_merges_and_reads_log_one_line_naming_customers_not_values(
     assert customer["customer_ids"] == [1]
     assert (history["path"], feed["path"]) == ("/customers/2/history", "/events")
     assert EMAIL not in output and PHONE not in output and "919191" not in output
+
+
+REASON = "Ticket ABC: Lorraine Baines asked"
+
+
+def test_a_correction_reason_never_reaches_a_log_line(
+    client: FlaskClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client.post("/identify", json={"email": EMAIL, "phoneNumber": PHONE})
+    client.post(
+        "/identify", json={"email": "mcfly@hillvalley.edu", "phoneNumber": PHONE}
+    )
+    capsys.readouterr()
+
+    for body in (
+        {"email": EMAIL, "dryRun": True, "reason": REASON},
+        {"email": EMAIL, "reason": REASON},
+        {"email": EMAIL, "reason": f"{REASON}\nmore"},
+        {"email": EMAIL, "reason": f"{REASON}\x00"},
+    ):
+        client.post("/customers/2/detach", json=body)
+    for query in ("dryRun=true&", "", "suppress=maybe&"):
+        client.delete(f"/customers/2?{query}reason={REASON.replace(' ', '%20')}")
+    client.delete("/customers/2?reason=" + "x" * 201)
+
+    output = capsys.readouterr().out
+    statuses = [line["status"] for line in log_lines(output)]
+    assert statuses == [200, 200, 400, 400, 200, 200, 400, 400]
+    assert "Lorraine Baines" not in output and "Ticket ABC" not in output

@@ -165,7 +165,8 @@ class LimitedModel:
     """The reference model with the limits, written from the contract's words:
     a request that would give a customer more than max_values values, or a
     value more than max_partners partners (in rows or merges), is served as
-    if sent without its lower-priority value."""
+    if sent without its lower-priority value, and says which limit it met
+    (the values one when both would break)."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -176,23 +177,27 @@ class LimitedModel:
     ) -> tuple[dict[str, object], list[dict[str, str]]]:
         trial = copy.deepcopy(self.model)
         answer = trial.identify(email, phone)
-        if email is None or phone is None or not self.breaks(trial, email, phone):
+        broken = None
+        if email is not None and phone is not None:
+            broken = self.breaks(trial, email, phone)
+        if broken is None:
             self.model = trial
             return answer, []
         dropped = self.limits.priority[1]
         kept_email = None if dropped == "email" else email
         kept_phone = None if dropped == "phoneNumber" else phone
         answer = self.model.identify(kept_email, kept_phone)
-        return answer, [{"field": dropped, "reason": "limit"}]
+        return answer, [{"field": dropped, "reason": "limit", "limit": broken}]
 
     @staticmethod
     def primaries(model: ReferenceModel) -> int:
         return len({row.linked_id or row.id for row in model.rows})
 
-    def breaks(self, trial: ReferenceModel, email: str, phone: str) -> bool:
+    def breaks(self, trial: ReferenceModel, email: str, phone: str) -> str | None:
+        """The name of the limit `trial` (the model after the request) breaks."""
         merged = self.primaries(trial) < self.primaries(self.model)
         if not merged and len(trial.rows) == len(self.model.rows):
-            return False
+            return None
         cluster = next(
             r.linked_id or r.id
             for r in trial.rows
@@ -201,16 +206,18 @@ class LimitedModel:
         members = trial.cluster(cluster)
         values = {r.email for r in members} | {r.phone for r in members}
         if len(values - {None}) > self.limits.max_values:
-            return True
+            return "MAX_VALUES_PER_CUSTOMER"
         rows = self.model.rows
         phones = {r.phone for r in rows if r.email == email and r.phone}
         phones |= {p for e, p in self.model.merged if e == email}
         emails = {r.email for r in rows if r.phone == phone and r.email}
         emails |= {e for e, p in self.model.merged if p == phone}
         limit = self.limits.max_partners
-        return (phone not in phones and len(phones) >= limit) or (
+        if (phone not in phones and len(phones) >= limit) or (
             email not in emails and len(emails) >= limit
-        )
+        ):
+            return "MAX_PARTNERS_PER_VALUE"
+        return None
 
 
 def assert_histories_show_only_held_values(
@@ -429,7 +436,7 @@ def test_detaches_and_erasures_between_identifies_answer_like_the_model(
                 assert response.status_code == 422
             else:
                 assert response.status_code == 200
-                assert response.get_json() == {"contacts": answer}
+                assert response.get_json() == {"contacts": answer, "dryRun": False}
                 if block:
                     excluded.setdefault((kind, value), "blocked")
                 with app.app_context():
@@ -448,6 +455,7 @@ def test_detaches_and_erasures_between_identifies_answer_like_the_model(
                 assert response.get_json() == {
                     "erasedContactIds": erased,
                     "suppressed": len(values) if suppress else 0,
+                    "dryRun": False,
                 }
                 if suppress:
                     for value in values:
