@@ -16,11 +16,17 @@ from models import Contact, Event
 from reconcile import Event as NewEvent
 
 # PostgreSQL: every transaction that appends events holds this advisory lock
-# from the moment its events take their ids until it has committed, so ids
-# are handed out in commit order (a sequence alone is not: a transaction may
-# take id 5, then commit after another one that took id 6, and a reader that
-# saw 6 would never look back for 5).
+# SHARED from before its events take their ids until it has committed or
+# rolled back, so writers never wait for each other on it. A feed reader
+# takes it EXCLUSIVELY for one statement, which therefore runs when no id is
+# in flight: every id it can see was settled (feed()). Nothing else may draw
+# an event id: a sequence alone does not follow commits (a transaction may
+# take id 5 and commit after another one that took 6, and a reader that saw
+# 6 would never look back for 5). The lock is LEDGER_LOCK paired with the
+# event table's oid: services (or test runs) with event tables of their own
+# in one database never wait for each other.
 LEDGER_LOCK = 0x1ED6E4
+_LEDGER_LOCK_KEYS = f"{LEDGER_LOCK}, 'event'::regclass::oid::int"
 
 _COLUMNS = (
     "type",
@@ -51,7 +57,7 @@ _PG_ARRAYS = {
     "limit_name": "varchar",
 }
 _PG_APPEND = (
-    f"SELECT pg_advisory_xact_lock({LEDGER_LOCK});"
+    f"SELECT pg_advisory_xact_lock_shared({_LEDGER_LOCK_KEYS});"
     f" INSERT INTO event ({', '.join(_COLUMNS)})"
     " SELECT e.type, %s, %s, e.customer_id, e.contact_ids, e.absorbed_customer_id,"
     " e.previous_customer_id, e.email, e.phone_number, e.reason, e.limit_name"
@@ -77,9 +83,10 @@ def append_and_commit(
 ) -> None:
     """Append `events` to the ledger and commit the caller's transaction.
 
-    On PostgreSQL the ledger lock, the insert and COMMIT go to the server as
-    one message: the lock is held only while the server runs it, never while
-    it waits for this process, so a frozen or killed worker cannot hold it."""
+    On PostgreSQL the ledger lock (shared), the insert and COMMIT go to the
+    server as one message: the lock is held only while the server runs it,
+    never while it waits for this process, so a frozen or killed worker
+    cannot hold it."""
     if connection.dialect.name == "sqlite":
         stamp = at.astimezone(UTC).strftime(SQLITE_DATETIME)
         rows = [_values(event, stamp, request_id) for event in events]
@@ -121,9 +128,37 @@ class Page:
 _EVENT_COLUMNS = tuple(Event.__table__.columns)
 
 
+# PostgreSQL: the highest event id once no id is in flight (feed()). The
+# lock is transaction-scoped and the statement its own transaction, so it is
+# released as soon as the statement ends.
+_PG_HORIZON = text(
+    f"SELECT pg_advisory_xact_lock({_LEDGER_LOCK_KEYS}), max(id) FROM event"
+)
+
+
 def feed(connection: Connection, *, after: int, limit: int) -> Page:
-    """Every event with an id above `after`, oldest first."""
+    """Every event with an id above `after`, oldest first, up to the newest
+    event below which no id is still in flight: an event that shows up later
+    always has a greater id than every event shown before. `connection`
+    must be in autocommit mode, outside any transaction (models.py sets
+    every connection up so): on PostgreSQL a transaction would keep every
+    writer waiting for the ledger lock until it ended.
+
+    On PostgreSQL the horizon comes first: the highest event id, read by a
+    statement that takes the ledger lock exclusively, so it waits for the
+    writers holding the lock to end (writers arriving meanwhile wait behind
+    it). Its snapshot is taken before that wait, and every id up to the
+    highest it sees was drawn before the lock was granted, under the shared
+    lock, by a transaction that had therefore ended when it was. The page is
+    read by a second statement, whose newer snapshot holds every one of
+    those that committed, and stops at the horizon: ids drawn later may
+    still be in flight (README: "Concurrency: why it is safe")."""
     query = select(*_EVENT_COLUMNS).where(Event.id > after)
+    if connection.dialect.name == "postgresql":
+        horizon = connection.execute(_PG_HORIZON).one()[1]
+        if horizon is None or horizon <= after:
+            return Page([], None)
+        query = query.where(Event.id <= horizon)
     return _page(
         connection.execute(query.order_by(Event.id).limit(limit + 1)).all(), limit
     )

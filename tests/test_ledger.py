@@ -1,12 +1,16 @@
 """The ledger: the events each change appends, in the same transaction, with
 their evidence; none for a request that changes nothing; events for the rows
-of a database upgraded from before the ledger; ids in commit order."""
+of a database upgraded from before the ledger; on PostgreSQL, writers that
+never wait for each other's commits and a feed that never shows an event
+before a smaller id that is still in flight."""
 
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy import Connection, Engine, create_engine, func, select, text, update
 
 from conftest import ROOT, postgres_schema
 from invariants import assert_ledger_explains, ledger_events, live_rows
@@ -240,52 +244,128 @@ def test_an_upgraded_database_has_an_event_per_row_and_keeps_unexplained_links(
     assert linked == {1: None, 2: None, 3: None, 5: 1}
 
 
-def waiting_for_the_ledger_lock(engine: Engine) -> bool:
+# A lock of this test's own (keyed by its event table, so parallel runs on
+# other schemas never meet it) that a trigger makes a held writer wait for.
+HOLD = "1, 'event'::regclass::oid::int"
+
+
+def waiting_for(engine: Engine, key: int) -> bool:
+    """A connection waits to take the advisory lock (`key`, this schema's
+    event table) exclusively."""
     with engine.connect() as connection:
         return bool(
             connection.scalar(
                 text(
                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                    " AND NOT granted AND objid = :key"
+                    " AND classid = :key AND objid = 'event'::regclass::oid"
+                    " AND objsubid = 2 AND mode = 'ExclusiveLock' AND NOT granted"
                 ),
-                {"key": LEDGER_LOCK},
+                {"key": key},
             )
         )
 
 
-def test_event_ids_follow_commit_order_on_postgresql(
+def wait_until(condition: Callable[[], bool], failure: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.01)
+
+
+def in_background(work: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(value=work()))
+    thread.start()
+    return thread, result
+
+
+@contextmanager
+def a_writer_held_before_commit(
     app: Flask, client: FlaskClient
-) -> None:
-    """A transaction has taken an event id and not committed yet. A request
-    that commits meanwhile must not publish a greater id first: a reader that
-    saw it would page past the smaller one when it commits. The request waits
-    for the ledger lock, so the feed shows nothing until the first commits,
-    then both in order."""
+) -> Iterator[tuple[Engine, Connection]]:
+    """PostgreSQL: a real request (customer 1) whose event has taken id 1 and
+    which has not committed: a trigger added for the test makes its insert
+    wait for the lock HOLD, held by the connection yielded. The caller
+    commits that connection to let the request finish."""
     with app.app_context():
         engine = db.engine
     if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer at a time: ids follow commits")
-    result: dict[str, Any] = {}
-
-    with engine.connect() as slow:
-        slow.exec_driver_sql(
-            f"BEGIN; SELECT pg_advisory_xact_lock({LEDGER_LOCK});"
-            " INSERT INTO event (type, at, customer_id, contact_ids)"
-            " VALUES ('customer.created', now(), 99, '[99]')"
+        pytest.skip("SQLite has one writer at a time: no event is ever in flight")
+    with engine.connect() as setup:
+        setup.exec_driver_sql(
+            "CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN PERFORM pg_advisory_xact_lock({HOLD}); RETURN NEW; END $$;"
+            " CREATE TRIGGER hold BEFORE INSERT ON event FOR EACH ROW"
+            " WHEN (NEW.email = 'held@fluxkart.com') EXECUTE FUNCTION hold()"
         )
-        thread = threading.Thread(
-            target=lambda: result.update(
-                response=post(client, "doc@fluxkart.com", "1111")
+    try:
+        with engine.connect() as holder:
+            holder.exec_driver_sql(
+                "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 0;"
+                f" SELECT pg_advisory_xact_lock({HOLD})"
             )
+            held, result = in_background(
+                lambda: post(client, "held@fluxkart.com", "2222")
+            )
+            wait_until(
+                lambda: waiting_for(engine, 1),
+                "the held request never reached its event",
+            )
+            yield engine, holder
+        held.join(timeout=10)
+        assert result["value"]["primaryContactId"] == 1
+    finally:
+        with engine.connect() as setup:
+            setup.exec_driver_sql("DROP TRIGGER hold ON event; DROP FUNCTION hold()")
+
+
+def committed(engine: Engine) -> list[tuple[int, int]]:
+    """(id, customer) of the events committed so far, read past the feed."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(Event.id, Event.customer_id).order_by(Event.id)
         )
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not waiting_for_the_ledger_lock(engine):
-            assert time.monotonic() < deadline, "the request never waited"
-            time.sleep(0.01)
-        seen_meanwhile = events(client)
-        slow.commit()
+        return [(row.id, row.customer_id) for row in rows]
+
+
+def test_a_writer_commits_while_another_writers_event_is_in_flight_on_postgresql(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Writers of different customers never wait for each other, at commit
+    included: another request's event has its id and its COMMIT is held
+    back, and a request for a new customer is answered and committed
+    meanwhile."""
+    with a_writer_held_before_commit(app, client) as (engine, holder):
+        thread, result = in_background(lambda: post(client, "doc@fluxkart.com", "1111"))
+        thread.join(timeout=2)
+        answered = not thread.is_alive()
+        seen_meanwhile = committed(engine)
+        holder.commit()
     thread.join(timeout=10)
 
-    assert seen_meanwhile == []
-    assert [(e["id"], e["customerId"]) for e in events(client)] == [(1, 99), (2, 1)]
+    assert answered, "the request waited for another writer's commit"
+    assert result["value"]["primaryContactId"] == 2
+    assert seen_meanwhile == [(2, 2)]
+
+
+def test_the_feed_never_shows_an_event_before_a_smaller_id_in_flight_on_postgresql(
+    app: Flask, client: FlaskClient
+) -> None:
+    """Event 1 is in flight when event 2 commits. A reader of the feed is not
+    shown 2 until 1 has settled: once it commits, paging from the start with
+    `after` shows 1, then 2, and nothing below an event already shown."""
+    with a_writer_held_before_commit(app, client) as (engine, holder):
+        thread, _ = in_background(lambda: post(client, "doc@fluxkart.com", "1111"))
+        wait_until(lambda: committed(engine) == [(2, 2)], "event 2 never committed")
+        reader, page = in_background(lambda: client.get("/events?limit=1").get_json())
+        wait_until(
+            lambda: not reader.is_alive() or waiting_for(engine, LEDGER_LOCK),
+            "the reader neither answered nor waited",
+        )
+        holder.commit()
+    reader.join(timeout=10)
+    thread.join(timeout=10)
+
+    first = [event["id"] for event in page["value"]["events"]]
+    rest = [event["id"] for event in events(client, after=first[-1] if first else 0)]
+    assert first + rest == [1, 2]
