@@ -22,7 +22,7 @@ import correct
 import store
 from conftest import empty_tables
 from invariants import LedgerEvent, replay_event
-from models import Contact, Event, engine_options
+from models import IDLE_IN_TRANSACTION_TIMEOUT, Contact, Event, engine_options
 from reconcile import PHONE_NUMBER, Member
 from test_concurrency import (
     FeedReader,
@@ -524,6 +524,9 @@ def blocked_by(observer: Connection, pid: int) -> list[int]:
     return list(observer.execute(query, {"pid": pid}).scalars())
 
 
+IDLE_MS = round(IDLE_IN_TRANSACTION_TIMEOUT * 1000)
+
+
 def wait_for(condition: Callable[[], list[int]], what: str) -> list[int]:
     deadline = time.monotonic() + 30
     while not (found := condition()):
@@ -648,7 +651,15 @@ def test_a_request_that_finds_its_customer_merged_lets_go_of_the_old_primary(
     answers: dict[str, Sent] = {}
     detached: dict[str, Any] = {}
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    service_engine = create_engine(url, **engine_options(url, pool_size=1))
+    # The detach is held idle in its transaction until the request waits: on
+    # a busy machine that took longer than the service's idle limit, and the
+    # server ended the detach. The test's own connection may wait longer.
+    options = engine_options(url, pool_size=1)
+    options["connect_args"]["options"] = options["connect_args"]["options"].replace(
+        f"idle_in_transaction_session_timeout={IDLE_MS}",
+        "idle_in_transaction_session_timeout=60000",
+    )
+    service_engine = create_engine(url, **options)
 
     def send(name: str, method: str, path: str, body: Any, n: int) -> None:
         with requests.Session() as http:
