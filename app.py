@@ -45,6 +45,7 @@ import faults
 import guard
 import ledger
 import observability
+import purge
 import settings
 import store
 import support
@@ -158,6 +159,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(sqlite3.OperationalError, database_unavailable)
     app.register_error_handler(LostRace, database_busy)
     app.register_error_handler(NothingUsable, nothing_usable)
+    audit.contacts.add_command(purge.purge_command)
     app.cli.add_command(audit.contacts)
     app.cli.add_command(support.customers)
     return app

@@ -1,11 +1,89 @@
-"""An erased value leaves the database's files, not only its rows."""
+"""An erased value leaves the database's files, not only its rows: the raw
+bytes of the SQLite file and its WAL, and on PostgreSQL the relation files,
+once `flask contacts purge` has run."""
 
+import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import create_engine
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Connection, create_engine, text
 
-from models import prepare_engine
+from app import create_app
+from guard import Guard
+from models import db, prepare_engine
+
+ERASURE_KEY = b"tests-erasure-key-0123"
+# The customer that is erased: three rows, and the merge event that paired its
+# second email with its second phone.
+ERASED_EMAILS = (
+    "vanish.alpha.7f3a@bytes.example.com",
+    "vanish.beta.7f3a@bytes.example.com",
+)
+ERASED_PHONES = ("4915550101", "4915550102", "4915550103")
+# Another customer's values, which must stay: they show that the files read
+# are the ones that hold the values.
+KEPT_EMAIL = "stays.gamma.7f3a@bytes.example.com"
+KEPT_PHONE = "4917770199"
+SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+def identify(client: FlaskClient, email: str | None, phone: str | None) -> Any:
+    response = client.post("/identify", json={"email": email, "phoneNumber": phone})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["contact"]
+
+
+def customer_to_erase(client: FlaskClient) -> int:
+    """Create the customer to erase and the one to keep; return the id to
+    erase by."""
+    first = identify(client, ERASED_EMAILS[0], ERASED_PHONES[0])
+    identify(client, ERASED_EMAILS[0], ERASED_PHONES[1])
+    identify(client, ERASED_EMAILS[1], ERASED_PHONES[2])
+    merged = identify(client, ERASED_EMAILS[1], ERASED_PHONES[1])
+    assert len(merged["secondaryContactIds"]) == 2
+    identify(client, KEPT_EMAIL, KEPT_PHONE)
+    primary: int = first["primaryContactId"]
+    return primary
+
+
+def sqlite_files(url: str) -> tuple[bytes, bytes]:
+    """The raw bytes of the SQLite file at `url` and of its WAL (none when
+    there is no WAL file)."""
+    path = Path(url.removeprefix("sqlite:///"))
+    wal = Path(f"{path}-wal")
+    return path.read_bytes(), wal.read_bytes() if wal.exists() else b""
+
+
+def found(values: tuple[str, ...], data: bytes) -> list[str]:
+    return [value for value in values if value.encode() in data]
+
+
+@SQLITE
+def test_the_purge_command_removes_what_a_detach_left_in_the_sqlite_files(
+    app: Flask, client: FlaskClient, database_url: str
+) -> None:
+    """A detach deletes and nulls its value without rebuilding the file."""
+    customer = customer_to_erase(client)
+    detached = client.post(
+        f"/customers/{customer}/detach", json={"phoneNumber": ERASED_PHONES[0]}
+    )
+    assert detached.status_code == 200
+    database, wal = sqlite_files(database_url)
+    assert found(ERASED_PHONES[:1], database + wal) == [ERASED_PHONES[0]]
+
+    result = app.test_cli_runner().invoke(args=["contacts", "purge"])
+
+    assert result.exit_code == 0, result.output
+    assert "no deleted value is left in either" in result.output
+    database, wal = sqlite_files(database_url)
+    assert found(ERASED_PHONES[:1], database + wal) == []
+    kept = (*ERASED_EMAILS, *ERASED_PHONES[1:], KEPT_EMAIL, KEPT_PHONE)
+    assert found(kept, database + wal) == list(kept)
 
 
 def test_every_sqlite_connection_zeroes_freed_space_whatever_the_build_default(
@@ -22,3 +100,105 @@ def test_every_sqlite_connection_zeroes_freed_space_whatever_the_build_default(
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
     engine.dispose()
+
+
+def relation_files(connection: Connection) -> dict[str, Path]:
+    """The file of every table and index of the test's schema, and of the
+    statistics catalog. Fails under CI=true, else skips, when they cannot be
+    read from here."""
+    directory = Path(
+        connection.scalar(text("SELECT current_setting('data_directory')"))
+    )
+    files = {
+        name: directory / path
+        for name, path in connection.execute(
+            text(
+                "SELECT relname, pg_relation_filepath(oid) FROM pg_class"
+                " WHERE relnamespace = current_schema()::regnamespace"
+                " AND relkind IN ('r', 'i')"
+                " UNION ALL SELECT 'pg_statistic',"
+                " pg_relation_filepath('pg_catalog.pg_statistic')"
+            )
+        )
+    }
+    if not os.access(files["contact"], os.R_OK):
+        reason = f"PostgreSQL's files are not readable here ({directory})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + "; CI=true: this test must run")
+        pytest.skip(reason)
+    return files
+
+
+def copies(files: dict[str, Path], values: tuple[str, ...]) -> dict[str, list[str]]:
+    """Which of `values` each file holds (files holding none left out)."""
+    held = {}
+    for name, path in files.items():
+        data = path.read_bytes() if path.exists() else b""
+        if hits := found(values, data):
+            held[name] = hits
+    return held
+
+
+@POSTGRESQL
+def test_the_purge_command_leaves_no_copy_in_postgresql_tables_indexes_or_statistics(
+    app: Flask, client: FlaskClient, connection: Connection
+) -> None:
+    app.config["GUARD"] = Guard(builtin=True, limits=None, erasure_key=ERASURE_KEY)
+    erased = customer_to_erase(client)
+    # Statistics sample the values, as autovacuum's ANALYZE does on its own.
+    connection.exec_driver_sql("ANALYZE contact, event")
+    assert client.delete(f"/customers/{erased}?suppress=true").status_code == 200
+    connection.exec_driver_sql("CHECKPOINT")
+    values = ERASED_EMAILS + ERASED_PHONES
+    before = relation_files(connection)
+    left = copies(before, values)
+    assert {"contact", "event", "ix_event_email", "pg_statistic"} <= set(left), left
+
+    result = app.test_cli_runner().invoke(args=["contacts", "purge"])
+
+    assert result.exit_code == 0, result.output
+    assert "event: rewritten in" in result.output
+    connection.exec_driver_sql("CHECKPOINT")
+    after = relation_files(connection)
+    assert copies(after, values) == {}
+    assert copies({name: before[name] for name in left}, values) == {}
+    assert copies(after, (KEPT_EMAIL, KEPT_PHONE))["contact"] == [
+        KEPT_EMAIL,
+        KEPT_PHONE,
+    ]
+    stats = connection.scalar(
+        text(
+            "SELECT count(*) FROM pg_stats WHERE schemaname = current_schema()"
+            " AND histogram_bounds::text LIKE '%vanish%'"
+        )
+    )
+    assert stats == 0
+
+
+@POSTGRESQL
+def test_the_purge_command_fails_when_postgresql_skips_a_table_it_may_not_rewrite(
+    app: Flask, database_url: str
+) -> None:
+    """A role that owns neither the tables nor the database: VACUUM skips
+    them with a warning, which must not read as a purge."""
+    role = f"purge_test_{os.getpid()}"
+    owner = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with owner.connect() as connection:
+        schema = connection.scalar(text("SELECT current_schema()"))
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+    url = database_url.replace("//postgres@", f"//{role}@", 1)
+    assert url != database_url
+    other = create_app({"SQLALCHEMY_DATABASE_URI": url, "API_KEYS": []})
+    try:
+        result = other.test_cli_runner().invoke(args=["contacts", "purge"])
+    finally:
+        with other.app_context():
+            db.engine.dispose()
+        with owner.connect() as connection:
+            connection.exec_driver_sql(f"DROP OWNED BY {role}")
+            connection.exec_driver_sql(f"DROP ROLE {role}")
+        owner.dispose()
+
+    assert result.exit_code != 0, result.output
+    assert "Not purged: contact: PostgreSQL skipped it" in result.output
