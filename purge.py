@@ -11,7 +11,9 @@ they stay in dead row versions and index entries, whose space a plain VACUUM
 marks free without overwriting it, and in the planner's statistics
 (pg_statistic), which hold sampled values.
 
-`flask --app app contacts purge` removes them."""
+An erase purges at once on SQLite (store.erase_and_commit); on PostgreSQL,
+and after a detach or a deleted blocked value, `flask --app app contacts
+purge` does."""
 
 import sqlite3
 import time
@@ -34,11 +36,28 @@ TABLES = ("contact", "event", "blocked_value")
 # need the table queue behind it meanwhile: a short wait keeps them from
 # queueing long behind a transaction that holds the table (an export).
 LOCK_TIMEOUT = 2.0
+POSTGRESQL_REMAINS = (
+    "PostgreSQL keeps copies in dead rows, index entries and statistics until"
+    " `flask --app app contacts purge`"
+)
 
 
 class NotPurged(Exception):
     """Copies of deleted values may remain in the files; the message says why
     (it holds no value)."""
+
+
+def after_erase(connection: Connection) -> str | None:
+    """After an erasure has committed: on SQLite, purge the files at once
+    (purge_sqlite). Returns None when no copy of a deleted value is left in
+    the database's files, else where copies remain and why, for an operator."""
+    if connection.dialect.name != "sqlite":
+        return POSTGRESQL_REMAINS
+    try:
+        purge_sqlite(connection)
+    except NotPurged as error:
+        return f"{error}; `flask --app app contacts purge` finishes it"
+    return None
 
 
 def purge_sqlite(connection: Connection) -> None:

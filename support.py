@@ -89,7 +89,7 @@ def erase(contact_id: int, suppress: bool, dry_run: bool) -> None:
             " hashed with, and it is not set. Nothing was erased."
         )
     with db.engine.connect() as connection:
-        done, _ = store.erase_and_commit(
+        done, _, remains = store.erase_and_commit(
             connection,
             contact_id,
             request_id=None,
@@ -104,6 +104,12 @@ def erase(contact_id: int, suppress: bool, dry_run: bool) -> None:
     if suppress:
         would = "Would suppress" if dry_run else "Suppressed"
         click.echo(f"{would} {len(done.forgotten)} value(s).")
+    if dry_run:
+        return
+    if remains is None:
+        click.echo("No copy of its values is left in the database file or its WAL.")
+    else:
+        click.echo(f"Copies of its values remain: {remains}.")
 
 
 def _found(done: Correction | None, contact_id: int) -> Correction:

@@ -1,6 +1,6 @@
 """An erased value leaves the database's files, not only its rows: the raw
-bytes of the SQLite file and its WAL, and on PostgreSQL the relation files,
-once `flask contacts purge` has run."""
+bytes of the SQLite file and its WAL once the erase is answered, and on
+PostgreSQL the relation files once `flask contacts purge` has run."""
 
 import os
 import sqlite3
@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Connection, create_engine, text
 
+import locks
 from app import create_app
 from guard import Guard
+from live import live_service
 from models import db, prepare_engine
 
 ERASURE_KEY = b"tests-erasure-key-0123"
@@ -61,6 +64,154 @@ def sqlite_files(url: str) -> tuple[bytes, bytes]:
 
 def found(values: tuple[str, ...], data: bytes) -> list[str]:
     return [value for value in values if value.encode() in data]
+
+
+def assert_no_erased_value_in(url: str) -> None:
+    database, wal = sqlite_files(url)
+    erased = ERASED_EMAILS + ERASED_PHONES
+    assert found(erased, database) == [], "in the database file"
+    assert found(erased, wal) == [], "in the WAL"
+    assert found((KEPT_EMAIL, KEPT_PHONE), database + wal) == [KEPT_EMAIL, KEPT_PHONE]
+
+
+@SQLITE
+@pytest.mark.parametrize("suppress", ["false", "true"])
+def test_an_erase_leaves_no_byte_of_the_values_in_the_sqlite_file_or_its_wal(
+    app: Flask, client: FlaskClient, database_url: str, suppress: str
+) -> None:
+    app.config["GUARD"] = Guard(builtin=True, limits=None, erasure_key=ERASURE_KEY)
+    erased = customer_to_erase(client)
+    database, wal = sqlite_files(database_url)
+    assert found(ERASED_EMAILS, database + wal) == list(ERASED_EMAILS)
+
+    response = client.delete(f"/customers/{erased}?suppress={suppress}")
+
+    assert response.status_code == 200
+    assert len(response.get_json()["erasedContactIds"]) == 3
+    assert_no_erased_value_in(database_url)
+
+
+@SQLITE
+def test_no_copy_is_left_in_pages_that_earlier_splits_and_merges_rewrote(
+    client: FlaskClient, database_url: str
+) -> None:
+    """When SQLite splits or merges pages it may rebuild a page from its
+    cells and leave their old bytes in the page's unused space, which
+    secure_delete never zeroes: only a rebuilt file drops them. Here 300
+    customers, every third pair merged, two thirds then erased: with SQLite
+    3.40 copies of four of their phone numbers stay in index pages when the
+    WAL is emptied into the file but the file is not rebuilt."""
+
+    def email(number: int) -> str:
+        return f"user.{number:04d}@pages.example.com"
+
+    def phone(number: int) -> str:
+        return f"77{number:06d}"
+
+    ids = []
+    for number in range(300):
+        ids.append(identify(client, email(number), phone(number))["primaryContactId"])
+        if number % 3 == 1:
+            identify(client, email(number), phone(number - 1))
+    # Erasing customer 3k takes 3k + 1 with it: they were merged.
+    for number in range(0, 300, 3):
+        assert client.delete(f"/customers/{ids[number]}").status_code == 200
+
+    database, wal = sqlite_files(database_url)
+    erased = tuple(
+        value
+        for number in range(300)
+        if number % 3 != 2
+        for value in (email(number), phone(number))
+    )
+    assert found(erased, database + wal) == []
+    kept = tuple(
+        value for number in range(2, 300, 3) for value in (email(number), phone(number))
+    )
+    assert found(kept, database + wal) == list(kept)
+
+
+@SQLITE
+def test_the_erase_command_leaves_no_byte_of_the_values_either(
+    app: Flask, client: FlaskClient, database_url: str
+) -> None:
+    erased = customer_to_erase(client)
+
+    result = app.test_cli_runner().invoke(args=["customers", "erase", str(erased)])
+
+    assert result.exit_code == 0, result.output
+    assert_no_erased_value_in(database_url)
+    assert "No copy of its values is left in the database file or its WAL." in (
+        result.output
+    )
+
+
+def test_an_erase_answered_by_gunicorn_leaves_no_byte_of_the_values(
+    tmp_path: Path,
+) -> None:
+    """Real workers, each with its own pooled connections, serve the requests
+    before and after the erase."""
+    with live_service(tmp_path, env={"ERASURE_KEY": ERASURE_KEY.decode()}) as url:
+        session = requests.Session()
+
+        def post(email: str, phone: str) -> Any:
+            answer = session.post(
+                f"{url}/identify", json={"email": email, "phoneNumber": phone}
+            )
+            assert answer.status_code == 200, answer.text
+            return answer.json()["contact"]
+
+        first = post(ERASED_EMAILS[0], ERASED_PHONES[0])
+        post(ERASED_EMAILS[0], ERASED_PHONES[1])
+        post(ERASED_EMAILS[1], ERASED_PHONES[2])
+        post(ERASED_EMAILS[1], ERASED_PHONES[1])
+        post(KEPT_EMAIL, KEPT_PHONE)
+
+        erased = session.delete(
+            f"{url}/customers/{first['primaryContactId']}?suppress=true"
+        )
+
+        assert erased.status_code == 200
+        assert erased.json() == {"erasedContactIds": [1, 2, 3], "suppressed": 5}
+        assert_no_erased_value_in(f"sqlite:///{tmp_path / 'contacts.db'}")
+
+
+@SQLITE
+def test_an_erase_a_long_reader_keeps_from_purging_is_answered_and_purged_later(
+    app: Flask,
+    client: FlaskClient,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A reader that started before the erase still reads the old WAL, so
+    the WAL cannot be emptied until it ends. The erase is committed and
+    answered after BUSY_TIMEOUT all the same, with a warning; `contacts
+    purge` removes the copies once the reader is gone."""
+    erased = customer_to_erase(client)
+    monkeypatch.setattr(locks, "BUSY_TIMEOUT", 0.2)
+    reader = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM contact").fetchone() == (4,)
+    capsys.readouterr()
+
+    response = client.delete(f"/customers/{erased}")
+
+    assert response.status_code == 200
+    assert client.get(f"/customers/{erased}").status_code == 404
+    warning = capsys.readouterr().out
+    assert "copies of erased values remain" in warning
+    assert "kept the WAL in use for 0.2 s" in warning
+    database, wal = sqlite_files(database_url)
+    assert found(ERASED_EMAILS, database + wal) != []
+
+    reader.rollback()
+    reader.close()
+    result = app.test_cli_runner().invoke(args=["contacts", "purge"])
+
+    assert result.exit_code == 0, result.output
+    assert "no deleted value is left in either" in result.output
+    assert_no_erased_value_in(database_url)
 
 
 @SQLITE
