@@ -17,6 +17,7 @@ purge` does."""
 
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -96,12 +97,14 @@ def _checkpointed(sqlite_connection: sqlite3.Connection) -> bool:
     return not busy
 
 
-def purge_postgresql(connection: Connection) -> list[tuple[str, float]]:
+def purge_postgresql(
+    connection: Connection, rewritten: Callable[[str, float], None]
+) -> None:
     """PostgreSQL: rewrite each table of TABLES and its indexes from its live
     rows (VACUUM FULL) and sample its statistics afresh (ANALYZE), then
     rewrite the statistics catalog, so that no dead row, index entry or
-    statistic keeps a deleted value. Returns each relation rewritten and the
-    seconds it took.
+    statistic keeps a deleted value. Calls `rewritten` with each relation
+    and the seconds it took, once it is done.
 
     Each table is locked ACCESS EXCLUSIVE while it is rewritten: its reads
     and writes wait. The purge waits up to LOCK_TIMEOUT for each lock, and
@@ -117,7 +120,6 @@ def purge_postgresql(connection: Connection) -> list[tuple[str, float]]:
     driver: Any = connection.connection.driver_connection
     driver.add_notice_handler(notice)
     connection.exec_driver_sql(f"SET lock_timeout = {round(LOCK_TIMEOUT * 1000)}")
-    done = []
     try:
         for relation, statement in [
             *((table, f"VACUUM (FULL, ANALYZE) {table}") for table in TABLES),
@@ -135,11 +137,10 @@ def purge_postgresql(connection: Connection) -> list[tuple[str, float]]:
                 ) from None
             if skipped:
                 raise NotPurged(f"{relation}: PostgreSQL skipped it: {skipped[0]}")
-            done.append((relation, time.perf_counter() - started))
+            rewritten(relation, time.perf_counter() - started)
     finally:
         connection.exec_driver_sql("RESET lock_timeout")
         driver.remove_notice_handler(notice)
-    return done
 
 
 @click.command("purge")
@@ -159,8 +160,12 @@ def purge_command() -> None:
                     " is left in either."
                 )
                 return
-            for relation, seconds in purge_postgresql(connection):
-                click.echo(f"{relation}: rewritten in {seconds:.2f} s.")
+            purge_postgresql(
+                connection,
+                lambda relation, seconds: click.echo(
+                    f"{relation}: rewritten in {seconds:.2f} s."
+                ),
+            )
         except NotPurged as error:
             raise click.ClickException(
                 f"Not purged: {error}. Copies of deleted values may remain."
