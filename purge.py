@@ -6,10 +6,10 @@ queries see, not out of the files. On SQLite copies stay in the WAL until it
 is overwritten, and in the unused space of pages that SQLite rebuilt when it
 split or merged pages while the value was still live (secure_delete zeroes
 the space a delete frees, not that): only VACUUM, which builds every page
-afresh from the live rows, removes them all. On PostgreSQL
-they stay in dead row versions and index entries, whose space a plain VACUUM
-marks free without overwriting it, and in the planner's statistics
-(pg_statistic), which hold sampled values.
+afresh from the live rows, removes them all. On PostgreSQL they stay in dead
+row versions and index entries, whose space a plain VACUUM marks free
+without overwriting it, and in the planner's statistics (pg_statistic),
+which hold sampled values.
 
 An erase purges at once on SQLite (store.erase_and_commit); on PostgreSQL,
 and after a detach or a deleted blocked value, `flask --app app contacts
@@ -147,8 +147,8 @@ def purge_postgresql(
 @with_appcontext
 def purge_command() -> None:
     """Remove what is left of deleted values in the database's files: erased
-    customers on PostgreSQL, detached values and deleted blocked values on
-    both engines."""
+    customers on PostgreSQL (and on SQLite when an erase could not), detached
+    values and deleted blocked values on both engines."""
     with db.engine.connect() as connection:
         try:
             if connection.dialect.name == "sqlite":
