@@ -101,8 +101,9 @@ def test_no_copy_is_left_in_pages_that_earlier_splits_and_merges_rewrote(
     cells and leave their old bytes in the page's unused space, which
     secure_delete never zeroes: only a rebuilt file drops them. Here 300
     customers, every third pair merged, two thirds then erased: with SQLite
-    3.40 copies of four of their phone numbers stay in index pages when the
-    WAL is emptied into the file but the file is not rebuilt."""
+    3.40 copies of one of their emails and four of their phone numbers stay
+    in index pages when the WAL is emptied into the file but the file is not
+    rebuilt."""
 
     def email(number: int) -> str:
         return f"user.{number:04d}@pages.example.com"
