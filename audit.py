@@ -26,7 +26,9 @@ from masking import mask
 from models import Contact, Event, db
 from reconcile import EMAIL, PHONE_NUMBER, EventType
 
-contacts = AppGroup("contacts", help="Inspect the contact table.")
+contacts = AppGroup(
+    "contacts", help="Inspect the contact table; purge deleted values from the files."
+)
 
 _LIVE = Contact.deleted_at.is_(None)
 _CUSTOMER = func.coalesce(Contact.linked_id, Contact.id)

@@ -9,6 +9,7 @@ writers of its own identifiers and customers."""
 import hashlib
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import cast
 
 from sqlalchemy import (
@@ -61,25 +62,38 @@ def begin_immediate(connection: Connection) -> None:
     """SQLite: BEGIN IMMEDIATE takes the database's one write lock. Another
     connection holding it makes the statement fail at once (the service sets
     no busy timeout, whose naps of 1, 2, 5, 10 ms are far longer than a write
-    here); it is retried straight through the driver after a nap that starts
-    at _BUSY_POLL and doubles up to _BUSY_POLL_MAX. Raises LostRace after
-    BUSY_TIMEOUT."""
+    here); it is retried (until_free). Raises LostRace after BUSY_TIMEOUT."""
     sqlite_connection = driver(connection)
+    until_free(
+        lambda: unless_busy(sqlite_connection, "BEGIN IMMEDIATE"),
+        "the SQLite write lock stayed taken",
+    )
+
+
+def until_free(attempt: Callable[[], bool], taken: str) -> None:
+    """SQLite: call `attempt` until it returns True; it returns False while
+    another connection holds what it needs. It is tried again after a nap
+    that starts at _BUSY_POLL and doubles up to _BUSY_POLL_MAX. Raises
+    LostRace, saying what was `taken`, after BUSY_TIMEOUT."""
     deadline = time.monotonic() + BUSY_TIMEOUT
     nap = _BUSY_POLL
-    while True:
-        try:
-            sqlite_connection.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                raise
-            if time.monotonic() > deadline:
-                raise LostRace(
-                    f"the SQLite write lock stayed taken for {BUSY_TIMEOUT} s"
-                ) from error
-            time.sleep(nap)
-            nap = min(2 * nap, _BUSY_POLL_MAX)
+    while not attempt():
+        if time.monotonic() > deadline:
+            raise LostRace(f"{taken} for {BUSY_TIMEOUT} s")
+        time.sleep(nap)
+        nap = min(2 * nap, _BUSY_POLL_MAX)
+
+
+def unless_busy(sqlite_connection: sqlite3.Connection, statement: str) -> bool:
+    """Run `statement`; False, and nothing done, when another connection
+    holds a lock it needs (SQLITE_BUSY)."""
+    try:
+        sqlite_connection.execute(statement)
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+            raise
+        return False
+    return True
 
 
 _PRIMARY_ID = func.coalesce(Contact.linked_id, Contact.id)

@@ -221,10 +221,11 @@ def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
 def prepare_engine(engine: Engine, *, synchronous: str) -> None:
     """SQLite settings for every new connection: WAL (readers never block the
     writer), `synchronous` (FULL: a commit is on disk before it is
-    acknowledged; see settings.py), foreign keys, fewer checkpoints, no busy
-    timeout (reconcile.py waits for the write lock itself), and autocommit:
-    Python's sqlite3 module would otherwise begin a transaction before the
-    first write on its own, after the reads that decided it."""
+    acknowledged; see settings.py), foreign keys, zeroed free space, fewer
+    checkpoints, no busy timeout (reconcile.py waits for the write lock
+    itself), and autocommit: Python's sqlite3 module would otherwise begin
+    a transaction before the first write on its own, after the reads that
+    decided it."""
     if engine.dialect.name != "sqlite":
         return
 
@@ -236,6 +237,11 @@ def prepare_engine(engine: Engine, *, synchronous: str) -> None:
             f"synchronous = {synchronous}",
             "busy_timeout = 0",
             "foreign_keys = ON",
+            # Zero what a delete frees, whatever the build's default (SQLite's
+            # own is off, some systems' on): a detached value or a deleted
+            # blocked value then leaves no copy in the space it freed. Copies
+            # that page splits left behind go only with VACUUM (purge.py).
+            "secure_delete = ON",
             # Copy the WAL back every 16 MiB instead of 4: a checkpoint costs
             # two fsyncs whatever its size, paid by the request that set it off.
             "wal_autocheckpoint = 4000",

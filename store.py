@@ -34,6 +34,7 @@ import correct
 import guard as guard_rules
 import ledger
 import locks
+import purge
 from correct import Correction, Evidence
 from guard import NO_GUARD, Guard
 from locks import LostRace
@@ -647,15 +648,19 @@ def erase_and_commit(
     suppress: bool = False,
     dry_run: bool = False,
     reason: str | None = None,
-) -> tuple[Correction | None, int]:
+) -> tuple[Correction | None, int, str | None]:
     """Erase the customer of live contact `contact_id` (correct.erase),
     suppressing its values with `suppress` (the caller checks that `guard`
-    has the key); its event carries `reason`."""
+    has the key); its event carries `reason`. Then remove what is left of
+    its values in the database's files where that can be done at once
+    (purge.after_erase). Returns the correction, the retries it took, and
+    where copies of the values remain and why (None when none do, or when
+    nothing was erased)."""
 
     def rule(_: Connection, rows: list[Member], retired: list[Member]) -> Correction:
         return correct.erase(rows, retired, reason=reason)
 
-    return correct_and_commit(
+    done, retries = correct_and_commit(
         connection,
         contact_id,
         rule,
@@ -664,6 +669,9 @@ def erase_and_commit(
         suppress=suppress,
         dry_run=dry_run,
     )
+    if done is None or dry_run:
+        return done, retries, None
+    return done, retries, purge.after_erase(connection)
 
 
 def correct_and_commit(

@@ -175,15 +175,15 @@ def erase(
                 "An erasure cannot be undone, and without a terminal nobody can"
                 " confirm it: add --yes to erase without asking. Nothing was erased."
             )
-        preview = _erase(contact_id, guard, suppress, reason, dry_run=True)
-        _say_erased(preview, suppress, dry_run=True)
+        preview, _ = _erase(contact_id, guard, suppress, reason, dry_run=True)
+        _say_erased(preview, suppress, None, dry_run=True)
         if not click.confirm(
             f"Erase customer {preview.customer_id}? This cannot be undone.",
             default=False,
         ):
             raise click.ClickException("Not confirmed. Nothing was erased.")
-    done = _erase(contact_id, guard, suppress, reason, dry_run=dry_run)
-    _say_erased(done, suppress, dry_run=dry_run)
+    done, remains = _erase(contact_id, guard, suppress, reason, dry_run=dry_run)
+    _say_erased(done, suppress, remains, dry_run=dry_run)
 
 
 def _erase(
@@ -193,9 +193,10 @@ def _erase(
     reason: str | None,
     *,
     dry_run: bool,
-) -> Correction:
+) -> tuple[Correction, str | None]:
+    """The erasure, and where copies of its values remain (store.erase_and_commit)."""
     with db.engine.connect() as connection:
-        done, _ = store.erase_and_commit(
+        done, _, remains = store.erase_and_commit(
             connection,
             contact_id,
             request_id=None,
@@ -204,16 +205,24 @@ def _erase(
             dry_run=dry_run,
             reason=reason,
         )
-    return _found(done, contact_id)
+    return _found(done, contact_id), remains
 
 
-def _say_erased(done: Correction, suppress: bool, *, dry_run: bool) -> None:
+def _say_erased(
+    done: Correction, suppress: bool, remains: str | None, *, dry_run: bool
+) -> None:
     verb = "Would erase" if dry_run else "Erased"
     click.echo(f"{verb} customer {done.customer_id}.")
     _report(done, dry_run)
     if suppress:
         would = "Would suppress" if dry_run else "Suppressed"
         click.echo(f"{would} {len(done.forgotten)} value(s).")
+    if dry_run:
+        return
+    if remains is None:
+        click.echo("No copy of its values is left in the database file or its WAL.")
+    else:
+        click.echo(f"Copies of its values remain: {remains}.")
 
 
 def _found(done: Correction | None, contact_id: int) -> Correction:
