@@ -59,8 +59,13 @@ class Settings:
     workloads: list[str]
     duration: int
     repeats: int
+    # What wrk opens; the matrix runs each workload at every count of
+    # connection_counts, the first of which is `connections`.
     connections: int
+    connection_counts: list[int]
     threads: int
+    workers: int
+    instances: int
     reseed_max: int
     pg_url: str
     port: int
@@ -70,18 +75,22 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> "Settings":
+        counts = [int(n) for n in env_list("BENCH_CONNECTIONS", "8")]
         return cls(
             databases=env_list("BENCH_DATABASES", "sqlite,sqlite-normal,postgresql"),
             sizes=[int(size) for size in env_list("BENCH_SIZES", "10000,1000000")],
             workloads=env_list("BENCH_WORKLOADS", ",".join(WORKLOADS)),
             duration=int(env("BENCH_DURATION", "10")),
             repeats=int(env("BENCH_REPEATS", "3")),
-            connections=int(env("BENCH_CONNECTIONS", "8")),
+            connections=counts[0],
+            connection_counts=counts,
             # One thread: when merges run out of pairs it stops every connection
             # at once. With two, the first to stop left connections open that
             # held gunicorn workers in their 2 s graceful close, stalling the
             # other thread's last requests (10k merges: p99 1.6 s, 400 req/s).
             threads=int(env("BENCH_THREADS", "1")),
+            workers=int(env("BENCH_WORKERS", "2")),
+            instances=int(env("BENCH_INSTANCES", "2")),
             reseed_max=int(env("BENCH_RESEED_MAX", "100000")),
             pg_url=env("BENCH_PG_URL", "postgresql://postgres@127.0.0.1/bench"),
             port=int(env("BENCH_PORT", "28001")),
@@ -155,22 +164,42 @@ class Database:
 
 
 class Server:
-    """A gunicorn started as production starts it: gunicorn.conf.py, its env."""
+    """A gunicorn started as production starts it: gunicorn.conf.py, its env,
+    `workers` workers (WEB_CONCURRENCY); or by `command`, run in `cwd`."""
 
     def __init__(
-        self, target: str, port: int, extra_env: dict[str, str], cwd: Path = ROOT
+        self,
+        target: str,
+        port: int,
+        extra_env: dict[str, str],
+        *,
+        workers: int,
+        cwd: Path = ROOT,
+        command: list[str] | None = None,
     ) -> None:
         self.target = target
         self.cwd = cwd
         self.port = port
         self.url = f"http://{HOST}:{port}"
-        self.env = {**os.environ, **extra_env, "HOST": HOST, "PORT": str(port)}
+        self.env = {
+            **os.environ,
+            **extra_env,
+            "HOST": HOST,
+            "PORT": str(port),
+            "WEB_CONCURRENCY": str(workers),
+        }
+        self.command = command or [
+            str(BIN / "gunicorn"),
+            "-c",
+            "gunicorn.conf.py",
+            target,
+        ]
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, ready_path: str) -> None:
         log = open(BENCH / ".data" / f"gunicorn-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", self.target],
+            self.command,
             cwd=self.cwd,
             env=self.env,
             # The access log goes to stdout in production too; here nobody reads it.
@@ -204,6 +233,13 @@ def run_wrk(
     settings: Settings, script: str, url: str, script_args: list[Any]
 ) -> dict[str, Any]:
     """Run wrk with a script of bench/ and return the JSON of its RESULT line."""
+    return wrk_result(start_wrk(settings, script, url, script_args))
+
+
+def start_wrk(
+    settings: Settings, script: str, url: str, script_args: list[Any]
+) -> subprocess.Popen[str]:
+    """Start wrk with a script of bench/, its output piped for wrk_result."""
     command = [
         "wrk",
         f"-t{settings.threads}",
@@ -217,11 +253,20 @@ def run_wrk(
         "--",
         *map(str, script_args),
     ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True)
-    for line in output.stdout.splitlines():
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wrk_result(process: subprocess.Popen[str]) -> dict[str, Any]:
+    """Wait for a wrk of start_wrk and return the JSON of its RESULT line."""
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"wrk failed ({process.returncode}):\n{stdout}\n{stderr}")
+    for line in stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
-    raise SystemExit(f"wrk printed no result:\n{output.stdout}\n{output.stderr}")
+    raise SystemExit(f"wrk printed no result:\n{stdout}\n{stderr}")
 
 
 def baseline_tree(revision: str) -> Path:

@@ -10,28 +10,32 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import instances
+import references
 from harness import BENCH, DESCRIPTIONS, ROOT, Settings, git
-from matrix import REFERENCE_NAMES
 
 # Targets at the largest size: ratio to the floor, p99 in ms.
 RATIO_TARGETS = {
     "sqlite": {"lookup": 0.55, "secondary": 0.28, "primary": 0.28, "merge": 0.20},
     "postgresql": {"lookup": 0.45},
 }
-P99_TARGETS = {"lookup": 20.0, "secondary": 40.0, "primary": 40.0, "merge": 40.0}
 FLATNESS_TARGET = 0.9
 # Issue 10: writes keep 0.9 of the baseline's throughput; a history read
-# reaches 0.3 of the floor; on SQLite a lookup reaches the one-SELECT
-# reference; /customers/lookup is as fast as an identify lookup.
+# reaches 0.3 of the floor; /customers/lookup is as fast as an identify
+# lookup. The targets against one database operation (with their p99) are
+# references.TARGETS, those of several instances instances.py's.
 BASELINE_TARGET = {"secondary": 0.9, "primary": 0.9, "merge": 0.9}
 HISTORY_TARGET = 0.3
-REFERENCE_TARGETS = {"sqlite": {"lookup": 1.0}}
 
 
-def targets(table: list[dict[str, Any]], database: str) -> list[str]:
+def targets(
+    settings: Settings, table: list[dict[str, Any]], database: str
+) -> list[str]:
     """One line per performance target, measured against the largest and
-    smallest sizes of this database."""
-    rows = [row for row in table if row["database"] == database]
+    smallest sizes of this database, at the first connection count unless
+    said."""
+    everything = [row for row in table if row["database"] == database]
+    rows = [row for row in everything if row["connections"] == settings.connections]
     if not rows:
         return []
     large = max(row["size"] for row in rows)
@@ -50,20 +54,14 @@ def targets(table: list[dict[str, Any]], database: str) -> list[str]:
             )
     for workload, target in BASELINE_TARGET.items():
         row = at.get((large, workload))
-        if row is not None and row["baseline_ratio"] is not None:
-            share = row["baseline_ratio"]
+        if row is not None and row["baseline_share"] is not None:
+            share = row["baseline_share"]
             lines.append(
                 f"- {workload} req/s >= {target} x baseline: x{share:.2f},"
                 f" {verdict(share >= target)}"
             )
-    for workload, target in REFERENCE_TARGETS.get(database, {}).items():
-        row = at.get((large, workload))
-        if row is not None and row["reference_ratio"]:
-            share = row["ratio"] / row["reference_ratio"]
-            lines.append(
-                f"- {workload} >= {target} x the one-SELECT reference: x{share:.2f},"
-                f" {verdict(share >= target)}"
-            )
+    lines += references.targets(everything, large, settings.connections)
+    lines += instances.targets(everything, large, settings.instances)
     if (row := at.get((large, "history"))) is not None:
         lines.append(
             f"- history ratio to floor >= {HISTORY_TARGET}: {row['ratio']:.2f},"
@@ -76,12 +74,6 @@ def targets(table: list[dict[str, Any]], database: str) -> list[str]:
             f"- customers_lookup >= identify lookup (ratios to floor):"
             f" x{share:.2f}, {verdict(share >= 1.0)}"
         )
-    for workload, limit in P99_TARGETS.items():
-        if (row := at.get((large, workload))) is not None:
-            lines.append(
-                f"- {workload} p99 <= {limit:.0f} ms: {row['p99_ms']:.1f} ms,"
-                f" {verdict(row['p99_ms'] <= limit)}"
-            )
     if large != small:
         for (size, workload), row in at.items():
             if size == large and (small, workload) in at:
@@ -99,11 +91,15 @@ def targets(table: list[dict[str, Any]], database: str) -> list[str]:
 def synchronous_comparison(table: list[dict[str, Any]]) -> list[str]:
     """SQLite's writes with synchronous=FULL (the default) beside NORMAL, where
     both were measured: what durability across power loss costs."""
-    full = {(r["size"], r["workload"]): r for r in table if r["database"] == "sqlite"}
+
+    def key(row: dict[str, Any]) -> tuple[int, str, int]:
+        return row["size"], row["workload"], row["connections"]
+
+    full = {key(row): row for row in table if row["database"] == "sqlite"}
     pairs = [
-        (full[row["size"], row["workload"]], row)
+        (full[key(row)], row)
         for row in table
-        if row["database"] == "sqlite-normal" and (row["size"], row["workload"]) in full
+        if row["database"] == "sqlite-normal" and key(row) in full
     ]
     if not pairs:
         return []
@@ -114,13 +110,14 @@ def synchronous_comparison(table: list[dict[str, Any]]) -> list[str]:
         " write survives an OS crash or power loss; NORMAL may lose the last"
         " ones (SQLITE_SYNCHRONOUS=NORMAL).",
         "",
-        "| contacts | workload | FULL req/s | NORMAL req/s | FULL ÷ NORMAL"
-        " | FULL p99 ms | NORMAL p99 ms |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| contacts | connections | workload | FULL req/s | NORMAL req/s"
+        " | FULL ÷ NORMAL | FULL p99 ms | NORMAL p99 ms |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for full_row, normal_row in pairs:
         lines.append(
-            f"| {full_row['size']:,} | {full_row['workload']}"
+            f"| {full_row['size']:,} | {full_row['connections']}"
+            f" | {full_row['workload']}"
             f" | {full_row['rps']:.0f} | {normal_row['rps']:.0f}"
             f" | {full_row['rps'] / normal_row['rps']:.2f}"
             f" | {full_row['p99_ms']:.1f} | {normal_row['p99_ms']:.1f} |"
@@ -158,7 +155,7 @@ def commit() -> str:
     return f"{head or 'unknown'}{' with local changes' if dirty else ''}"
 
 
-def gunicorn_settings() -> str:
+def gunicorn_settings(settings: Settings) -> str:
     """The worker settings that gunicorn.conf.py gave the servers, read by
     running it (in a process of its own: it sets environment variables)."""
     read = (
@@ -169,14 +166,19 @@ def gunicorn_settings() -> str:
     output = subprocess.run(
         [sys.executable, "-c", read],
         cwd=ROOT,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(BENCH / ".data")},
+        env={
+            **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": str(BENCH / ".data"),
+            "WEB_CONCURRENCY": str(settings.workers),
+        },
         check=True,
         capture_output=True,
         text=True,
     ).stdout
     workers, threads, worker_class, keepalive = json.loads(output)
     return (
-        f"gunicorn.conf.py: {workers} workers (WEB_CONCURRENCY) x {threads} threads"
+        f"gunicorn.conf.py: {workers} workers (BENCH_WORKERS, as WEB_CONCURRENCY)"
+        f" x {threads} threads"
         f" (WEB_THREADS), worker class {worker_class} (gthread; keep-alive"
         f" {keepalive} s)"
     )
@@ -195,7 +197,7 @@ def report(
             *(
                 f"{name}={shlex.quote(value)}"
                 for name, value in sorted(os.environ.items())
-                if name.startswith("BENCH_") or name == "WEB_CONCURRENCY"
+                if name.startswith("BENCH_")
             ),
             "make bench",
         ]
@@ -213,21 +215,36 @@ def report(
         f"- Machine: {facts['nproc']} cores ({facts['cpu']}), {facts['memory']} RAM,"
         f" Python {facts['python']}, Linux {facts['kernel']}; shared with other"
         " work, so noisy",
-        f"- Server: {gunicorn_settings()}, bound to 127.0.0.1, logging as in"
-        " production (its output discarded)",
-        f"- Load: wrk -t{settings.threads} -c{settings.connections}"
-        f" -d{settings.duration}s, {settings.repeats} runs per workload, each run"
-        " right after a floor run with the same script; before them, each server"
+        f"- Server: {gunicorn_settings(settings)}, bound to 127.0.0.1, logging as"
+        " in production (its output discarded); the floor the same",
+        "- References (bench/reference.py, bench/references.py): the yardstick,"
+        " the plain app served as a user serves one,"
+        f" `{' '.join(references.yardstick_command(settings, settings.port + 4))}`"
+        " run from bench/, where no gunicorn.conf.py is: gunicorn's defaults"
+        " (the sync worker); and the same app under gunicorn.conf.py. On SQLite"
+        " both use WAL and the service's synchronous (FULL; NORMAL for"
+        " sqlite-normal)",
+        f"- Load: wrk -t{settings.threads}"
+        f" -c{','.join(map(str, settings.connection_counts))}"
+        f" -d{settings.duration}s (every workload at each connection count),"
+        f" {settings.repeats} runs per workload, each run right after a floor"
+        " run with the same script and connections; before them, each server"
         " gets 1 s of lookups, not recorded, to open its connections",
         "- Numbers: medians over the runs; ratio = median of (service req/s /"
         " req/s of the floor run just before it)",
         "- Checks: non-2xx counts wrk's non-2xx answers and socket errors;"
         " Δrows/req and Δprimaries/req are the table's change over the service"
-        " runs divided by the requests wrk counted (a lookup must be +0/+0, a new"
-        " secondary +1/+0, a new primary +1/+1, a merge +0/-1, a detach +0/+1,"
-        " an erase -5/-1; the requests still in flight when wrk stops, at most"
-        " one per connection, change the table but are not counted)",
-        "- Merges use disjoint pairs of seeded clusters; where a size has too few"
+        " runs (or those of the instances together) divided by the requests wrk"
+        " counted (a lookup must be +0/+0, a new secondary +1/+0, a new primary"
+        " +1/+1, a merge +0/-1, a detach +0/+1, an erase -5/-1; the requests"
+        " still in flight when wrk stops, at most one per connection, change"
+        " the table but are not counted)",
+        "- The references insert rows of brand-new values (the new-primary"
+        " bodies, whatever the workload), so that they leave the seeded"
+        " customers as the service found them; their runs are not counted",
+        "- Merges use disjoint pairs of seeded clusters, shared out between the"
+        " service's runs at each connection count (and the baseline's and each"
+        " instance's); where a size has too few"
         " (10,000 contacts: 1,250 pairs per seeding) the run stops when they run"
         " out and its rate is taken over the time it ran (one wrk thread, so that"
         " all its connections stop together)",
@@ -244,67 +261,59 @@ def report(
         "",
     ]
     for database in settings.databases:
+        mine = [row for row in table if row["database"] == database]
+        if not mine:
+            continue
         lines += [
             f"## {database}",
             "",
-            "| contacts | workload | req/s | p50 ms | p99 ms | floor req/s"
-            " | ratio to floor | non-2xx | Δrows/req | Δprimaries/req |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| contacts | connections | workload | req/s | p50 ms | p99 ms"
+            " | floor req/s | ratio to floor | non-2xx | Δrows/req"
+            " | Δprimaries/req |",
+            "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for row in table:
-            if row["database"] != database:
-                continue
+        for row in mine:
             lines.append(
-                f"| {row['size']:,} | {row['workload']} | {row['rps']:.0f}"
-                f" | {row['p50_ms']:.1f} | {row['p99_ms']:.1f}"
+                f"| {row['size']:,} | {row['connections']} | {row['workload']}"
+                f" | {row['rps']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f}"
                 f" | {row['floor_rps']:.0f} | {row['ratio']:.2f}"
                 f" | {row['non_2xx'] + row['socket_errors']}"
                 f" | {row['rows_per_request']:+.2f}"
                 f" | {row['primaries_per_request']:+.2f} |"
             )
-        mine = [row for row in table if row["database"] == database]
-        if any(row["reference_rps"] is not None for row in mine):
-            lines += [
-                "",
-                "The references (bench/reference.py), each run right after the"
-                " service, against the same floor run:",
-                "",
-                "| contacts | reference | req/s | ratio to floor | service workload"
-                " | service ÷ reference |",
-                "|---:|---|---:|---:|---|---:|",
-            ]
-        for row in mine:
-            if row["reference_rps"] is not None:
-                lines.append(
-                    f"| {row['size']:,} | {REFERENCE_NAMES[row['workload']]}"
-                    f" | {row['reference_rps']:.0f} | {row['reference_ratio']:.2f}"
-                    f" | {row['workload']}"
-                    f" | {row['ratio'] / row['reference_ratio']:.2f} |"
-                )
+        lines += ["", *references.table(mine)]
+        lines += instances.table(mine, settings.instances)
         if any(row["baseline_rps"] for row in mine):
             lines += [
-                "",
                 f"Beside the baseline (BENCH_BASELINE={settings.baseline}, commit"
                 f" {git('rev-parse', '--short', settings.baseline or 'HEAD')}),"
-                " each baseline run right after the service run, on the same"
+                " each baseline run after the service run, on the same"
                 " database:",
                 "",
-                "| contacts | workload | service req/s | baseline req/s"
-                " | service ÷ baseline | baseline p99 ms |",
-                "|---:|---|---:|---:|---:|---:|",
+                "| contacts | connections | workload | service req/s"
+                " | baseline req/s | service ÷ baseline | baseline p99 ms |",
+                "|---:|---:|---|---:|---:|---:|---:|",
             ]
-            for row in table:
-                if row["database"] == database and row["baseline_rps"]:
+            for row in mine:
+                if row["baseline_rps"]:
                     lines.append(
-                        f"| {row['size']:,} | {row['workload']} | {row['rps']:.0f}"
+                        f"| {row['size']:,} | {row['connections']}"
+                        f" | {row['workload']} | {row['rps']:.0f}"
                         f" | {row['baseline_rps']:.0f}"
-                        f" | {row['baseline_ratio']:.2f}"
+                        f" | {row['baseline_share']:.2f}"
                         f" | {row['baseline_p99_ms']:.1f} |"
                     )
+            lines.append("")
         largest = max(row["size"] for row in mine)
-        if verdicts := targets(table, database):
-            lines += ["", f"Targets at {largest:,} contacts:", "", *verdicts]
-        lines += ["", "Seeding (bench/seed.py, bulk load):", ""]
+        if verdicts := targets(settings, table, database):
+            lines += [
+                f"Targets at {largest:,} contacts, at {settings.connections}"
+                " connections unless said:",
+                "",
+                *verdicts,
+                "",
+            ]
+        lines += ["Seeding (bench/seed.py, bulk load):", ""]
         for seed in seeds.get(database, []):
             lines.append(f"- {seed['rows']:,} contacts in {seed['seconds']} s")
         lines.append("")

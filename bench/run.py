@@ -2,11 +2,14 @@
 
 For each database and size: seed (bench/seed.py), serve the app exactly as
 production does (migrations applied, gunicorn with gunicorn.conf.py) and the
-floor (bench/floor.py) under the same settings, then for each repetition and
-workload run wrk against the floor and then against the service, so that each
-service number has a floor number measured next to it. Lookups and new
-primaries are also run against the references (bench/reference.py:
-one SELECT, one INSERT and COMMIT), right after the service. Medians are
+floor (bench/floor.py) under the same settings, then for each repetition,
+workload and connection count run wrk against the floor and then against the
+service, so that each service number has a floor number measured next to it.
+Lookups and writes are also run against the references (bench/reference.py:
+one SELECT, one INSERT and COMMIT) after the service, served as a user
+serves a plain app (the yardstick, gunicorn's defaults) and under
+gunicorn.conf.py (bench/references.py); on PostgreSQL the writes are run on
+BENCH_INSTANCES services at once too (bench/instances.py). Medians are
 reported.
 
 Detach and erase consume what they touch (every request splits or erases a
@@ -27,10 +30,17 @@ Settings, all from the environment:
                     detach,erase
   BENCH_DURATION    10                  seconds per wrk run
   BENCH_REPEATS     3                   runs per workload, alternating with the floor
-  BENCH_CONNECTIONS 8                   wrk connections (BENCH_THREADS 1 wrk thread)
+  BENCH_CONNECTIONS 8                   wrk connections, or a list (8,32): every
+                                        workload at each (BENCH_THREADS 1 wrk thread)
+  BENCH_WORKERS     2                   gunicorn workers of every server (the
+                                        service's WEB_CONCURRENCY, the yardstick's -w)
+  BENCH_INSTANCES   2                   services on one PostgreSQL database loaded at
+                                        once, each with its share of the connections,
+                                        on the writes beside one (1: not measured)
   BENCH_RESEED_MAX  100000              reseed before every repetition up to this size
   BENCH_PG_URL      postgresql://postgres@127.0.0.1/bench
-  BENCH_PORT        28001               the service; then floor, references, baseline
+  BENCH_PORT        28001               the service; then floor, reference, baseline,
+                                        yardstick and the other instances
   BENCH_OUT         BENCHMARKS.md       the report; every run goes beside it as .json
   BENCH_KEEP        unset               when 1, the report already in BENCH_OUT is
                                         kept below the new one, and its runs in the
@@ -40,7 +50,6 @@ Settings, all from the environment:
                                         the placeholder flood (placeholder_flood)
                                         and the large detach (detach_series)
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
-  WEB_CONCURRENCY   gunicorn workers, as in production (gunicorn.conf.py)
 Only ever loads 127.0.0.1.
 """
 
@@ -49,6 +58,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+import instances
 from harness import BENCH, Database, Server, Settings, env_list, log
 from matrix import Run, measure, summarise
 from report import report
@@ -64,13 +74,16 @@ from series import (
 
 def main() -> None:
     settings = Settings.from_env()
+    instances.check(settings)
     series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach")
     started = datetime.now(UTC)
     runs: list[Run] = []
     seeds: dict[str, list[dict[str, Any]]] = {}
     (BENCH / ".data").mkdir(exist_ok=True)
     if "matrix" in series:
-        floor = Server("bench.floor:app", settings.port + 1, {})
+        floor = Server(
+            "bench.floor:app", settings.port + 1, {}, workers=settings.workers
+        )
         floor.start("/identify")
         try:
             for kind in settings.databases:

@@ -112,7 +112,12 @@ def cluster_series(settings: Settings) -> list[ClusterRun]:
             log(f"{kind}, one cluster of {rows:,} rows")
             database.seed(CLUSTER_BASE_SIZE)
             seed_cluster(database, rows)
-            service = Server("app:app", settings.port, {"DATABASE_URL": database.url})
+            service = Server(
+                "app:app",
+                settings.port,
+                {"DATABASE_URL": database.url},
+                workers=settings.workers,
+            )
             service.start("/health")
             try:
                 cluster_wrk(replace(settings, duration=1), service.url, "lookup", 0)
@@ -161,7 +166,12 @@ def placeholder_flood(settings: Settings) -> list[Flood]:
         database = Database(kind, settings)
         log(f"{kind}, placeholder flood of {FLOOD_REQUESTS:,} requests")
         database.seed(CLUSTER_BASE_SIZE)
-        service = Server("app:app", settings.port, {"DATABASE_URL": database.url})
+        service = Server(
+            "app:app",
+            settings.port,
+            {"DATABASE_URL": database.url},
+            workers=settings.workers,
+        )
         service.start("/health")
         connection = http.client.HTTPConnection(HOST, settings.port, timeout=30)
         timings = []
@@ -327,13 +337,19 @@ def detach_series(settings: Settings) -> list[LargeDetach]:
         database = Database(kind, settings)
         log(f"{kind}, detach from customers of {LARGE_ROWS:,} rows")
         servers = {
-            "service": Server("app:app", settings.port, {"DATABASE_URL": database.url})
+            "service": Server(
+                "app:app",
+                settings.port,
+                {"DATABASE_URL": database.url},
+                workers=settings.workers,
+            )
         }
         if settings.baseline:
             servers["baseline"] = Server(
                 "app:app",
                 settings.port + 3,
                 {"DATABASE_URL": database.url},
+                workers=settings.workers,
                 cwd=baseline_tree(settings.baseline),
             )
         customers = len(DETACH_VALUES) * (DETACH_REPEATS + 1) * len(servers)
