@@ -1,0 +1,295 @@
+"""What every measurement of the bench shares: the workloads it knows, the
+settings read from the environment, the databases it seeds and reads back,
+the servers it starts and wrk."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+IDENTIFY_WORKLOADS = ("lookup", "secondary", "primary", "merge", "mix")
+# Each request consumes a seeded customer (see measure).
+CORRECTIONS = ("detach", "erase")
+WORKLOADS = (*IDENTIFY_WORKLOADS, "customers_lookup", "history", *CORRECTIONS)
+# Workloads that never write: synchronous changes nothing for them.
+READS = ("lookup", "customers_lookup", "history")
+DESCRIPTIONS = {
+    "lookup": "identifiers of an existing row; inserts nothing",
+    "secondary": "existing phone + brand-new email; inserts a secondary",
+    "primary": "brand-new email and phone; inserts a primary",
+    "merge": "email of one cluster + phone of another; merges two primaries",
+    "mix": "80% lookup, 15% secondary, 4% primary, 1% merge",
+    "customers_lookup": "POST /customers/lookup with the lookup bodies; never writes",
+    "history": "GET /customers/{id}/history of a 5-row customer (5 events)",
+    "detach": "POST /customers/{id}/detach of a 5-row customer's middle phone,"
+    " the only value joining its rows 0-2 to rows 3-4: no row is deleted, two rows"
+    " lose the phone, the customer splits in two (3 rows and 2), the phone is"
+    " nulled in 2 events and 3 are added; each request a different customer",
+    "erase": "DELETE /customers/{id} of a 5-row customer: its 5 rows are deleted,"
+    " its 6 values nulled in its 5 events, 1 event added; each request a"
+    " different customer",
+}
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+@dataclass
+class Settings:
+    databases: list[str]
+    sizes: list[int]
+    workloads: list[str]
+    duration: int
+    repeats: int
+    # What wrk opens; the matrix runs each workload at every count of
+    # connection_counts, the first of which is `connections`.
+    connections: int
+    connection_counts: list[int]
+    threads: int
+    workers: int
+    instances: int
+    reseed_max: int
+    pg_url: str
+    port: int
+    out: Path
+    keep: bool
+    baseline: str | None
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        counts = [int(n) for n in env_list("BENCH_CONNECTIONS", "8")]
+        return cls(
+            databases=env_list("BENCH_DATABASES", "sqlite,sqlite-normal,postgresql"),
+            sizes=[int(size) for size in env_list("BENCH_SIZES", "10000,1000000")],
+            workloads=env_list("BENCH_WORKLOADS", ",".join(WORKLOADS)),
+            duration=int(env("BENCH_DURATION", "10")),
+            repeats=int(env("BENCH_REPEATS", "3")),
+            connections=counts[0],
+            connection_counts=counts,
+            # One thread: when merges run out of pairs it stops every connection
+            # at once. With two, the first to stop left connections open that
+            # held gunicorn workers in their 2 s graceful close, stalling the
+            # other thread's last requests (10k merges: p99 1.6 s, 400 req/s).
+            threads=int(env("BENCH_THREADS", "1")),
+            workers=int(env("BENCH_WORKERS", "2")),
+            instances=int(env("BENCH_INSTANCES", "2")),
+            reseed_max=int(env("BENCH_RESEED_MAX", "100000")),
+            pg_url=env("BENCH_PG_URL", "postgresql://postgres@127.0.0.1/bench"),
+            port=int(env("BENCH_PORT", "28001")),
+            out=ROOT / env("BENCH_OUT", "BENCHMARKS.md"),
+            keep=env("BENCH_KEEP", "") == "1",
+            baseline=os.environ.get("BENCH_BASELINE") or None,
+        )
+
+
+class Database:
+    """Where a size is seeded, the settings the service runs it with, and what
+    the harness reads back to check a run.
+
+    `sqlite-normal` is SQLite with SQLITE_SYNCHRONOUS=NORMAL, measured on the
+    workloads of /identify that write only (synchronous changes nothing for a
+    lookup), to show beside `sqlite` what the default FULL costs."""
+
+    def __init__(self, kind: str, settings: Settings) -> None:
+        self.kind = kind
+        self.engine = "sqlite" if kind.startswith("sqlite") else kind
+        self.env: dict[str, str] = {}
+        self.workloads = settings.workloads
+        if kind in ("sqlite", "sqlite-normal"):
+            data = BENCH / ".data"
+            data.mkdir(exist_ok=True)
+            self.path = str(data / "bench.db")
+            self.url = f"sqlite:///{self.path}"
+            if kind == "sqlite-normal":
+                self.env = {"SQLITE_SYNCHRONOUS": "NORMAL"}
+                self.workloads = [
+                    w
+                    for w in settings.workloads
+                    if w not in READS and w not in CORRECTIONS
+                ]
+        elif kind == "postgresql":
+            self.url = settings.pg_url
+        else:
+            raise SystemExit(
+                f"unknown database {kind!r}: sqlite, sqlite-normal or postgresql"
+            )
+
+    def seed(self, size: int, large: int = 0, large_rows: int = 0) -> dict[str, Any]:
+        """Seed `size` contacts in clusters, then `large` customers of
+        `large_rows` rows (bench/seed.py)."""
+        arguments = [str(size), *([str(large), str(large_rows)] if large else [])]
+        output = subprocess.run(
+            [sys.executable, str(BENCH / "seed.py"), *arguments],
+            env={**os.environ, "DATABASE_URL": self.url},
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        return json.loads(output.splitlines()[-1])  # type: ignore[no-any-return]
+
+    def counts(self) -> tuple[int, int]:
+        """(live rows, live primaries)."""
+        query = (
+            "SELECT count(*), coalesce(sum(CASE WHEN link_precedence = 'primary'"
+            " THEN 1 ELSE 0 END), 0) FROM contact WHERE deleted_at IS NULL"
+        )
+        if self.engine == "sqlite":
+            with sqlite3.connect(self.path) as connection:
+                rows, primaries = connection.execute(query).fetchone()
+        else:
+            with psycopg.connect(self.url) as connection:
+                row = connection.execute(query).fetchone()
+                assert row is not None
+                rows, primaries = row
+        return int(rows), int(primaries)
+
+
+class Server:
+    """A gunicorn started as production starts it: gunicorn.conf.py, its env,
+    `workers` workers (WEB_CONCURRENCY); or by `command`, run in `cwd`."""
+
+    def __init__(
+        self,
+        target: str,
+        port: int,
+        extra_env: dict[str, str],
+        *,
+        workers: int,
+        cwd: Path = ROOT,
+        command: list[str] | None = None,
+    ) -> None:
+        self.target = target
+        self.cwd = cwd
+        self.port = port
+        self.url = f"http://{HOST}:{port}"
+        self.env = {
+            **os.environ,
+            **extra_env,
+            "HOST": HOST,
+            "PORT": str(port),
+            "WEB_CONCURRENCY": str(workers),
+        }
+        self.command = command or [
+            str(BIN / "gunicorn"),
+            "-c",
+            "gunicorn.conf.py",
+            target,
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_path: str) -> None:
+        log = open(BENCH / ".data" / f"gunicorn-{self.port}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=self.cwd,
+            env=self.env,
+            # The access log goes to stdout in production too; here nobody reads it.
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                request = urllib.request.Request(
+                    f"{self.url}{ready_path}",
+                    data=None
+                    if ready_path == "/health"
+                    else b'{"email": "ready@seed.example.com", "phoneNumber": null}',
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit(f"{self.target} did not come up on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+            self.process = None
+
+
+def run_wrk(
+    settings: Settings, script: str, url: str, script_args: list[Any]
+) -> dict[str, Any]:
+    """Run wrk with a script of bench/ and return the JSON of its RESULT line."""
+    return wrk_result(start_wrk(settings, script, url, script_args))
+
+
+def start_wrk(
+    settings: Settings, script: str, url: str, script_args: list[Any]
+) -> subprocess.Popen[str]:
+    """Start wrk with a script of bench/, its output piped for wrk_result."""
+    command = [
+        "wrk",
+        f"-t{settings.threads}",
+        f"-c{settings.connections}",
+        f"-d{settings.duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(BENCH / script),
+        url,
+        "--",
+        *map(str, script_args),
+    ]
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wrk_result(process: subprocess.Popen[str]) -> dict[str, Any]:
+    """Wait for a wrk of start_wrk and return the JSON of its RESULT line."""
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"wrk failed ({process.returncode}):\n{stdout}\n{stderr}")
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))  # type: ignore[no-any-return]
+    raise SystemExit(f"wrk printed no result:\n{stdout}\n{stderr}")
+
+
+def baseline_tree(revision: str) -> Path:
+    """A worktree of `revision` under bench/.data, made once per commit."""
+    sha = git("rev-parse", "--short", revision)
+    if not sha:
+        raise SystemExit(f"BENCH_BASELINE={revision} is not a git revision here")
+    tree = BENCH / ".data" / f"baseline-{sha}"
+    if not tree.exists():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), sha],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+    return tree
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
