@@ -519,6 +519,7 @@ def test_after_detaches_every_history_shows_only_values_its_customer_holds(
             f"/customers/{contact_id}/detach", json={field_name: value}
         )
         assert response.get_json() == {
-            "contacts": model.detach(contact_id, kind, value)
+            "contacts": model.detach(contact_id, kind, value),
+            "dryRun": False,
         }
         assert_histories_show_only_held_values(client, model)
