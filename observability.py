@@ -25,7 +25,7 @@ from prometheus_client import (
 )
 
 from correct import Correction
-from masking import json_formatter
+from masking import FIELDS, json_formatter
 from reconcile import EventType, Identity, Ignored, Outcome
 from store import Served
 
@@ -211,5 +211,5 @@ def _finish(response: Response) -> Response:
         fields["customer_ids"] = g.customer_ids
     if "correction" in g:
         fields.update(g.correction)
-    ACCESS_LOG.info("request", extra=fields)
+    ACCESS_LOG.info("request", extra={FIELDS: fields})
     return response

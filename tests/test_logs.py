@@ -1,6 +1,7 @@
 """One JSON line per request on stdout, with no email or phone number in clear."""
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from live import live_service
-from masking import mask
+from masking import FIELDS, json_formatter, mask
 
 EMAIL = "lorraine@hillvalley.edu"
 PHONE = "5551234567"
@@ -200,3 +201,26 @@ def test_merges_and_reads_log_one_line_naming_customers_not_values(
     assert customer["customer_ids"] == [1]
     assert (history["path"], feed["path"]) == ("/customers/2/history", "/events")
     assert EMAIL not in output and PHONE not in output and "919191" not in output
+
+
+def test_the_line_per_request_is_the_line_the_generic_formatter_writes() -> None:
+    fields = {
+        "method": "POST",
+        "path": "/customers/1234567/history",
+        "status": 200,
+        "duration_ms": 1.5,
+        "contact_id": 1234567,
+        "secondary_contact_ids": [2, 3],
+        "note": f"{EMAIL} ünï",
+    }
+    generic = logging.LogRecord(
+        "identify.access", logging.INFO, "", 0, "request", None, None
+    )
+    generic.__dict__.update(fields)
+    direct = logging.makeLogRecord({**generic.__dict__, FIELDS: fields})
+    for name in fields:
+        del direct.__dict__[name]
+
+    line = json_formatter().format(direct)
+    assert line == json_formatter().format(generic)
+    assert EMAIL not in line
