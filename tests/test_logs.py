@@ -2,16 +2,18 @@
 
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from flask import g
 from flask.testing import FlaskClient
 
 from app import create_app
 from live import live_service
-from masking import FIELDS, json_formatter, mask
+from masking import json_formatter, mask, request_line
 
 EMAIL = "lorraine@hillvalley.edu"
 PHONE = "5551234567"
@@ -203,7 +205,9 @@ def test_merges_and_reads_log_one_line_naming_customers_not_values(
     assert EMAIL not in output and PHONE not in output and "919191" not in output
 
 
-def test_the_line_per_request_is_the_line_the_generic_formatter_writes() -> None:
+def test_the_line_per_request_is_the_line_the_generic_formatter_writes(
+    client: FlaskClient,
+) -> None:
     fields = {
         "method": "POST",
         "path": "/customers/1234567/history",
@@ -213,14 +217,13 @@ def test_the_line_per_request_is_the_line_the_generic_formatter_writes() -> None
         "secondary_contact_ids": [2, 3],
         "note": f"{EMAIL} ünï",
     }
-    generic = logging.LogRecord(
-        "identify.access", logging.INFO, "", 0, "request", None, None
-    )
-    generic.__dict__.update(fields)
-    direct = logging.makeLogRecord({**generic.__dict__, FIELDS: fields})
-    for name in fields:
-        del direct.__dict__[name]
+    record = logging.makeLogRecord({"levelname": "INFO", "msg": "request", **fields})
+    at = datetime.fromtimestamp(record.created, UTC)
 
-    line = json_formatter().format(direct)
-    assert line == json_formatter().format(generic)
+    with client.application.test_request_context():
+        g.request_id = "b0b0b0b0-0000-4000-8000-000000000001"
+        generic = json_formatter().format(record)
+        line = request_line(fields, at=at, request_id=g.request_id)
+
+    assert line == generic
     assert EMAIL not in line
