@@ -20,6 +20,7 @@ try:
     _database = settings.database_url()
     settings.sqlite_synchronous()
     settings.request_body_timeout()
+    _threads = settings.web_threads()
     settings.database_pool_size()
     _guard = guard.guard_from_env()
 except settings.ConfigurationError as error:
@@ -49,7 +50,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2)
 # Threads, each serving one request at a time, so that a slow or idle client
 # never holds a whole process; serving.py keeps them from being held too.
 worker_class = "serving.Worker"
-threads = int(os.environ.get("WEB_THREADS", "4"))
+threads = _threads
 # How long a connection may stay open between requests, or before its first.
 keepalive = 5
 # The app writes one JSON line per request itself (observability.py).

@@ -3,8 +3,10 @@
 quote refused requests. Kept apart from observability.py so that gunicorn's
 master process can use it without loading the metrics."""
 
+import json
 import logging
 import re
+from datetime import datetime
 from typing import Any
 
 from flask import g, has_request_context
@@ -40,6 +42,24 @@ def _mask_digits(match: re.Match[str]) -> str:
     if len(digits) < 8:
         return "*" * len(digits)
     return "*" * (len(digits) - 4) + digits[-4:]
+
+
+def request_line(
+    fields: dict[str, Any], *, at: datetime, request_id: str | None
+) -> str:
+    """The JSON line of one request (observability.py): time, level, request
+    id, message and `fields`, every text value masked; the line
+    MaskingJsonFormatter writes for an INFO record "request" with `fields`
+    as extras, built without a record: the logging machinery and
+    python-json-logger's walk over every attribute of the record cost three
+    times as much as the line itself."""
+    line: dict[str, Any] = {"time": at.isoformat(), "level": "INFO"}
+    if request_id is not None:
+        line["request_id"] = request_id
+    line["message"] = "request"
+    for key, value in fields.items():
+        line[key] = mask(value) if isinstance(value, str) else value
+    return json.dumps(line)
 
 
 class MaskingJsonFormatter(JsonFormatter):

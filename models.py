@@ -190,9 +190,12 @@ def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
     Connections run in autocommit mode, as on SQLite (prepare_engine): a read
     is one statement and needs no transaction, so a lookup is one round trip;
     code that writes sends its own BEGIN (reconcile.py, migrations/env.py).
-    A sync gunicorn worker serves one request at a time, so it needs few
-    connections. They are not pinged before use, which would cost a round
-    trip per request: reconcile_and_commit() replaces one the server closed.
+    `pool_size` connections stay open: at least one per thread of a
+    gunicorn worker (settings.database_pool_size), so no request waits for
+    one or opens a PostgreSQL session of its own. As many more may open for
+    code that holds several at once (the CLI, tests); each is closed when
+    given back. They are not pinged before use, which would cost a round
+    trip per request: store.retrying() replaces one the server closed.
 
     The server ends a transaction left idle for IDLE_IN_TRANSACTION_TIMEOUT
     seconds (a worker frozen or killed mid-request), so its locks go with

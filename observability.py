@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -25,7 +26,7 @@ from prometheus_client import (
 )
 
 from correct import Correction
-from masking import json_formatter
+from masking import json_formatter, request_line
 from reconcile import EventType, Identity, Ignored, Outcome
 from store import Served
 
@@ -78,10 +79,21 @@ class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.stream = sys.stdout
         super().emit(record)
 
+    def write_line(self, line: str) -> None:
+        """Write a line already formatted, as emit() writes a record's: under
+        the handler's lock, and a failed write reported on stderr, never
+        raised into the request."""
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                stream = sys.stdout
+                stream.write(line + self.terminator)
+                stream.flush()
+            except Exception:  # noqa: BLE001 - as logging.Handler.emit does
+                self.handleError(logging.makeLogRecord({"msg": line}))
+
 
 HANDLER = StdoutHandler()
 HANDLER.setFormatter(json_formatter())
-ACCESS_LOG = logging.getLogger("identify.access")
 
 
 def init_app(app: Flask) -> None:
@@ -92,11 +104,10 @@ def init_app(app: Flask) -> None:
     Flask's own handler is removed: it writes errors, tracebacks and all, to
     the server's error stream (gunicorn's stderr) unmasked."""
     app.logger.removeHandler(default_handler)
-    for logger in (ACCESS_LOG, app.logger):
-        if HANDLER not in logger.handlers:
-            logger.addHandler(HANDLER)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    if HANDLER not in app.logger.handlers:
+        app.logger.addHandler(HANDLER)
+    app.logger.setLevel(logging.INFO)
+    app.logger.propagate = False
     app.before_request(_start)
     app.after_request(_finish)
 
@@ -211,5 +222,7 @@ def _finish(response: Response) -> Response:
         fields["customer_ids"] = g.customer_ids
     if "correction" in g:
         fields.update(g.correction)
-    ACCESS_LOG.info("request", extra=fields)
+    HANDLER.write_line(
+        request_line(fields, at=datetime.now(UTC), request_id=g.request_id)
+    )
     return response

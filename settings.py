@@ -123,12 +123,37 @@ def describe_database(url: str) -> str:
     )
 
 
+def web_threads() -> int:
+    """WEB_THREADS: threads per gunicorn worker, each serving one request at
+    a time; 4 by default."""
+    return _whole_number("WEB_THREADS", "4")
+
+
 def database_pool_size() -> int:
-    """DATABASE_POOL_SIZE: PostgreSQL connections kept open per worker."""
-    text = os.environ.get("DATABASE_POOL_SIZE", "2").strip()
+    """DATABASE_POOL_SIZE: PostgreSQL connections kept open per worker, as
+    many as its threads (WEB_THREADS) by default.
+
+    Fewer is refused: a thread that found every pooled connection taken
+    would open a connection of its own and close it after its request, a
+    new PostgreSQL session (a process forked, authenticated and set up)
+    every few requests under load."""
+    threads = web_threads()
+    size = _whole_number("DATABASE_POOL_SIZE", str(threads))
+    if size < threads:
+        raise ConfigurationError(
+            f"DATABASE_POOL_SIZE ({size}) must be at least WEB_THREADS ({threads}):"
+            " each thread needs a pooled connection, or requests open and close"
+            " PostgreSQL sessions. Raise DATABASE_POOL_SIZE or unset it (it"
+            " follows WEB_THREADS), or lower WEB_THREADS for fewer connections."
+        )
+    return size
+
+
+def _whole_number(name: str, default: str) -> int:
+    text = os.environ.get(name, default).strip()
     if not text.isascii() or not text.isdigit() or int(text) < 1:
         raise ConfigurationError(
-            f"DATABASE_POOL_SIZE must be a whole number of at least 1, not {text!r}."
+            f"{name} must be a whole number of at least 1, not {text!r}."
         )
     return int(text)
 

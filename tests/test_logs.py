@@ -1,16 +1,19 @@
 """One JSON line per request on stdout, with no email or phone number in clear."""
 
 import json
+import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from flask import g
 from flask.testing import FlaskClient
 
 from app import create_app
 from live import live_service
-from masking import mask
+from masking import json_formatter, mask, request_line
 
 EMAIL = "lorraine@hillvalley.edu"
 PHONE = "5551234567"
@@ -230,3 +233,27 @@ def test_a_correction_reason_never_reaches_a_log_line(
     statuses = [line["status"] for line in requests]
     assert statuses == [200, 200, 400, 400, 200, 200, 400, 400]
     assert "Lorraine Baines" not in output and "Ticket ABC" not in output
+
+
+def test_the_line_per_request_is_the_line_the_generic_formatter_writes(
+    client: FlaskClient,
+) -> None:
+    fields = {
+        "method": "POST",
+        "path": "/customers/1234567/history",
+        "status": 200,
+        "duration_ms": 1.5,
+        "contact_id": 1234567,
+        "secondary_contact_ids": [2, 3],
+        "note": f"{EMAIL} ünï",
+    }
+    record = logging.makeLogRecord({"levelname": "INFO", "msg": "request", **fields})
+    at = datetime.fromtimestamp(record.created, UTC)
+
+    with client.application.test_request_context():
+        g.request_id = "b0b0b0b0-0000-4000-8000-000000000001"
+        generic = json_formatter().format(record)
+        line = request_line(fields, at=at, request_id=g.request_id)
+
+    assert line == generic
+    assert EMAIL not in line

@@ -12,7 +12,7 @@ from app import create_app
 from conftest import ROOT, gunicorn
 from live import free_port
 from models import db
-from settings import ConfigurationError, database_url
+from settings import ConfigurationError, database_pool_size, database_url
 
 
 def start_gunicorn(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -175,3 +175,34 @@ def test_a_request_body_timeout_that_is_not_seconds_above_0_stops_gunicorn(
 
     assert finished.returncode != 0
     assert "Not starting: REQUEST_BODY_TIMEOUT must be a number" in finished.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "four", "-2"])
+def test_web_threads_that_are_not_a_whole_number_stop_gunicorn(value: str) -> None:
+    finished = start_gunicorn({"WEB_THREADS": value})
+
+    assert finished.returncode != 0
+    assert "Not starting: WEB_THREADS must be a whole number" in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+def test_a_pool_smaller_than_the_threads_stops_gunicorn() -> None:
+    finished = start_gunicorn({"WEB_THREADS": "4", "DATABASE_POOL_SIZE": "2"})
+
+    assert finished.returncode != 0
+    assert "DATABASE_POOL_SIZE (2) must be at least WEB_THREADS (4)" in finished.stderr
+
+
+def test_the_pool_holds_a_connection_per_thread_unless_told_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DATABASE_POOL_SIZE", raising=False)
+    monkeypatch.setenv("WEB_THREADS", "6")
+    assert database_pool_size() == 6
+
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "8")
+    assert database_pool_size() == 8
+
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "5")
+    with pytest.raises(ConfigurationError, match="must be at least WEB_THREADS"):
+        create_app()
