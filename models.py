@@ -85,6 +85,12 @@ class Contact(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+MERGED_WITH = {
+    column: f"type = 'customer.merged' AND {column} IS NOT NULL"
+    for column in ("email", "phone_number")
+}
+
+
 class Event(Base):
     """One change to the contact table, with the values that caused it: the
     ledger (README: "The ledger"). Ids grow in commit order (ledger.py)."""
@@ -94,14 +100,16 @@ class Event(Base):
     # newest event were ever deleted, so a reader's cursor stays valid. The
     # merge events' values have indexes of their own: the partners of a value
     # (MAX_PARTNERS_PER_VALUE) are read from them on every write, and a value
-    # refused many times must not make that read longer.
+    # refused many times must not make that read longer. Each holds only its
+    # column's non-null values, so that a read by email can use the email's
+    # index only (migration 0008).
     __table_args__ = (
         *(
             Index(
                 f"ix_event_merged_{column}",
                 column,
-                sqlite_where=text("type = 'customer.merged'"),
-                postgresql_where=text("type = 'customer.merged'"),
+                sqlite_where=text(MERGED_WITH[column]),
+                postgresql_where=text(MERGED_WITH[column]),
             )
             for column in ("email", "phone_number")
         ),

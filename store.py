@@ -129,12 +129,14 @@ _SQLITE_FLAGS = (
     " EXISTS (SELECT 1 FROM suppressed_value WHERE digest = :email_digest),"
     " EXISTS (SELECT 1 FROM suppressed_value WHERE digest = :phone_digest)"
 )
+# Each half reads one value's merge index only (models.MERGED_WITH): a
+# condition on the other column let PostgreSQL scan that column's index whole
+# when its statistics were old (every merge event, on every write).
 _MERGE_PARTNERS = text(
     "SELECT phone_number, NULL FROM event"
-    " WHERE type = 'customer.merged' AND email = :email AND phone_number IS NOT NULL"
+    " WHERE type = 'customer.merged' AND email = :email"
     " UNION SELECT NULL, email FROM event"
     " WHERE type = 'customer.merged' AND phone_number = :phone_number"
-    " AND email IS NOT NULL"
 )
 
 

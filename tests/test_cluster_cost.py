@@ -167,3 +167,68 @@ def test_a_customers_history_costs_in_proportion_to_its_rows(app: Flask) -> None
     small = history_work(app, 400)
     large = history_work(app, 800)
     assert large < 2.5 * small, f"400 rows: {small}, 800 rows: {large}"
+
+
+def merge_partners_work(app: Flask, merges: int) -> int:
+    """The work of reading the merge partners of a value pair that no merge
+    holds, beside `merges` merge events of other values (their statistics not
+    yet gathered, as after a day of merges)."""
+    now = datetime.now(UTC)
+
+    def events(kind: str, count: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "type": kind,
+                "at": now,
+                "customer_id": n,
+                "contact_ids": [n],
+                "email": f"{kind}{n}@shop.com",
+                "phone_number": str(5_550_000 + n),
+            }
+            for n in range(count)
+        ]
+
+    with app.app_context(), db.engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM event")
+        connection.execute(insert(Event), events("customer.created", 5000))
+        connection.exec_driver_sql("ANALYZE event")
+        connection.execute(insert(Event), events("customer.merged", merges))
+    parameters = {"email": "nobody@shop.com", "phone_number": "5559999"}
+    with app.app_context(), db.engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            query = store._MERGE_PARTNERS.compile(dialect=connection.dialect)
+            (explained,) = connection.exec_driver_sql(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", parameters
+            ).scalar_one()
+            return rows_examined(explained["Plan"])
+        counted = [0]
+
+        def count() -> int:
+            counted[0] += 1
+            return 0
+
+        driver = locks.driver(connection)
+        driver.set_progress_handler(count, 1)
+        try:
+            store.read_partners(connection, **parameters)
+        finally:
+            driver.set_progress_handler(None, 1)
+        return counted[0]
+
+
+def rows_examined(plan: dict[str, Any]) -> int:
+    """Rows every node of a plan produced or read and dropped by its filter."""
+    own = plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)
+    return own + sum(rows_examined(child) for child in plan.get("Plans", []))
+
+
+def test_reading_merge_partners_costs_nothing_of_other_values_merges(
+    app: Flask,
+) -> None:
+    """Every write with an email and a phone reads their merge partners. The
+    read must go to its values' index entries: a plan that scanned one merge
+    index for the other value read every merge event (7 ms at 16,000 merges
+    on PostgreSQL)."""
+    few = merge_partners_work(app, 500)
+    many = merge_partners_work(app, 4000)
+    assert many < 1.5 * few + 50, f"500 merges: {few}, 4000 merges: {many}"
