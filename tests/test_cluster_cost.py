@@ -5,8 +5,9 @@ the phone). The work is counted, not timed: SQLite's virtual machine
 instructions (a progress handler called on each one), PostgreSQL's rows
 produced by every node of EXPLAIN ANALYZE."""
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask
 from sqlalchemy import Connection, insert, select
@@ -17,6 +18,7 @@ import store
 from models import Contact, Event, db
 
 PHONE = "5550100"
+T = TypeVar("T")
 
 
 def seed_cluster(connection: Connection, size: int) -> None:
@@ -60,7 +62,8 @@ def cluster_read_work(app: Flask, size: int) -> int:
         return postgresql_rows(connection)
 
 
-def sqlite_instructions(connection: Connection) -> int:
+def instructions(connection: Connection, work: Callable[[], T]) -> tuple[int, T]:
+    """SQLite's virtual machine instructions that `work` runs, and its result."""
     counted = [0]
 
     def count() -> int:
@@ -70,11 +73,19 @@ def sqlite_instructions(connection: Connection) -> int:
     driver = locks.driver(connection)
     driver.set_progress_handler(count, 1)
     try:
-        rows = store.read_clusters(connection, email=None, phone_number=PHONE)
+        done = work()
     finally:
         driver.set_progress_handler(None, 1)
+    return counted[0], done
+
+
+def sqlite_instructions(connection: Connection) -> int:
+    counted, rows = instructions(
+        connection,
+        lambda: store.read_clusters(connection, email=None, phone_number=PHONE),
+    )
     assert rows
-    return counted[0]
+    return counted
 
 
 def postgresql_rows(connection: Connection) -> int:
@@ -129,20 +140,12 @@ def history_work(app: Flask, size: int) -> int:
             plan = explain_history(connection, customer)
             assert "JIT" not in plan, "the history was compiled by JIT"
             return sum_rows(plan["Plan"])
-        counted = [0]
-
-        def count() -> int:
-            counted[0] += 1
-            return 0
-
-        driver = locks.driver(connection)
-        driver.set_progress_handler(count, 1)
-        try:
-            page = ledger.history(connection, customer, after=0, limit=100)
-        finally:
-            driver.set_progress_handler(None, 1)
+        counted, page = instructions(
+            connection,
+            lambda: ledger.history(connection, customer, after=0, limit=100),
+        )
         assert page is not None and len(page.events) == 100
-        return counted[0]
+        return counted
 
 
 def explain_history(connection: Connection, customer: int) -> Any:
@@ -201,19 +204,10 @@ def merge_partners_work(app: Flask, merges: int) -> int:
                 f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", parameters
             ).scalar_one()
             return rows_examined(explained["Plan"])
-        counted = [0]
-
-        def count() -> int:
-            counted[0] += 1
-            return 0
-
-        driver = locks.driver(connection)
-        driver.set_progress_handler(count, 1)
-        try:
-            store.read_partners(connection, **parameters)
-        finally:
-            driver.set_progress_handler(None, 1)
-        return counted[0]
+        counted, _ = instructions(
+            connection, lambda: store.read_partners(connection, **parameters)
+        )
+        return counted
 
 
 def rows_examined(plan: dict[str, Any]) -> int:
