@@ -38,6 +38,7 @@ from werkzeug.routing import IntegerConverter
 
 import audit
 import correct
+import delivery
 import faults
 import guard
 import ledger
@@ -47,6 +48,7 @@ import schema
 import settings
 import store
 import support
+import webhooks
 from auth import require_api_key
 from locks import LostRace
 from models import db, engine_options, prepare_engine
@@ -65,6 +67,7 @@ from validation import (
     parse_identify,
     parse_no_input,
     parse_page,
+    parse_types,
 )
 
 OPENAPI: dict[str, Any] = yaml.safe_load(
@@ -133,6 +136,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["PROMETHEUS_MULTIPROC_DIR"] = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     app.config["SQLITE_SYNCHRONOUS"] = settings.sqlite_synchronous()
     app.config["GUARD"] = guard.guard_from_env()
+    app.config["WEBHOOK_SECRET_KEY"] = settings.webhook_secret_key()
+    app.config["WEBHOOK_ALLOW_PRIVATE"] = settings.webhook_allow_private()
     app.config.update(config or {})
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS",
@@ -148,6 +153,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     observability.init_app(app)
     app.before_request(require_api_key)
     app.register_blueprint(api)
+    app.register_blueprint(webhooks.webhooks_api)
     app.register_blueprint(
         get_swaggerui_blueprint(
             "/docs",
@@ -171,6 +177,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     audit.contacts.add_command(purge.purge_command)
     app.cli.add_command(audit.contacts)
     app.cli.add_command(support.customers)
+    app.cli.add_command(delivery.webhooks_cli)
     return app
 
 
@@ -330,10 +337,13 @@ def get_customer(contact_id: int) -> dict[str, Any]:
 @api.get("/customers/<int:contact_id>/history")
 def customer_history(contact_id: int) -> dict[str, Any]:
     after, limit = parse_page(request.args)
+    types = parse_types(request.args)
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
     with connect() as connection:
-        page = ledger.history(connection, contact_id, after=after, limit=limit)
+        page = ledger.history(
+            connection, contact_id, after=after, limit=limit, types=types
+        )
     if page is None:
         raise no_contact(contact_id)
     return {"events": page.events, "next": page.next}
@@ -342,8 +352,9 @@ def customer_history(contact_id: int) -> dict[str, Any]:
 @api.get("/events")
 def events() -> dict[str, Any]:
     after, limit = parse_page(request.args)
+    types = parse_types(request.args)
     with connect() as connection:
-        page = ledger.feed(connection, after=after, limit=limit)
+        page = ledger.feed(connection, after=after, limit=limit, types=types)
     return {"events": page.events, "next": page.next}
 
 
@@ -446,7 +457,7 @@ def health() -> dict[str, str]:
 
 @api.get("/metrics")
 def metrics() -> Response:
-    return observability.metrics()
+    return observability.metrics(webhooks.metrics_text(db.engine))
 
 
 @api.get("/openapi.json")

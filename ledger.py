@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import psycopg
-from sqlalchemy import Connection, Row, bindparam, select, text
+from sqlalchemy import Connection, Row, bindparam, func, select, text
 
 from locks import driver
 from models import Contact, Event
@@ -136,8 +136,24 @@ _PG_HORIZON = text(
 )
 
 
-def feed(connection: Connection, *, after: int, limit: int) -> Page:
-    """Every event with an id above `after`, oldest first, up to the newest
+def horizon(connection: Connection) -> int:
+    """The highest event id below which no id is still in flight (0 for an
+    empty ledger): every event committed from now on has a greater id. On
+    PostgreSQL, read as feed() reads it; `connection` in autocommit mode."""
+    if connection.dialect.name == "postgresql":
+        return int(connection.execute(_PG_HORIZON).one()[1] or 0)
+    return int(connection.execute(select(func.max(Event.id))).scalar() or 0)
+
+
+def feed(
+    connection: Connection,
+    *,
+    after: int,
+    limit: int,
+    types: Sequence[str] | None = None,
+) -> Page:
+    """Every event with an id above `after` (of one of `types`, when given;
+    ix_event_type_id serves that read), oldest first, up to the newest
     event below which no id is still in flight: an event that shows up later
     always has a greater id than every event shown before. `connection`
     must be in autocommit mode, outside any transaction (models.py sets
@@ -154,6 +170,8 @@ def feed(connection: Connection, *, after: int, limit: int) -> Page:
     those that committed, and stops at the horizon: ids drawn later may
     still be in flight (README: "Concurrency: why it is safe")."""
     query = select(*_EVENT_COLUMNS).where(Event.id > after)
+    if types is not None:
+        query = query.where(Event.type.in_(types))
     if connection.dialect.name == "postgresql":
         horizon = connection.execute(_PG_HORIZON).one()[1]
         if horizon is None or horizon <= after:
@@ -196,12 +214,12 @@ _HISTORY_SQL = """
     ),
     found AS (
         SELECT id, contact_ids, 1 AS whole FROM event
-        WHERE customer_id IN (SELECT id FROM members) AND id > :after
+        WHERE customer_id IN (SELECT id FROM members) AND id > :after{types}
         UNION ALL SELECT event.id, event.contact_ids,
         CASE WHEN handovers.type = 'customer.primary_changed' THEN 1 ELSE 0 END
         FROM event JOIN handovers
         ON event.customer_id = handovers.id AND event.id <= handovers.last
-        WHERE event.id > :after
+        WHERE event.id > :after{types}
     ),
     listed AS (
         SELECT DISTINCT id FROM found
@@ -233,12 +251,20 @@ _HISTORY_SQL = """
     FROM event JOIN listed ON event.id = listed.id
     ORDER BY event.id
 """
+# One statement per engine and per whether `types=` filters the events.
 _HISTORY = {
-    dialect: text(_HISTORY_SQL.format(elements=elements)).columns(*_EVENT_COLUMNS)
+    (dialect, filtered): text(
+        _HISTORY_SQL.format(
+            elements=elements, types=" AND event.type IN :types" if filtered else ""
+        )
+    )
+    .bindparams(*([bindparam("types", expanding=True)] if filtered else []))
+    .columns(*_EVENT_COLUMNS)
     for dialect, elements in (
         ("sqlite", "json_each"),
         ("postgresql", "json_array_elements_text"),
     )
+    for filtered in (False, True)
 }
 _LIVE_CONTACT = select(Contact.id).where(
     Contact.id == bindparam("contact_id"), Contact.deleted_at.is_(None)
@@ -246,7 +272,12 @@ _LIVE_CONTACT = select(Contact.id).where(
 
 
 def history(
-    connection: Connection, contact_id: int, *, after: int, limit: int
+    connection: Connection,
+    contact_id: int,
+    *,
+    after: int,
+    limit: int,
+    types: Sequence[str] | None = None,
 ) -> Page | None:
     """The events of the customer that live contact `contact_id` belongs to,
     oldest first; None when no live contact has that id. They are the events
@@ -257,9 +288,16 @@ def history(
     from, `customer.split`: those that name one of its rows; one step back).
     Of its own ids' events, those that name only rows of another customer
     (split off since) are left out. An email or phone that no live row of
-    the customer holds is shown as null (README, "Decisions")."""
-    parameters = {"contact_id": contact_id, "after": after, "limit": limit + 1}
-    query = _HISTORY[connection.dialect.name]
+    the customer holds is shown as null (README, "Decisions"). With `types`,
+    only the events of those types."""
+    parameters: dict[str, Any] = {
+        "contact_id": contact_id,
+        "after": after,
+        "limit": limit + 1,
+    }
+    if types is not None:
+        parameters["types"] = list(types)
+    query = _HISTORY[connection.dialect.name, types is not None]
     page = _page(connection.execute(query, parameters).all(), limit)
     if page.events or connection.execute(_LIVE_CONTACT, parameters).first():
         return page

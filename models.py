@@ -5,6 +5,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
     ARRAY,
     JSON,
+    BigInteger,
     CheckConstraint,
     ColumnElement,
     DateTime,
@@ -113,6 +114,8 @@ class Event(Base):
             )
             for column in ("email", "phone_number")
         ),
+        # `types=` on the feed, and the webhook worker's reads (migration 0009).
+        Index("ix_event_type_id", "type", "id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -184,6 +187,85 @@ class LegacyLink(Base):
 
     contact_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     customer_id: Mapped[int]
+
+
+class WebhookEndpoint(Base):
+    """A URL that a shop registered to receive the ledger's events
+    (webhooks.py). Its signing secrets are stored encrypted (README:
+    "Following changes: webhooks")."""
+
+    __tablename__ = "webhook_endpoint"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    # The event types it receives; null for every type.
+    event_types: Mapped[list[str] | None] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(400))
+    # The secret a rotation replaced, signing beside the new one until
+    # previous_secret_until.
+    previous_secret: Mapped[str | None] = mapped_column(String(400))
+    previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The id of the last event handed over to its deliveries (delivery.py).
+    handed_over: Mapped[int] = mapped_column(Integer)
+    # No attempt before this time: the receiver's Retry-After.
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_reason: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """An event still to deliver to an endpoint: a row exists from its
+    hand-over until a receiver took it or the retries gave up."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        Index("ix_webhook_delivery_due", "endpoint_id", "next_attempt_at"),
+    )
+
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_endpoint.id", ondelete="CASCADE"), primary_key=True
+    )
+    event_id: Mapped[int] = mapped_column(
+        Integer, primary_key=True, autoincrement=False
+    )
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WebhookAttempt(Base):
+    """One attempt to deliver an event to an endpoint, as
+    GET /webhooks/{id}/deliveries lists it; never a payload."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (
+        Index("ix_webhook_attempt_endpoint_id", "endpoint_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_endpoint.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    # delivered, failed, gave_up (the last retry failed) or gone (410).
+    outcome: Mapped[str] = mapped_column(String(16))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class WebhookOutcome(Base):
+    """How many delivery attempts ended in each outcome, ever: counted in the
+    transaction that records them, for /metrics (the worker is another
+    process)."""
+
+    __tablename__ = "webhook_outcome"
+
+    outcome: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
 
 
 # A service transaction runs for milliseconds, and is idle only while its

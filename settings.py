@@ -161,3 +161,67 @@ def _whole_number(name: str, default: str) -> int:
 def port_set() -> bool:
     """Whether PORT is set: a platform started the service (the Procfile)."""
     return bool(os.environ.get("PORT"))
+
+
+# The shortest WEBHOOK_SECRET_KEY taken: 32 characters of a random text.
+MIN_WEBHOOK_SECRET_KEY = 32
+
+
+def webhook_secret_key() -> str | None:
+    """WEBHOOK_SECRET_KEY: the key the webhook endpoints' signing secrets are
+    encrypted with at rest (webhooks.py); None when it is unset. Without it
+    no endpoint can be registered and the delivery worker does not start."""
+    value = os.environ.get("WEBHOOK_SECRET_KEY")
+    if value is None:
+        return None
+    if len(value.strip()) < MIN_WEBHOOK_SECRET_KEY:
+        raise ConfigurationError(
+            f"WEBHOOK_SECRET_KEY must be a random text of at least"
+            f" {MIN_WEBHOOK_SECRET_KEY} characters (for example the output of"
+            " `openssl rand -base64 32`), or unset to serve without webhooks."
+        )
+    return value.strip()
+
+
+def webhook_allow_private() -> bool:
+    """WEBHOOK_ALLOW_PRIVATE: `true` lets webhooks reach private, loopback and
+    link-local addresses (a receiver on the same network); `false`, the
+    default, refuses them."""
+    value = os.environ.get("WEBHOOK_ALLOW_PRIVATE", "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ConfigurationError(
+            f"WEBHOOK_ALLOW_PRIVATE must be true or false (the default), not {value!r}."
+        )
+    return value == "true"
+
+
+def webhook_retry_base() -> float:
+    """WEBHOOK_RETRY_BASE_SECONDS: the first retry's delay, 10 by default;
+    every later delay is a fixed multiple of it (delivery.RETRY_STEPS)."""
+    return _seconds("WEBHOOK_RETRY_BASE_SECONDS", "10")
+
+
+def webhook_poll_seconds() -> float:
+    """WEBHOOK_POLL_SECONDS: how often the delivery worker looks for new
+    events and due retries, 0.25 by default."""
+    return _seconds("WEBHOOK_POLL_SECONDS", "0.25")
+
+
+def webhook_concurrency() -> int:
+    """WEBHOOK_CONCURRENCY: endpoints a delivery worker serves at once, each
+    on a thread of its own; 8 by default."""
+    return _whole_number("WEBHOOK_CONCURRENCY", "8")
+
+
+def _seconds(name: str, default: str) -> float:
+    value = os.environ.get(name, default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 86400:
+        raise ConfigurationError(
+            f"{name} must be a number of seconds above 0 and below 86400 (the"
+            f" default is {default}), not {value!r}."
+        )
+    return seconds
