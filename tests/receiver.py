@@ -67,8 +67,13 @@ class Receiver:
 
 
 @contextmanager
-def receiver(port: int = 0) -> Iterator[Receiver]:
-    """A receiver listening on 127.0.0.1 (`port`, or any free one)."""
+def receiver(
+    port: int = 0,
+    secrets: list[str] | None = None,
+    answer: Callable[[Received], tuple[int, dict[str, str]]] | None = None,
+) -> Iterator[Receiver]:
+    """A receiver listening on 127.0.0.1 (`port`, or any free one), verifying
+    with `secrets` and answering with `answer` from its first request."""
     state: Receiver | None = None
 
     class Handler(BaseHTTPRequestHandler):
@@ -105,7 +110,9 @@ def receiver(port: int = 0) -> Iterator[Receiver]:
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
-    state = Receiver(f"http://127.0.0.1:{server.server_address[1]}")
+    state = Receiver(f"http://127.0.0.1:{server.server_address[1]}", secrets or [])
+    if answer is not None:
+        state.answer = answer
     state.hold.set()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

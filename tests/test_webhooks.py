@@ -123,7 +123,7 @@ def test_registering_answers_the_secret_once_and_stores_it_encrypted(
     assert response.headers["Location"] == f"/webhooks/{created['id']}"
     assert listed == {"webhooks": [{k: v for k, v in created.items() if k != "secret"}]}
     with hooks.app_context(), db.engine.connect() as connection:
-        stored = connection.execute(text("SELECT secret FROM webhook_endpoint")).scalar()
+        stored = connection.execute(select(WebhookEndpoint.secret)).scalar()
         dump = str(connection.execute(text("SELECT * FROM webhook_endpoint")).all())
     assert created["secret"] not in dump
     assert created["secret"].removeprefix("whsec_") not in dump
