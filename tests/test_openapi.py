@@ -310,7 +310,11 @@ def test_docs_page_loads_its_assets_from_the_app_itself(client: FlaskClient) -> 
 def test_fuzzing_the_live_app_finds_no_5xx_and_no_undocumented_response(
     tmp_path: Path,
 ) -> None:
-    env = {"API_KEYS": "fuzz-key", "ERASURE_KEY": "fuzz-erasure-key"}
+    env = {
+        "API_KEYS": "fuzz-key",
+        "ERASURE_KEY": "fuzz-erasure-key",
+        "WEBHOOK_SECRET_KEY": "fuzz-webhook-secret-key-of-32-characters",
+    }
     with live_service(tmp_path, workers=2, env=env) as url:
         result = subprocess.run(
             [
