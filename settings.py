@@ -203,8 +203,8 @@ def webhook_retry_base() -> float:
 
 def webhook_poll_seconds() -> float:
     """WEBHOOK_POLL_SECONDS: how often the delivery worker looks for new
-    events and due retries, 0.25 by default."""
-    return _seconds("WEBHOOK_POLL_SECONDS", "0.25")
+    events and due retries, 0.1 by default."""
+    return _seconds("WEBHOOK_POLL_SECONDS", "0.1")
 
 
 def webhook_concurrency() -> int:

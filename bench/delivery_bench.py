@@ -150,8 +150,11 @@ def paced_load(
 
 
 def start_worker(database: Database) -> subprocess.Popen[bytes]:
-    log_file = open(BENCH / ".data" / "webhooks-worker.log", "ab")  # noqa: SIM115
-    return subprocess.Popen(
+    """A delivery worker, once it says it started."""
+    path = BENCH / ".data" / "webhooks-worker.log"
+    path.write_bytes(b"")
+    log_file = open(path, "ab")  # noqa: SIM115
+    worker = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "app", "webhooks", "run"],
         cwd=ROOT,
         env={
@@ -163,6 +166,12 @@ def start_worker(database: Database) -> subprocess.Popen[bytes]:
         stdout=log_file,
         stderr=subprocess.STDOUT,
     )
+    deadline = time.monotonic() + 60
+    while b"webhook worker started" not in path.read_bytes():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the webhook worker did not start: see {path}")
+        time.sleep(0.05)
+    return worker
 
 
 def stop_worker(worker: subprocess.Popen[bytes]) -> None:
