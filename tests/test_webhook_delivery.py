@@ -33,11 +33,11 @@ FAST = {"WEBHOOK_RETRY_BASE_SECONDS": "0.0002", "WEBHOOK_POLL_SECONDS": "0.05"}
 
 @contextmanager
 def worker(
-    database_url: str, env: dict[str, str] | None = None
+    database_url: str, env: dict[str, str] | None = None, *, traces: bool = False
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A delivery worker process, yielded once it says it started; stopped
     with SIGTERM at the end (if still running), which it must answer by
-    exiting 0. Its log must hold no trace and no email."""
+    exiting 0. Its log must hold no email, and no trace unless `traces`."""
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "app", "webhooks", "run"],
@@ -68,7 +68,7 @@ def worker(
             assert process.wait(timeout=30) == 0
         written = output()
         log.close()
-        assert "Traceback" not in written, written
+        assert traces or "Traceback" not in written, written
         assert "@hillvalley" not in written, written
         assert "@fluxkart" not in written, written
 
@@ -82,6 +82,12 @@ def register(client: FlaskClient, url: str, **extra: Any) -> dict[str, Any]:
 
 def of_type(kind: str) -> Callable[[list[Received]], bool]:
     return lambda seen: any(r.payload and r.payload["type"] == kind for r in seen)
+
+
+def of_id(event_id: int) -> Callable[[list[Received]], bool]:
+    return lambda seen: any(
+        r.payload and r.payload["data"]["id"] == event_id for r in seen
+    )
 
 
 def attempts(client: FlaskClient, endpoint: dict[str, Any]) -> list[dict[str, Any]]:
@@ -377,3 +383,52 @@ def test_a_private_receiver_is_refused_again_at_delivery_time(
     assert hook.received == []
     assert refused["outcome"] == "failed"
     assert "private" in refused["error"]
+
+
+def test_the_worker_does_not_start_without_the_secret_key(database_url: str) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "app", "webhooks", "run"],
+        cwd=ROOT,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "WEBHOOK_SECRET_KEY"},
+            "DATABASE_URL": database_url,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert refused.returncode == 1
+    assert "WEBHOOK_SECRET_KEY is not set" in refused.stderr
+
+
+def test_deliveries_go_on_after_the_database_drops_the_workers_connections(
+    app: Flask, database_url: str, local: FlaskClient
+) -> None:
+    """PostgreSQL restarting, as the worker sees it: every one of its
+    connections ended by the server (pg_terminate_backend)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a SQLite file has no server to lose")
+    name = f"webhooks_{os.getpid()}"
+    with receiver() as hook:
+        endpoint = register(local, hook.url)
+        hook.secrets = [endpoint["secret"]]
+        with worker(f"{database_url}&application_name={name}", traces=True):
+            identify(local, "doc@fluxkart.com", None)
+            hook.wait_for(lambda seen: len(seen) == 1)
+            with app.app_context(), db.engine.connect() as connection:
+                ended = connection.exec_driver_sql(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    f" WHERE application_name = '{name}'"
+                ).scalar()
+            identify(local, "marty@fluxkart.com", None)
+            seen = hook.wait_for(of_id(2))
+
+    assert ended >= 1
+    # Event 1 may come twice: its result may have been lost with the connection.
+    assert {r.payload["data"]["id"] for r in seen} == {1, 2}
+    assert {(r.payload["data"]["id"], r.headers["webhook-id"]) for r in seen} == {
+        (1, f"msg_{endpoint['id']}_1"),
+        (2, f"msg_{endpoint['id']}_2"),
+    }
+    assert all(r.verified_by == [0] for r in seen)
