@@ -166,6 +166,61 @@ class TimedOut(OSError):
     """The attempt took longer than TIMEOUT."""
 
 
+class Watchdog:
+    """Ends the exchanges that outlive TIMEOUT: a thread that, a few times a
+    second, shuts the socket of every connection watched for longer (its
+    read or write then fails at once). One thread for the process: a timer
+    thread per attempt cost a third of the worker's time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.watched: dict[
+            int, tuple[float, http.client.HTTPConnection, threading.Event]
+        ] = {}
+        self.thread: threading.Thread | None = None
+
+    def watch(self, connection: http.client.HTTPConnection) -> threading.Event:
+        """Watch `connection` from now; the event is set if it is ended."""
+        expired = threading.Event()
+        with self.lock:
+            self.watched[id(connection)] = (
+                time.monotonic() + TIMEOUT,
+                connection,
+                expired,
+            )
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name="webhooks-watchdog", daemon=True
+                )
+                self.thread.start()
+        return expired
+
+    def forget(self, connection: http.client.HTTPConnection) -> None:
+        with self.lock:
+            self.watched.pop(id(connection), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.1)
+            now = time.monotonic()
+            with self.lock:
+                late = [
+                    (connection, expired)
+                    for deadline, connection, expired in self.watched.values()
+                    if deadline < now and not expired.is_set()
+                ]
+            for connection, expired in late:
+                expired.set()
+                if connection.sock is not None:
+                    try:
+                        connection.sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+
+WATCHDOG = Watchdog()
+
+
 class Sender:
     """POSTs to one endpoint's URL over one kept-alive connection to an
     address vetted at its creation (webhooks.addresses: raises Unreachable)."""
@@ -197,18 +252,7 @@ class Sender:
             kind = _PinnedHTTPS if self.https else _PinnedHTTP
             self.connection = kind(self.host, self.port, self.address)
         connection = self.connection
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            if connection.sock is not None:
-                try:
-                    connection.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        watchdog = threading.Timer(TIMEOUT, expire)
-        watchdog.start()
+        expired = WATCHDOG.watch(connection)
         try:
             connection.request("POST", self.path, body, headers)
             answer = connection.getresponse()
@@ -222,7 +266,7 @@ class Sender:
                 raise TimedOut(f"no answer within {TIMEOUT:g} s") from None
             raise
         finally:
-            watchdog.cancel()
+            WATCHDOG.forget(connection)
 
     def close(self) -> None:
         if self.connection is not None:

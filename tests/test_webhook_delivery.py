@@ -198,6 +198,27 @@ def test_sigterm_lets_the_attempt_in_flight_finish_and_be_recorded(
     assert pending(app) == 0
 
 
+def test_a_receiver_that_does_not_answer_never_delays_another_endpoint(
+    database_url: str, local: FlaskClient
+) -> None:
+    with receiver() as slow, receiver() as fast:
+        held = register(local, slow.url)
+        prompt = register(local, fast.url)
+        fast.secrets = [prompt["secret"]]
+        slow.hold.clear()
+        with worker(database_url):
+            merged(local)
+            assert slow.arrived.wait(30)
+            seen = fast.wait_for(lambda seen: len(seen) == 3)
+            waiting = slow.received == []
+            slow.hold.set()
+            slow.wait_for(lambda seen: len(seen) == 3)
+
+    assert waiting
+    assert [r.payload["data"]["id"] for r in seen] == [1, 2, 3]
+    assert [a["outcome"] for a in attempts(local, held)] == ["delivered"] * 3
+
+
 def test_two_workers_on_postgresql_deliver_each_event_once_never_concurrently(
     app: Flask, database_url: str, local: FlaskClient
 ) -> None:
