@@ -4,15 +4,18 @@ rotating, attempts, replay, their refusals), the secrets at rest, the
 itself is test_webhook_delivery.py's."""
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, text
 
 from app import create_app
-from conftest import empty_database
+from conftest import empty_database, gunicorn
+from live import free_port
 from models import WebhookEndpoint, db
 from test_http import assert_problem
 from webhooks import SecretBox
@@ -309,3 +312,61 @@ def test_metrics_count_events_not_yet_handed_over_as_lag(local: FlaskClient) -> 
 
     assert f'webhook_lag_events{{endpoint="{created["id"]}"}} 3.0' in metrics
     assert f'webhook_lag_seconds{{endpoint="{created["id"]}"}}' in metrics
+
+
+def test_webhook_routes_need_the_api_key(database_url: str) -> None:
+    app = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            "API_KEYS": ["right-key"],
+            "WEBHOOK_SECRET_KEY": KEY,
+            "WEBHOOK_ALLOW_PRIVATE": True,
+        }
+    )
+    client = app.test_client()
+
+    answers = [
+        client.post("/webhooks", json={"url": "http://127.0.0.1/"}),
+        client.get("/webhooks"),
+        client.delete("/webhooks/1"),
+        client.post("/webhooks/1/rotate-secret"),
+        client.get("/webhooks/1/deliveries"),
+        client.post("/webhooks/1/replay", json={"after": 0}),
+    ]
+
+    with app.app_context():
+        db.engine.dispose()
+    for answer in answers:
+        assert_problem(answer, 401)
+    assert endpoints(app) == 0
+
+
+def test_parallel_rotations_on_real_workers_leave_one_secret_and_its_predecessor(
+    database_url: str, hooks: Flask
+) -> None:
+    """Rotations sent at once to gunicorn's worker processes: each is
+    answered 200 or 422 (another one won), and the stored secret is the one
+    of a 200, signing beside a secret that was answered too."""
+    env = {"WEBHOOK_SECRET_KEY": KEY, "WEBHOOK_ALLOW_PRIVATE": "true"}
+    with gunicorn(database_url, free_port(), workers=2, env=env) as url:
+        created = requests.post(
+            f"{url}/webhooks", json={"url": "http://127.0.0.1/"}, timeout=10
+        ).json()
+        rotate = f"{url}/webhooks/{created['id']}/rotate-secret"
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(lambda _: requests.post(rotate, timeout=30), range(24))
+            )
+
+    assert {answer.status_code for answer in answers} <= {200, 422}
+    given = {a.json()["secret"] for a in answers if a.status_code == 200}
+    assert given
+    with hooks.app_context(), db.engine.connect() as connection:
+        row = connection.execute(
+            select(WebhookEndpoint.secret, WebhookEndpoint.previous_secret)
+        ).one()
+    box = SecretBox(KEY)
+    assert box.open(row.secret) in given
+    assert box.open(row.previous_secret) in given | {created["secret"]}
+    assert box.open(row.previous_secret) != box.open(row.secret)
