@@ -49,6 +49,7 @@ import settings
 import store
 import support
 import webhooks
+import webhooks_api
 from auth import require_api_key
 from locks import LostRace
 from models import db, engine_options, prepare_engine
@@ -153,7 +154,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     observability.init_app(app)
     app.before_request(require_api_key)
     app.register_blueprint(api)
-    app.register_blueprint(webhooks.webhooks_api)
+    app.register_blueprint(webhooks_api.webhooks_api)
     app.register_blueprint(
         get_swaggerui_blueprint(
             "/docs",
@@ -174,6 +175,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(LostRace, database_busy)
     app.register_error_handler(NothingUsable, nothing_usable)
     app.register_error_handler(guard.WrongErasureKey, wrong_erasure_key)
+    app.register_error_handler(webhooks.Unreachable, webhook_unreachable)
+    app.register_error_handler(webhooks.RotatedMeanwhile, webhook_rotated_meanwhile)
     audit.contacts.add_command(purge.purge_command)
     app.cli.add_command(audit.contacts)
     app.cli.add_command(support.customers)
@@ -550,6 +553,25 @@ def schema_missing(cause: object) -> bool:
 def wrong_erasure_key(error: guard.WrongErasureKey) -> Response:
     current_app.logger.error("refused to suppress: %s", error)
     return problem(ServiceUnavailable(f"{error} Nothing was erased."))
+
+
+def webhook_unreachable(error: webhooks.Unreachable) -> Response:
+    """422: a webhook URL that deliveries may not go to (webhooks.addresses)."""
+    return problem(
+        UnprocessableEntity(
+            f"Webhooks cannot reach that url: {error}. Set WEBHOOK_ALLOW_PRIVATE=true"
+            " to reach private addresses. Nothing was changed."
+        )
+    )
+
+
+def webhook_rotated_meanwhile(_: webhooks.RotatedMeanwhile) -> Response:
+    return problem(
+        UnprocessableEntity(
+            "The endpoint's secret was rotated or the endpoint deleted by another"
+            " request meanwhile. Nothing was changed."
+        )
+    )
 
 
 def database_busy(error: LostRace) -> Response:

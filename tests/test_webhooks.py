@@ -314,17 +314,10 @@ def test_metrics_count_events_not_yet_handed_over_as_lag(local: FlaskClient) -> 
     assert f'webhook_lag_seconds{{endpoint="{created["id"]}"}}' in metrics
 
 
-def test_webhook_routes_need_the_api_key(database_url: str) -> None:
-    app = create_app(
-        {
-            "TESTING": True,
-            "SQLALCHEMY_DATABASE_URI": database_url,
-            "API_KEYS": ["right-key"],
-            "WEBHOOK_SECRET_KEY": KEY,
-            "WEBHOOK_ALLOW_PRIVATE": True,
-        }
-    )
-    client = app.test_client()
+def test_webhook_routes_need_the_api_key(hooks: Flask) -> None:
+    hooks.config["API_KEYS"] = ["right-key"]
+    hooks.config["WEBHOOK_ALLOW_PRIVATE"] = True
+    client = hooks.test_client()
 
     answers = [
         client.post("/webhooks", json={"url": "http://127.0.0.1/"}),
@@ -335,11 +328,9 @@ def test_webhook_routes_need_the_api_key(database_url: str) -> None:
         client.post("/webhooks/1/replay", json={"after": 0}),
     ]
 
-    with app.app_context():
-        db.engine.dispose()
     for answer in answers:
         assert_problem(answer, 401)
-    assert endpoints(app) == 0
+    assert endpoints(hooks) == 0
 
 
 def test_parallel_rotations_on_real_workers_leave_one_secret_and_its_predecessor(
