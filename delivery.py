@@ -94,6 +94,11 @@ FLUSH_RESULTS = 50
 FLUSH_SECONDS = 0.5
 # An endpoint's turn ends after this, to let the others' turns begin.
 TURN_SECONDS = 5.0
+# Attempts older than this are deleted (prune_attempts), once an hour: at 500
+# deliveries a second the table would otherwise grow by 43 million rows a day.
+ATTEMPTS_KEPT = timedelta(days=30)
+PRUNE_EVERY = 3600.0
+PRUNE_BATCH = 10000
 # Bytes of a receiver's answer read; it is not used.
 ANSWER_BYTES = 64 * 1024
 USER_AGENT = "identity-reconciliation-webhooks"
@@ -344,9 +349,13 @@ class Worker:
                     "SELECT 'webhook_endpoint'::regclass::oid::bigint"
                 ).scalar_one()
             self.lock_base = (oid & 0x7FFFFFFF) << 32
+        pruned = float("-inf")
         with ThreadPoolExecutor(self.concurrency, "webhooks") as pool:
             while not self.stopping.is_set():
                 try:
+                    if time.monotonic() - pruned > PRUNE_EVERY:
+                        self.prune_attempts(datetime.now(UTC) - ATTEMPTS_KEPT)
+                        pruned = time.monotonic()
                     for endpoint_id in self.due_endpoints():
                         with self.serving_lock:
                             self.serving.add(endpoint_id)
@@ -357,6 +366,29 @@ class Worker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def prune_attempts(self, before: datetime) -> int:
+        """Delete the attempts made before `before`, PRUNE_BATCH rows per
+        transaction (a long one would hold SQLite's write lock); return how
+        many."""
+        oldest = (
+            select(WebhookAttempt.id)
+            .where(WebhookAttempt.at < before)
+            .limit(PRUNE_BATCH)
+            .scalar_subquery()
+        )
+        total = 0
+        with self.engine.connect() as connection:
+            while not self.stopping.is_set():
+                webhooks.begin(connection)
+                deleted = connection.execute(
+                    delete(WebhookAttempt).where(WebhookAttempt.id.in_(oldest))
+                ).rowcount
+                connection.commit()
+                total += deleted
+                if deleted < PRUNE_BATCH:
+                    break
+        return total
 
     def due_endpoints(self) -> list[int]:
         """The enabled endpoints, not served now nor paused by a Retry-After,

@@ -5,18 +5,20 @@ itself is test_webhook_delivery.py's."""
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 
+import delivery
 from app import create_app
 from conftest import empty_database, gunicorn
 from live import free_port
-from models import WebhookEndpoint, db
+from models import WebhookAttempt, WebhookEndpoint, db
 from test_http import assert_problem
 from webhooks import SecretBox
 
@@ -361,3 +363,38 @@ def test_parallel_rotations_on_real_workers_leave_one_secret_and_its_predecessor
     assert box.open(row.secret) in given
     assert box.open(row.previous_secret) in given | {created["secret"]}
     assert box.open(row.previous_secret) != box.open(row.secret)
+
+
+def test_the_worker_prunes_attempts_older_than_it_keeps(
+    hooks: Flask, local: FlaskClient
+) -> None:
+    created = local.post("/webhooks", json={"url": "http://127.0.0.1/"}).get_json()
+    now = datetime.now(UTC)
+    with hooks.app_context(), db.engine.begin() as connection:
+        connection.execute(
+            insert(WebhookAttempt),
+            [
+                {
+                    "endpoint_id": created["id"],
+                    "event_id": n,
+                    "attempt": 1,
+                    "outcome": "delivered",
+                    "at": now - delivery.ATTEMPTS_KEPT + timedelta(hours=hours),
+                }
+                for n, hours in enumerate([-48, -1, 1, 48])
+            ],
+        )
+    with hooks.app_context():
+        worker = delivery.Worker(
+            db.engine,
+            SecretBox(KEY),
+            allow_private=True,
+            retry_base=1,
+            poll=1,
+            concurrency=1,
+        )
+        pruned = worker.prune_attempts(now - delivery.ATTEMPTS_KEPT)
+    left = local.get(f"/webhooks/{created['id']}/deliveries").get_json()
+
+    assert pruned == 2
+    assert [d["eventId"] for d in left["deliveries"]] == [3, 2]
