@@ -37,7 +37,8 @@ def worker(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A delivery worker process, yielded once it says it started; stopped
     with SIGTERM at the end (if still running), which it must answer by
-    exiting 0. Its log must hold no email, and no trace unless `traces`."""
+    exiting 0. Its log must hold no email, no secret, and no trace unless
+    `traces`."""
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "app", "webhooks", "run"],
@@ -71,6 +72,7 @@ def worker(
         assert traces or "Traceback" not in written, written
         assert "@hillvalley" not in written, written
         assert "@fluxkart" not in written, written
+        assert "whsec_" not in written, written
 
 
 def register(client: FlaskClient, url: str, **extra: Any) -> dict[str, Any]:
