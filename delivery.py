@@ -265,9 +265,10 @@ class Sender:
             if not answer.isclosed() or answer.will_close:
                 self.close()
             return answer.status, answer.getheader("Retry-After")
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException) as error:
             self.close()
-            if expired.is_set():
+            # The socket's own timeout (TIMEOUT per read) may fire first.
+            if expired.is_set() or isinstance(error, TimeoutError):
                 raise TimedOut(f"no answer within {TIMEOUT:g} s") from None
             raise
         finally:

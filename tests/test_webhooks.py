@@ -3,9 +3,11 @@ rotating, attempts, replay, their refusals), the secrets at rest, the
 `types=` filter of the event lists, and the delivery metrics. Delivering
 itself is test_webhook_delivery.py's."""
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from app import create_app
 from conftest import empty_database, gunicorn
 from live import free_port
 from models import WebhookAttempt, WebhookEndpoint, db
+from receiver import receiver
 from test_http import assert_problem
 from webhooks import SecretBox
 
@@ -398,3 +401,41 @@ def test_the_worker_prunes_attempts_older_than_it_keeps(
 
     assert pruned == 2
     assert [d["eventId"] for d in left["deliveries"]] == [3, 2]
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date_and_capped_at_a_day() -> None:
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+    assert delivery.retry_after("120", now) == timedelta(seconds=120)
+    assert delivery.retry_after("Fri, 04 Dec 2026 12:05:00 GMT", now) == timedelta(
+        minutes=5
+    )
+    assert delivery.retry_after("Fri, 04 Dec 2026 11:00:00 GMT", now) == timedelta(0)
+    assert delivery.retry_after("9999999", now) == timedelta(hours=24)
+    assert delivery.retry_after("soon", now) is None
+    assert delivery.retry_after(None, now) is None
+
+
+def test_the_retries_grow_and_span_more_than_a_day_with_the_default_base() -> None:
+    delays = [
+        delivery.retry_delay(attempt, 10).total_seconds()
+        for attempt in range(1, delivery.ATTEMPTS)
+    ]
+
+    assert delivery.ATTEMPTS == 15
+    assert all(later >= earlier * 0.79 for earlier, later in pairwise(delays))
+    assert sum(delays) >= 24 * 3600
+    assert delays[0] < 13
+
+
+def test_an_attempt_that_gets_no_answer_ends_after_15_seconds() -> None:
+    with receiver() as hook:
+        hook.hold.clear()
+        sender = delivery.Sender(hook.url, allow_private=True)
+        started = time.monotonic()
+        with pytest.raises(delivery.TimedOut):
+            sender.post(b"{}", {"Content-Type": "application/json"})
+        took = time.monotonic() - started
+        sender.close()
+
+    assert delivery.TIMEOUT <= took < delivery.TIMEOUT + 2
