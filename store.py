@@ -12,22 +12,16 @@ from functools import cache
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    CompoundSelect,
     Connection,
-    Select,
     Update,
     bindparam,
     delete,
-    exists,
     func,
     insert,
     select,
-    text,
-    true,
     union,
     update,
 )
-from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
 import correct
@@ -35,11 +29,13 @@ import guard as guard_rules
 import ledger
 import locks
 import purge
-from correct import Correction, Evidence
+import reads
+from correct import Correction
 from guard import NO_GUARD, Guard
 from locks import LostRace
-from models import BlockedValue, Contact, LegacyLink, OneOf, SuppressedValue
+from models import Contact, LegacyLink, OneOf
 from models import Event as EventRow
+from reads import EmailCheck, Screened
 from reconcile import (
     EMAIL,
     PHONE_NUMBER,
@@ -53,227 +49,9 @@ from reconcile import (
     Member,
     Partners,
     decide,
-    views,
 )
 
 T = TypeVar("T")
-
-# Checks and normalises an email no row holds (validation.check_email).
-EmailCheck = Callable[[str], str]
-
-_COLUMNS = (
-    Contact.id,
-    Contact.email,
-    Contact.phone_number,
-    Contact.linked_id,
-    Contact.link_precedence,
-    Contact.created_at,
-)
-_PRIMARY_ID = func.coalesce(Contact.linked_id, Contact.id)
-_LIVE = Contact.deleted_at.is_(None)
-
-
-def _cluster_query(
-    *, by_email: bool, by_phone: bool
-) -> CompoundSelect[int, str | None, str | None, int | None, str, datetime]:
-    return _cluster_union(by_email=by_email, by_phone=by_phone).order_by("id")
-
-
-def _cluster_union(
-    *, by_email: bool, by_phone: bool
-) -> CompoundSelect[int, str | None, str | None, int | None, str, datetime]:
-    condition = locks.matches(by_email=by_email, by_phone=by_phone)
-    hits = select(_PRIMARY_ID.label("primary_id")).where(condition).distinct()
-    hits_cte = hits.cte("hits")
-    by_id = select(*_COLUMNS).join(hits_cte, Contact.id == hits_cte.c.primary_id)
-    by_link = select(*_COLUMNS).join(
-        hits_cte, Contact.linked_id == hits_cte.c.primary_id
-    )
-    return union(by_id.where(_LIVE), by_link.where(_LIVE))
-
-
-def _flagged_cluster_query(*, by_email: bool, by_phone: bool) -> Select[Any]:
-    """PostgreSQL: whether the email and the phone are blocked or suppressed
-    values, and the cluster rows, in one statement: a row of flags,
-    left-joined to the rows."""
-    flags = select(
-        exists().where(BlockedValue.email == bindparam("email")),
-        exists().where(BlockedValue.phone_number == bindparam("phone_number")),
-        exists().where(SuppressedValue.digest == bindparam("email_digest")),
-        exists().where(SuppressedValue.digest == bindparam("phone_digest")),
-    ).subquery("flags")
-    cluster = _cluster_union(by_email=by_email, by_phone=by_phone).subquery("cluster")
-    return (
-        select(*flags.c, *cluster.c)
-        .select_from(flags.outerjoin(cluster, true()))
-        .order_by(cluster.c.id)
-    )
-
-
-# Built once: constructing a statement cost more than running it. One of
-# each per shape of request: email and phone, email only, phone only. On
-# SQLite they are also compiled once, and sent straight to the driver.
-_CLUSTER_QUERIES = {
-    (e, p): _cluster_query(by_email=e, by_phone=p) for e, p in locks.SHAPES
-}
-_SQLITE_CLUSTER_QUERIES = {
-    shape: str(query.compile(dialect=sqlite.dialect(paramstyle="named")))
-    for shape, query in _CLUSTER_QUERIES.items()
-}
-_FLAGGED_CLUSTER_QUERIES = {
-    (e, p): _flagged_cluster_query(by_email=e, by_phone=p) for e, p in locks.SHAPES
-}
-_SQLITE_FLAGS = (
-    "SELECT EXISTS (SELECT 1 FROM blocked_value WHERE email = :email),"
-    " EXISTS (SELECT 1 FROM blocked_value WHERE phone_number = :phone_number),"
-    " EXISTS (SELECT 1 FROM suppressed_value WHERE digest = :email_digest),"
-    " EXISTS (SELECT 1 FROM suppressed_value WHERE digest = :phone_digest)"
-)
-# Each half reads one value's merge index only (models.MERGED_WITH): a
-# condition on the other column let PostgreSQL scan that column's index whole
-# when its statistics were old (every merge event, on every write).
-_MERGE_PARTNERS = text(
-    "SELECT phone_number, NULL FROM event"
-    " WHERE type = 'customer.merged' AND email = :email"
-    " UNION SELECT NULL, email FROM event"
-    " WHERE type = 'customer.merged' AND phone_number = :phone_number"
-)
-
-
-def read_clusters(
-    connection: Connection, *, email: str | None, phone_number: str | None
-) -> list[Member]:
-    """Every live row of every cluster that holds the email or the phone, in
-    one statement (so in one snapshot, even outside a transaction), ascending
-    id. Clusters are reached through their primary's id, so the cost is their
-    size, whatever the size of the table."""
-    shape = email is not None, phone_number is not None
-    parameters = {"email": email, "phone_number": phone_number}
-    if connection.dialect.name == "sqlite":
-        cursor = locks.driver(connection).execute(
-            _SQLITE_CLUSTER_QUERIES[shape], parameters
-        )
-        return [
-            Member(row_id, row_email, row_phone, linked_id, precedence, _utc(created))
-            for row_id, row_email, row_phone, linked_id, precedence, created in cursor
-        ]
-    return [
-        Member(*row) for row in connection.execute(_CLUSTER_QUERIES[shape], parameters)
-    ]
-
-
-def read(
-    connection: Connection,
-    *,
-    email: str | None,
-    phone_number: str | None,
-    guard: Guard,
-) -> tuple[list[Member], dict[str, str]]:
-    """read_clusters(), and which of the two values (EMAIL, PHONE_NUMBER) are
-    the shop's blocked values or suppressed ones, with that reason. The rows
-    are those the values match, blocked or not: the caller reads again
-    without a blocked one (rarely needed)."""
-    parameters = {
-        "email": email,
-        "phone_number": phone_number,
-        "email_digest": guard.digest(EMAIL, email),
-        "phone_digest": guard.digest(PHONE_NUMBER, phone_number),
-    }
-    if connection.dialect.name == "sqlite":
-        flags = locks.driver(connection).execute(_SQLITE_FLAGS, parameters).fetchone()
-        rows = read_clusters(connection, email=email, phone_number=phone_number)
-    else:
-        shape = email is not None, phone_number is not None
-        result = connection.execute(_FLAGGED_CLUSTER_QUERIES[shape], parameters).all()
-        flags = result[0][:4]
-        rows = [Member(*row[4:]) for row in result if row[4] is not None]
-    email_blocked, phone_blocked, email_suppressed, phone_suppressed = flags
-    blocked = {}
-    for field, is_blocked, is_suppressed in (
-        (EMAIL, email_blocked, email_suppressed),
-        (PHONE_NUMBER, phone_blocked, phone_suppressed),
-    ):
-        if is_blocked or is_suppressed:
-            blocked[field] = "blocked" if is_blocked else "suppressed"
-    return rows, blocked
-
-
-def read_partners(connection: Connection, *, email: str, phone_number: str) -> Partners:
-    """The phones the email and the emails the phone were merged with."""
-    parameters = {"email": email, "phone_number": phone_number}
-    found = connection.execute(_MERGE_PARTNERS, parameters).all()
-    return Partners(
-        phones_of_email=frozenset(phone for phone, _ in found if phone is not None),
-        emails_of_phone=frozenset(mail for _, mail in found if mail is not None),
-    )
-
-
-@dataclass(frozen=True)
-class Screened:
-    """A request's values once screened, and the rows they match."""
-
-    email: str | None
-    phone_number: str | None
-    ignored: tuple[Ignored, ...]
-    rows: list[Member]
-
-
-class NothingUsable(Exception):
-    """Every value of the request was ignored: nothing can be matched."""
-
-    def __init__(self, ignored: Sequence[Ignored]) -> None:
-        super().__init__("every value of the request was ignored")
-        self.ignored = list(ignored)
-
-
-def screen(
-    connection: Connection,
-    *,
-    email: str | None,
-    phone_number: str | None,
-    guard: Guard,
-    check_email: EmailCheck | None = None,
-) -> Screened:
-    """Drop the values that are blocked (built-in rules, then the shop's) or
-    suppressed, check an email no row holds (every stored email was checked
-    when it was stored: the check is the costliest step of parsing), and
-    read the rows the remaining values match. Raises NothingUsable when none
-    remains."""
-    email, phone_number, ignored = guard.screen(email, phone_number)
-    if email is None and phone_number is None:
-        raise NothingUsable(ignored)
-    rows, blocked = read(
-        connection, email=email, phone_number=phone_number, guard=guard
-    )
-    if (
-        email is not None
-        and check_email is not None
-        and EMAIL not in blocked
-        and not any(row.email == email for row in rows)
-    ):
-        checked = check_email(email)
-        if checked != email:
-            email = checked
-            rows, blocked = read(
-                connection, email=email, phone_number=phone_number, guard=guard
-            )
-    if blocked:
-        ignored += [
-            Ignored(field, blocked[field])
-            for field in (EMAIL, PHONE_NUMBER)
-            if field in blocked
-        ]
-        email = None if EMAIL in blocked else email
-        phone_number = None if PHONE_NUMBER in blocked else phone_number
-        if email is None and phone_number is None:
-            raise NothingUsable(ignored)
-        rows = read_clusters(connection, email=email, phone_number=phone_number)
-    return Screened(email, phone_number, tuple(ignored), rows)
-
-
-def _utc(value: str) -> datetime:
-    """A timestamp as SQLAlchemy's DateTime stores it on SQLite (UTC, no zone)."""
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
 def identify(
@@ -292,10 +70,10 @@ def identify(
     `connection` must be in autocommit mode, outside any transaction
     (models.py sets every connection up so). A request that writes commits
     before this returns. `check_email`, when given, checks and normalises an
-    email that no row holds (see screen()). Raises NothingUsable when every
+    email that no row holds (see reads.screen()). Raises NothingUsable when every
     value is ignored."""
     version = locks.data_version(connection)
-    found = screen(
+    found = reads.screen(
         connection,
         email=email,
         phone_number=phone_number,
@@ -308,7 +86,7 @@ def identify(
     found = _begin_writing(connection, found, version, guard=guard)
     partners = None
     if found.email is not None and found.phone_number is not None:
-        partners = read_partners(
+        partners = reads.read_partners(
             connection, email=found.email, phone_number=found.phone_number
         )
     now = _now()
@@ -438,7 +216,7 @@ def _begin_writing(
             connection, email=email, phone_number=phone_number
         )
         while True:
-            fresh = screen(
+            fresh = reads.screen(
                 connection, email=email, phone_number=phone_number, guard=guard
             )
             customers = {row.customer_id for row in fresh.rows}
@@ -449,7 +227,9 @@ def _begin_writing(
         locks.begin_immediate(connection)
         if locks.data_version(connection) == version:
             return found
-        fresh = screen(connection, email=email, phone_number=phone_number, guard=guard)
+        fresh = reads.screen(
+            connection, email=email, phone_number=phone_number, guard=guard
+        )
     return replace(fresh, ignored=found.ignored + fresh.ignored)
 
 
@@ -500,109 +280,6 @@ def apply(connection: Connection, decision: Decision) -> tuple[Identity, list[Ev
     return decision.settle(new_id)
 
 
-def lookup(
-    connection: Connection,
-    *,
-    email: str | None,
-    phone_number: str | None,
-    guard: Guard = NO_GUARD,
-    check_email: EmailCheck | None = None,
-) -> tuple[list[Identity], tuple[Ignored, ...]]:
-    """The customers the email or the phone belongs to (0, 1 or 2), ascending
-    primary id, and the values ignored as blocked. Never writes. Raises
-    NothingUsable when every value is blocked."""
-    found = screen(
-        connection,
-        email=email,
-        phone_number=phone_number,
-        guard=guard,
-        check_email=check_email,
-    )
-    return views(found.rows), found.ignored
-
-
-def holders(connection: Connection, *, field: str, value: str) -> list[Identity]:
-    """Every customer that a live row holding the email or phone (`field`:
-    EMAIL or PHONE_NUMBER) belongs to, ascending primary id, whether the value
-    is blocked or not: the customers a support person detaches it from.
-    Never writes."""
-    email = value if field == EMAIL else None
-    phone_number = value if field == PHONE_NUMBER else None
-    return views(read_clusters(connection, email=email, phone_number=phone_number))
-
-
-_CUSTOMER_OF = (
-    select(_PRIMARY_ID)
-    .where(Contact.id == bindparam("contact_id"), _LIVE)
-    .scalar_subquery()
-)
-_CUSTOMER = (
-    select(*_COLUMNS)
-    .where(
-        _LIVE,
-        (Contact.id == _CUSTOMER_OF) | (Contact.linked_id == _CUSTOMER_OF),
-    )
-    .order_by(Contact.id)
-)
-
-
-def customer(connection: Connection, contact_id: int) -> Identity | None:
-    """The customer that live contact `contact_id` belongs to, or None."""
-    rows = connection.execute(_CUSTOMER, {"contact_id": contact_id})
-    found = views([Member(*row) for row in rows])
-    return found[0] if found else None
-
-
-_RETIRED = select(*_COLUMNS).where(
-    Contact.deleted_at.is_not(None),
-    OneOf(Contact.id, "ids") | OneOf(Contact.linked_id, "ids"),
-)
-_MERGED_PAIRS = (
-    select(EventRow.email, EventRow.phone_number)
-    .where(
-        EventRow.type == EventType.MERGED.value,
-        OneOf(EventRow.email, "emails"),
-        OneOf(EventRow.phone_number, "phones"),
-    )
-    .distinct()
-)
-_LEGACY_LINKS = select(LegacyLink.contact_id, LegacyLink.customer_id).where(
-    OneOf(LegacyLink.contact_id, "ids")
-)
-
-
-def read_evidence(connection: Connection, rows: Sequence[Member]) -> Evidence:
-    """The merge events whose two values the rows hold, and the rows' legacy
-    links."""
-    emails = sorted({row.email for row in rows if row.email is not None})
-    phones = sorted({row.phone_number for row in rows if row.phone_number})
-    merged: frozenset[tuple[str, str]] = frozenset()
-    if emails and phones:
-        found = connection.execute(_MERGED_PAIRS, {"emails": emails, "phones": phones})
-        merged = frozenset((email, phone) for email, phone in found if email and phone)
-    legacy = connection.execute(_LEGACY_LINKS, {"ids": [row.id for row in rows]})
-    return Evidence(merged, frozenset((contact, linked) for contact, linked in legacy))
-
-
-def _read_retired(connection: Connection, rows: Sequence[Member]) -> list[Member]:
-    """The soft-deleted rows linked to the customer's rows, directly or through
-    each other, and its primary if that was soft-deleted."""
-    seen = {row.id for row in rows}
-    frontier = seen | {rows[0].customer_id}
-    retired: list[Member] = []
-    while frontier:
-        found = connection.execute(_RETIRED, {"ids": sorted(frontier)})
-        new = [Member(*row) for row in found if row.id not in seen]
-        retired += new
-        frontier = {row.id for row in new}
-        seen |= frontier
-    return retired
-
-
-# Decides a correction from the customer's live and soft-deleted rows.
-CorrectionRule = Callable[[Connection, list[Member], list[Member]], Correction]
-
-
 def detach_and_commit(
     connection: Connection,
     contact_id: int,
@@ -621,7 +298,7 @@ def detach_and_commit(
     def rule(
         connection: Connection, rows: list[Member], retired: list[Member]
     ) -> Correction:
-        evidence = read_evidence(connection, rows)
+        evidence = reads.read_evidence(connection, rows)
         return correct.detach(
             rows,
             retired,
@@ -676,6 +353,10 @@ def erase_and_commit(
     return done, retries, purge.after_erase(connection)
 
 
+# Decides a correction from the customer's live and soft-deleted rows.
+CorrectionRule = Callable[[Connection, list[Member], list[Member]], Correction]
+
+
 def correct_and_commit(
     connection: Connection,
     contact_id: int,
@@ -700,14 +381,11 @@ def correct_and_commit(
             locks.lock_customer_postgresql(connection, contact_id)
         else:
             locks.begin_immediate(connection)
-        rows = [
-            Member(*row)
-            for row in connection.execute(_CUSTOMER, {"contact_id": contact_id})
-        ]
+        rows = reads.customer_rows(connection, contact_id)
         if not rows:
             connection.rollback()
             return None
-        correction = rule(connection, rows, _read_retired(connection, rows))
+        correction = rule(connection, rows, reads.read_retired(connection, rows))
         if dry_run:
             connection.rollback()
             return correction

@@ -10,6 +10,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+import reads
 import store
 from correct import Correction, NotHeld
 from guard import Guard
@@ -124,7 +125,7 @@ def holders(email: str | None, phone_number: str | None, show_values: bool) -> N
     except InvalidInput as error:
         raise click.BadParameter(str(error)) from None
     with db.engine.connect() as connection:
-        found = store.holders(connection, field=field, value=value)
+        found = reads.holders(connection, field=field, value=value)
     shown = (lambda text: text) if show_values else mask
     click.echo(f"{len(found)} customer(s) hold the {field} {shown(value)}.")
     for identity in found:

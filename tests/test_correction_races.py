@@ -19,6 +19,7 @@ import requests
 from sqlalchemy import Connection, create_engine, select, text
 
 import correct
+import reads
 import store
 from conftest import empty_tables
 from invariants import LedgerEvent, replay_event
@@ -670,7 +671,7 @@ def test_a_request_that_finds_its_customer_merged_lets_go_of_the_old_primary(
     ) -> correct.Correction:
         with engine.connect() as observer:
             wait_for(lambda: blocked_by(observer, detaching), "it never waited")
-        evidence = store.read_evidence(connection, rows)
+        evidence = reads.read_evidence(connection, rows)
         return correct.detach(
             rows, retired, field=PHONE_NUMBER, value=phone, evidence=evidence
         )

@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
 import locks
+import reads
 import store
 from invariants import assert_invariants, live_rows
 from models import Contact, db
@@ -30,7 +31,7 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
     with app.app_context():
         engine = db.engine
     competitor: dict[str, Any] = {}
-    read = store.read
+    read = reads.read
 
     def commit_the_same_contact_after_the_first_read(
         connection: Connection, **values: str | None
@@ -47,7 +48,7 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
                 ).identity
         return rows
 
-    monkeypatch.setattr(store, "read", commit_the_same_contact_after_the_first_read)
+    monkeypatch.setattr(reads, "read", commit_the_same_contact_after_the_first_read)
     with engine.connect() as connection:
         served = store.identify_and_commit(
             connection, email="doc@fluxkart.com", phone_number="123456", request_id=None

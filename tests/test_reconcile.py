@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Row, func, select, update
 
+import reads
 import store
 from invariants import assert_invariants, live_rows
 from models import Contact
@@ -345,7 +346,7 @@ def test_cluster_lookup_reads_indexes_not_the_whole_table(
     sent: list[str] = []
     driver.set_trace_callback(sent.append)
     try:
-        store.read_clusters(connection, email="a@shop.com", phone_number="1111")
+        reads.read_clusters(connection, email="a@shop.com", phone_number="1111")
     finally:
         driver.set_trace_callback(None)
     query = next(sql for sql in sent if sql.startswith("WITH"))
