@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 
+import guard as guard_rules
 import locks
 from correct import Evidence
 from guard import NO_GUARD, Guard
@@ -217,41 +218,39 @@ def screen(
     guard: Guard,
     check_email: EmailCheck | None = None,
 ) -> Screened:
-    """Drop the values that are blocked (built-in rules, then the shop's) or
-    suppressed, check an email no row holds (every stored email was checked
-    when it was stored: the check is the costliest step of parsing), and
-    read the rows the remaining values match. Raises NothingUsable when none
-    remains."""
-    email, phone_number, ignored = guard.screen(email, phone_number)
-    if email is None and phone_number is None:
-        raise NothingUsable(ignored)
-    rows, blocked = read(
+    """The read step of identify and lookup: which of the values the
+    database holds as blocked or suppressed, fed to the screening rule
+    (guard.screen, with the built-in rules first, before anything is read),
+    and the rows the values it keeps match. An email no row holds is checked
+    (every stored email was checked when it was stored: the check is the
+    costliest step of parsing). Raises NothingUsable when no value is kept."""
+    builtin = guard_rules.screen(email, phone_number, builtin=guard.builtin, flagged={})
+    if not builtin.usable:
+        raise NothingUsable(builtin.ignored)
+    email, phone_number = builtin.email, builtin.phone_number
+    rows, flagged = read(
         connection, email=email, phone_number=phone_number, guard=guard
     )
     if (
         email is not None
         and check_email is not None
-        and EMAIL not in blocked
+        and EMAIL not in flagged
         and not any(row.email == email for row in rows)
     ):
         checked = check_email(email)
         if checked != email:
             email = checked
-            rows, blocked = read(
+            rows, flagged = read(
                 connection, email=email, phone_number=phone_number, guard=guard
             )
-    if blocked:
-        ignored += [
-            Ignored(field, blocked[field])
-            for field in (EMAIL, PHONE_NUMBER)
-            if field in blocked
-        ]
-        email = None if EMAIL in blocked else email
-        phone_number = None if PHONE_NUMBER in blocked else phone_number
-        if email is None and phone_number is None:
-            raise NothingUsable(ignored)
-        rows = read_clusters(connection, email=email, phone_number=phone_number)
-    return Screened(email, phone_number, tuple(ignored), rows)
+    if not flagged:
+        return Screened(email, phone_number, builtin.ignored, rows)
+    kept = guard_rules.screen(email, phone_number, builtin=False, flagged=flagged)
+    ignored = builtin.ignored + kept.ignored
+    if not kept.usable:
+        raise NothingUsable(ignored)
+    rows = read_clusters(connection, email=kept.email, phone_number=kept.phone_number)
+    return Screened(kept.email, kept.phone_number, ignored, rows)
 
 
 def _utc(value: str) -> datetime:
