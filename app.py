@@ -45,8 +45,8 @@ import purge
 import reads
 import schema
 import settings
-import store
 import support
+import writes
 from auth import require_api_key
 from locks import LostRace
 from models import db, engine_options, prepare_engine
@@ -162,7 +162,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(InvalidInput, invalid_input)
     app.register_error_handler(OperationalError, database_unavailable)
     app.register_error_handler(ProgrammingError, database_unavailable)
-    # Statements sent straight to the sqlite3 driver (store.py, ledger.py)
+    # Statements sent straight to the sqlite3 driver (reads.py, store.py, ledger.py)
     # raise its own errors, not SQLAlchemy's.
     app.register_error_handler(sqlite3.OperationalError, database_unavailable)
     app.register_error_handler(LostRace, database_busy)
@@ -192,7 +192,7 @@ def connect() -> Iterator[Connection]:
 def identify() -> dict[str, Any]:
     email, phone_number = parse_identify(request.get_json())
     with connect() as connection:
-        served = store.identify_and_commit(
+        served = writes.identify(
             connection,
             email=email,
             phone_number=phone_number,
@@ -356,7 +356,7 @@ def detach_value(contact_id: int) -> dict[str, Any]:
 
     with connect() as connection:
         try:
-            done, retries = store.detach_and_commit(
+            done, retries = writes.detach(
                 connection,
                 contact_id,
                 field=asked.field,
@@ -396,7 +396,7 @@ def erase_customer(contact_id: int) -> dict[str, Any]:
         raise no_contact(contact_id)
 
     with connect() as connection:
-        done, retries, remains = store.erase_and_commit(
+        done, retries, remains = writes.erase(
             connection,
             contact_id,
             request_id=g.request_id,

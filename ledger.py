@@ -1,6 +1,7 @@
-"""The ledger: every change to the contact table as an event, written in the
-same transaction as the change, and read back by customer or as one feed
-(README: "The ledger")."""
+"""The ledger: every change to the contact table as an event, appended in
+the same transaction as the change (writes.py commits it: on PostgreSQL with
+the message built here). It is read back by customer or as one feed in
+reads.py (README: "The ledger")."""
 
 import json
 from collections.abc import Sequence
@@ -72,32 +73,37 @@ _SQLITE_INSERT = (
 SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
-def append_and_commit(
+def append(
     connection: Connection,
     events: Sequence[NewEvent],
     *,
     at: datetime,
     request_id: str | None,
 ) -> None:
-    """Append `events` to the ledger and commit the caller's transaction.
+    """SQLite: insert `events` in the caller's transaction, straight through
+    the driver. (PostgreSQL appends with commit_message().)"""
+    stamp = at.astimezone(UTC).strftime(SQLITE_DATETIME)
+    rows = [_values(event, stamp, request_id) for event in events]
+    driver(connection).executemany(_SQLITE_INSERT, rows)
 
-    On PostgreSQL the ledger lock (shared), the insert and COMMIT go to the
-    server as one message: the lock is held only while the server runs it,
-    never while it waits for this process, so a frozen or killed worker
-    cannot hold it."""
-    if connection.dialect.name == "sqlite":
-        stamp = at.astimezone(UTC).strftime(SQLITE_DATETIME)
-        rows = [_values(event, stamp, request_id) for event in events]
-        driver(connection).executemany(_SQLITE_INSERT, rows)
-        connection.commit()
-        return
+
+def commit_message(
+    connection: Connection,
+    events: Sequence[NewEvent],
+    *,
+    at: datetime,
+    request_id: str | None,
+) -> str:
+    """PostgreSQL: one message that takes the ledger lock (shared), inserts
+    `events` and commits the caller's transaction, for writes.py to send.
+    The lock is held only while the server runs it, never while it waits for
+    this process, so a frozen or killed worker cannot hold it."""
     cursor = psycopg.ClientCursor(
         cast(psycopg.Connection[Any], connection.connection.driver_connection)
     )
     rows = [_values(event, at, request_id) for event in events]
     arrays = [[row[name] for row in rows] for name in _PG_ARRAYS]
-    connection.exec_driver_sql(cursor.mogrify(_PG_APPEND, [at, request_id, *arrays]))
-    connection.commit()
+    return cursor.mogrify(_PG_APPEND, [at, request_id, *arrays])
 
 
 def _values(event: NewEvent, at: Any, request_id: str | None) -> dict[str, Any]:

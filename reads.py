@@ -364,6 +364,30 @@ def read_retired(connection: Connection, rows: Sequence[Member]) -> list[Member]
 
 
 @dataclass(frozen=True)
+class CustomerRows:
+    """What a correction's rule decides from: the customer's live rows,
+    ascending id, its soft-deleted ones, and what joins them (when read)."""
+
+    rows: list[Member]
+    retired: list[Member]
+    evidence: Evidence
+
+
+def read_customer(
+    connection: Connection, contact_id: int, *, evidence: bool
+) -> CustomerRows | None:
+    """The read step of a correction: the rows of the customer that live
+    contact `contact_id` belongs to, its retired rows and, with `evidence`,
+    the evidence that joins them; None when no live contact has that id."""
+    rows = customer_rows(connection, contact_id)
+    if not rows:
+        return None
+    retired = read_retired(connection, rows)
+    found = read_evidence(connection, rows) if evidence else Evidence()
+    return CustomerRows(rows, retired, found)
+
+
+@dataclass(frozen=True)
 class Page:
     events: list[dict[str, Any]]
     next: int | None

@@ -1,15 +1,11 @@
-"""Reading the rows the rules need and applying their decisions: the contact
-rows and their ledger events, in one transaction, under the locks of locks.py.
+"""The apply step of writes.py: the statements, per engine, that write what
+a rule decided (a Batch of identify's, a Correction) into the caller's
+transaction. Nothing here reads to decide, takes a lock or commits."""
 
-A request that changes nothing is answered from one read, in no transaction.
-A request that writes begins its transaction, takes its locks, reads again
-and decides again from what it now holds (reconcile.decide), then writes."""
-
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -19,219 +15,28 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     union,
     update,
 )
-from sqlalchemy.exc import DBAPIError
 
-import correct
-import guard as guard_rules
-import ledger
 import locks
-import purge
-import reads
 from correct import Correction
-from guard import NO_GUARD, Guard
-from locks import LostRace
+from ledger import SQLITE_DATETIME
 from models import Contact, LegacyLink, OneOf
 from models import Event as EventRow
-from reads import EmailCheck, Screened
 from reconcile import (
     EMAIL,
+    NEW_ROW,
     PHONE_NUMBER,
     PRIMARY,
     SECONDARY,
-    Decision,
-    Event,
+    Batch,
     EventType,
-    Identity,
-    Ignored,
-    Member,
-    Partners,
-    decide,
+    NewRow,
+    is_placeholder,
+    placeholder,
 )
-
-T = TypeVar("T")
-
-
-def identify(
-    connection: Connection,
-    *,
-    email: str | None,
-    phone_number: str | None,
-    request_id: str | None,
-    guard: Guard = NO_GUARD,
-    check_email: EmailCheck | None = None,
-) -> tuple[Decision, Identity, list[Event]]:
-    """The customer that owns this email and/or phone number, after inserting
-    or relinking contact rows and appending their events as the rules decide,
-    with the values `guard` blocks or its limits refuse ignored.
-
-    `connection` must be in autocommit mode, outside any transaction
-    (models.py sets every connection up so). A request that writes commits
-    before this returns. `check_email`, when given, checks and normalises an
-    email that no row holds (see reads.screen()). Raises NothingUsable when every
-    value is ignored."""
-    version = locks.data_version(connection)
-    found = reads.screen(
-        connection,
-        email=email,
-        phone_number=phone_number,
-        guard=guard,
-        check_email=check_email,
-    )
-    decision = _decide(found, guard, None, _now())
-    if not decision.changes:
-        return decision, decision.answer(), []
-    found = _begin_writing(connection, found, version, guard=guard)
-    partners = None
-    if found.email is not None and found.phone_number is not None:
-        partners = reads.read_partners(
-            connection, email=found.email, phone_number=found.phone_number
-        )
-    now = _now()
-    decision = _decide(found, guard, partners, now)
-    if not decision.changes:
-        connection.rollback()
-        return decision, decision.answer(), []
-    identity, events = apply(connection, decision)
-    ledger.append_and_commit(connection, events, at=now, request_id=request_id)
-    return decision, identity, events
-
-
-def _decide(
-    found: Screened, guard: Guard, partners: Partners | None, now: datetime
-) -> Decision:
-    return decide(
-        found.rows,
-        email=found.email,
-        phone_number=found.phone_number,
-        now=now,
-        limits=guard.limits,
-        partners=partners,
-        ignored=found.ignored,
-    )
-
-
-@dataclass(frozen=True)
-class Served:
-    identity: Identity
-    events: list[Event]
-    retries: int
-    ignored: tuple[Ignored, ...] = ()
-
-
-def identify_and_commit(
-    connection: Connection,
-    *,
-    email: str | None,
-    phone_number: str | None,
-    request_id: str | None,
-    guard: Guard = NO_GUARD,
-    check_email: EmailCheck | None = None,
-    attempts: int = 3,
-) -> Served:
-    """Run identify(), retrying the whole transaction after PostgreSQL broke
-    a deadlock (the only race a writer can lose: a cluster merged away while
-    it waited is followed inside its transaction, _begin_writing), and once
-    after finding that the server had dropped the pooled connection.
-
-    Returns the answer, the events appended and how many retries it took.
-    Raises LostRace when every attempt lost, or at once when a lock stayed
-    taken for BUSY_TIMEOUT; any other error is re-raised at once. Rolls back
-    on error."""
-
-    def attempt() -> tuple[Decision, Identity, list[Event]]:
-        return identify(
-            connection,
-            email=email,
-            phone_number=phone_number,
-            request_id=request_id,
-            guard=guard,
-            check_email=check_email,
-        )
-
-    (decision, identity, events), retries = retrying(connection, attempt, attempts)
-    return Served(identity, events, retries, decision.ignored)
-
-
-def retrying(
-    connection: Connection, work: Callable[[], T], attempts: int = 3
-) -> tuple[T, int]:
-    """`work()` and how many retries it took: the whole transaction again
-    after a lost race (identify_and_commit), and once after a dropped pooled
-    connection. Raises LostRace; rolls back on any error."""
-    for attempt in range(attempts):
-        try:
-            return work(), attempt
-        except DBAPIError as error:
-            connection.rollback()
-            # A pooled connection the server dropped is replaced once; checking
-            # each one before use would cost a round trip on every request.
-            if error.connection_invalidated:
-                if not attempt:
-                    continue
-                raise
-            if locks.lock_timed_out(error):
-                raise LostRace(
-                    f"a lock stayed taken for {locks.BUSY_TIMEOUT} s"
-                ) from error
-            if not locks.lost_race(error):
-                raise
-        except BaseException:
-            connection.rollback()
-            raise
-    raise LostRace(f"gave up after {attempts} attempts")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _begin_writing(
-    connection: Connection,
-    found: Screened,
-    version: int | None,
-    *,
-    guard: Guard,
-) -> Screened:
-    """Begin the transaction of a request that writes, make every other writer
-    of these identifiers and clusters wait for it, and screen and read afresh:
-    what it decides from them stays true until it commits.
-
-    On PostgreSQL a primary it locked may have been merged into another, or
-    its customer split or erased, while it waited: the fresh read then holds
-    rows of primaries other than those it locked. It locks those instead
-    (locks.relock_primaries: keeping a lock on a row that is now another
-    customer's secondary could deadlock with that customer's writer) and
-    reads again, until the primaries of the rows read are exactly those it
-    holds. Each further round means another writer changed these customers
-    and committed meanwhile. (README: "Concurrency".)
-
-    On SQLite `found` is still fresh, and is kept, when no other connection
-    committed since `version` was taken, before it was read."""
-    email, phone_number = found.email, found.phone_number
-    if connection.dialect.name == "postgresql":
-        locked = locks.lock_postgresql(
-            connection, email=email, phone_number=phone_number
-        )
-        while True:
-            fresh = reads.screen(
-                connection, email=email, phone_number=phone_number, guard=guard
-            )
-            customers = {row.customer_id for row in fresh.rows}
-            if customers == locked:
-                break
-            locked = locks.relock_primaries(connection, customers)
-    else:
-        locks.begin_immediate(connection)
-        if locks.data_version(connection) == version:
-            return found
-        fresh = reads.screen(
-            connection, email=email, phone_number=phone_number, guard=guard
-        )
-    return replace(fresh, ignored=found.ignored + fresh.ignored)
-
 
 _PROMOTE = (
     update(Contact)
@@ -247,165 +52,148 @@ _LINK = (
         updated_at=bindparam("now"),
     )
 )
+_LINK_ONE = (
+    update(Contact)
+    .where(Contact.id == bindparam("row_id"))
+    .values(
+        linked_id=bindparam("primary_id"),
+        link_precedence=SECONDARY,
+        updated_at=bindparam("now"),
+    )
+)
 _INSERT = insert(Contact).returning(Contact.id)
+_NEW_COLUMNS = (
+    "id, email, phone_number, linked_id, link_precedence, created_at, updated_at"
+)
+# Several rows: their ids are drawn first (_reserve), then they go in at once
+# with those ids, so that rows and events can name each other.
+_SQLITE_RESERVE = (
+    "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'contact'),"
+    " 0), coalesce((SELECT max(id) FROM contact), 0))"
+)
+_SQLITE_INSERT_MANY = (
+    f"INSERT INTO contact ({_NEW_COLUMNS}) VALUES (:id, :email, :phone_number,"
+    " :linked_id, :link_precedence, :created_at, :created_at)"
+)
+_PG_RESERVE = text(
+    "SELECT nextval(pg_get_serial_sequence('contact', 'id'))"
+    " FROM generate_series(1, :count)"
+)
+_PG_INSERT_MANY = text(
+    f"INSERT INTO contact ({_NEW_COLUMNS})"
+    " SELECT id, email, phone_number, linked_id, link_precedence, created_at,"
+    " created_at FROM unnest(CAST(:id AS int[]), CAST(:email AS varchar[]),"
+    " CAST(:phone_number AS varchar[]), CAST(:linked_id AS int[]),"
+    " CAST(:link_precedence AS varchar[]), CAST(:created_at AS timestamptz[]))"
+    " AS new (id, email, phone_number, linked_id, link_precedence, created_at)"
+)
 
 
-def apply(connection: Connection, decision: Decision) -> tuple[Identity, list[Event]]:
-    """Write the decision's contact rows in the caller's transaction; return
-    its answer and events with the inserted row's id."""
-    now = _now()
-    if decision.promote is not None:
-        connection.execute(_PROMOTE, {"row_id": decision.promote, "now": now})
-    if decision.relink:
+def apply_batch(
+    connection: Connection, batch: Batch, *, now: datetime
+) -> dict[int, int]:
+    """Write the batch's contact rows in the caller's transaction; return the
+    real id of each row inserted, by placeholder. One row goes in with
+    INSERT ... RETURNING; several take their ids first (one statement) and go
+    in by one statement (PostgreSQL: arrays through unnest) or one driver
+    executemany (SQLite). Rows are promoted, then relinked."""
+    ids = _insert(connection, batch.new)
+
+    def real(row_id: int) -> int:
+        return ids[row_id] if is_placeholder(row_id) else row_id
+
+    _each(
+        connection,
+        _PROMOTE,
+        [{"row_id": real(row), "now": now} for row in batch.promote],
+    )
+    groups: dict[int, list[int]] = {}
+    for row_id, primary_id in batch.relink:
+        groups.setdefault(real(primary_id), []).append(real(row_id))
+    if len(groups) == 1:
+        ((primary_id, row_ids),) = groups.items()
         connection.execute(
-            _LINK,
-            {
-                "row_ids": list(decision.relink),
-                "primary_id": decision.primary_id,
-                "now": now,
-            },
+            _LINK, {"row_ids": row_ids, "primary_id": primary_id, "now": now}
         )
-    new_id = None
-    if decision.insert is not None:
-        row = decision.insert
-        values = {
-            "email": row.email,
-            "phone_number": row.phone_number,
-            "linked_id": row.linked_id,
-            "link_precedence": PRIMARY if row.linked_id is None else SECONDARY,
-            "created_at": row.created_at,
-            "updated_at": row.created_at,
+    elif groups:
+        connection.execute(
+            _LINK_ONE,
+            [
+                {"row_id": row_id, "primary_id": primary_id, "now": now}
+                for primary_id, row_ids in groups.items()
+                for row_id in row_ids
+            ],
+        )
+    return ids
+
+
+def _each(
+    connection: Connection, statement: Any, parameters: list[dict[str, Any]]
+) -> None:
+    """`statement` once per set of parameters: one execute, or one executemany."""
+    if len(parameters) == 1:
+        connection.execute(statement, parameters[0])
+    elif parameters:
+        connection.execute(statement, parameters)
+
+
+def _insert(connection: Connection, rows: Sequence[NewRow]) -> dict[int, int]:
+    if not rows:
+        return {}
+    if len(rows) == 1:
+        return {NEW_ROW: connection.execute(_INSERT, _values(rows[0])).scalar_one()}
+    reserved = _reserve(connection, len(rows))
+    ids = {placeholder(position): row_id for position, row_id in enumerate(reserved)}
+    values = [
+        {
+            "id": ids[placeholder(position)],
+            **_values(row, ids),
         }
-        new_id = connection.execute(_INSERT, values).scalar_one()
-    return decision.settle(new_id)
-
-
-def detach_and_commit(
-    connection: Connection,
-    contact_id: int,
-    *,
-    field: str,
-    value: str,
-    request_id: str | None,
-    block: bool = False,
-    dry_run: bool = False,
-    reason: str | None = None,
-) -> tuple[Correction | None, int]:
-    """Take `value` away from the customer of live contact `contact_id`
-    (correct.detach), blocking it with `block`; its events carry `reason`.
-    Raises correct.NotHeld."""
-
-    def rule(
-        connection: Connection, rows: list[Member], retired: list[Member]
-    ) -> Correction:
-        evidence = reads.read_evidence(connection, rows)
-        return correct.detach(
-            rows,
-            retired,
-            field=field,
-            value=value,
-            evidence=evidence,
-            reason=reason,
-        )
-
-    return correct_and_commit(
-        connection,
-        contact_id,
-        rule,
-        request_id=request_id,
-        block=block,
-        dry_run=dry_run,
-    )
-
-
-def erase_and_commit(
-    connection: Connection,
-    contact_id: int,
-    *,
-    request_id: str | None,
-    guard: Guard,
-    suppress: bool = False,
-    dry_run: bool = False,
-    reason: str | None = None,
-) -> tuple[Correction | None, int, str | None]:
-    """Erase the customer of live contact `contact_id` (correct.erase),
-    suppressing its values with `suppress` (the caller checks that `guard`
-    has the key); its event carries `reason`. Then remove what is left of
-    its values in the database's files where that can be done at once
-    (purge.after_erase). Returns the correction, the retries it took, and
-    where copies of the values remain and why (None when none do, or when
-    nothing was erased)."""
-
-    def rule(_: Connection, rows: list[Member], retired: list[Member]) -> Correction:
-        return correct.erase(rows, retired, reason=reason)
-
-    done, retries = correct_and_commit(
-        connection,
-        contact_id,
-        rule,
-        request_id=request_id,
-        guard=guard,
-        suppress=suppress,
-        dry_run=dry_run,
-    )
-    if done is None or dry_run:
-        return done, retries, None
-    return done, retries, purge.after_erase(connection)
-
-
-# Decides a correction from the customer's live and soft-deleted rows.
-CorrectionRule = Callable[[Connection, list[Member], list[Member]], Correction]
-
-
-def correct_and_commit(
-    connection: Connection,
-    contact_id: int,
-    rule: CorrectionRule,
-    *,
-    request_id: str | None,
-    guard: Guard = NO_GUARD,
-    block: bool = False,
-    suppress: bool = False,
-    dry_run: bool = False,
-) -> tuple[Correction | None, int]:
-    """Lock the customer that live contact `contact_id` belongs to as
-    identify does, read its rows, decide with `rule` and apply the decision
-    with its events in one transaction (with `dry_run`, roll it back). With
-    `block`, the values it forgets become blocked values; with `suppress`,
-    their keyed hashes are stored (guard.digest). Returns the correction
-    (None when no live contact has that id) and the retries it took. Raises
-    what `rule` raises, and LostRace."""
-
-    def attempt() -> Correction | None:
-        if connection.dialect.name == "postgresql":
-            locks.lock_customer_postgresql(connection, contact_id)
-        else:
-            locks.begin_immediate(connection)
-        rows = reads.customer_rows(connection, contact_id)
-        if not rows:
-            connection.rollback()
-            return None
-        correction = rule(connection, rows, reads.read_retired(connection, rows))
-        if dry_run:
-            connection.rollback()
-            return correction
-        now = _now()
-        _apply_correction(connection, correction, now)
-        for field, value in correction.forgotten if block else ():
-            guard_rules.block_within(connection, field, value, now=now)
-        if suppress:
-            digests = [
-                guard.digest(field, value) for field, value in correction.forgotten
-            ]
-            guard_rules.suppress_within(
-                connection, guard, [digest for digest in digests if digest], now=now
+        for position, row in enumerate(rows)
+    ]
+    if connection.dialect.name == "sqlite":
+        for row in values:
+            row["created_at"] = (
+                row["created_at"].astimezone(UTC).strftime(SQLITE_DATETIME)
             )
-        ledger.append_and_commit(
-            connection, correction.events, at=now, request_id=request_id
+        locks.driver(connection).executemany(_SQLITE_INSERT_MANY, values)
+    else:
+        columns = (
+            "id",
+            "email",
+            "phone_number",
+            "linked_id",
+            "link_precedence",
+            "created_at",
         )
-        return correction
+        connection.execute(
+            _PG_INSERT_MANY, {name: [row[name] for row in values] for name in columns}
+        )
+    return ids
 
-    return retrying(connection, attempt)
+
+def _reserve(connection: Connection, count: int) -> list[int]:
+    """`count` new contact ids, ascending. SQLite: those after the highest
+    ever given (AUTOINCREMENT), safe under its one write lock, which the
+    caller holds; PostgreSQL: drawn from the table's sequence."""
+    if connection.dialect.name == "sqlite":
+        (highest,) = locks.driver(connection).execute(_SQLITE_RESERVE).fetchone()
+        return list(range(highest + 1, highest + 1 + count))
+    return sorted(connection.execute(_PG_RESERVE, {"count": count}).scalars())
+
+
+def _values(row: NewRow, ids: dict[int, int] | None = None) -> dict[str, Any]:
+    linked_id = row.linked_id
+    if linked_id is not None and is_placeholder(linked_id):
+        linked_id = (ids or {})[linked_id]
+    return {
+        "email": row.email,
+        "phone_number": row.phone_number,
+        "linked_id": linked_id,
+        "link_precedence": PRIMARY if linked_id is None else SECONDARY,
+        "created_at": row.created_at,
+        "updated_at": row.created_at,
+    }
 
 
 _DELETE_ROWS = delete(Contact).where(OneOf(Contact.id, "row_ids"))
@@ -470,7 +258,7 @@ _REASONED = union(
 ).subquery()
 # One event of each detach, with a reason, that the customers took part in:
 # as themselves, or as the customer they were split or handed over from, up
-# to the hand-over (one step back, as a history goes: ledger.history).
+# to the hand-over (one step back, as a history goes: reads.history).
 _REASONED_DETACHES = select(func.min(_REASONED.c.id)).group_by(_REASONED.c.at)
 # A detach's events are the run of consecutive ids around one of them that
 # share its `at`: one transaction appends them at once, under the ledger's
@@ -513,8 +301,8 @@ def _forget_reasons(connection: Connection, contact_ids: Sequence[int]) -> None:
         connection.execute(_FORGET_REASONS, {"event_id": event_id})
 
 
-def _apply_correction(
-    connection: Connection, correction: Correction, now: datetime
+def apply_correction(
+    connection: Connection, correction: Correction, *, now: datetime
 ) -> None:
     """Write a correction's contact rows and null its forgotten values and
     reasons in the ledger, in the caller's transaction. Links change before

@@ -11,7 +11,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 import reads
-import store
+import writes
 from correct import Correction, NotHeld
 from guard import Guard
 from masking import mask
@@ -78,7 +78,7 @@ def detach(
         raise click.BadParameter(str(error)) from None
     with db.engine.connect() as connection:
         try:
-            done, _ = store.detach_and_commit(
+            done, _ = writes.detach(
                 connection,
                 contact_id,
                 field=field,
@@ -195,9 +195,9 @@ def _erase(
     *,
     dry_run: bool,
 ) -> tuple[Correction, str | None]:
-    """The erasure, and where copies of its values remain (store.erase_and_commit)."""
+    """The erasure, and where copies of its values remain (writes.erase)."""
     with db.engine.connect() as connection:
-        done, _, remains = store.erase_and_commit(
+        done, _, remains = writes.erase(
             connection,
             contact_id,
             request_id=None,

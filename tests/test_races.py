@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, text
 
 import locks
 import reads
-import store
+import writes
 from invariants import assert_invariants, live_rows
 from models import Contact, db
 from reconcile import Member, Outcome
@@ -40,7 +40,7 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
         if not competitor:
             competitor["started"] = True
             with engine.connect() as other:
-                competitor["identity"] = store.identify_and_commit(
+                competitor["identity"] = writes.identify(
                     other,
                     email="doc@fluxkart.com",
                     phone_number="123456",
@@ -50,7 +50,7 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
 
     monkeypatch.setattr(reads, "read", commit_the_same_contact_after_the_first_read)
     with engine.connect() as connection:
-        served = store.identify_and_commit(
+        served = writes.identify(
             connection, email="doc@fluxkart.com", phone_number="123456", request_id=None
         )
 
@@ -107,7 +107,7 @@ def test_a_cluster_merged_while_its_lock_was_awaited_is_retried(app: Flask) -> N
 
         def request() -> None:
             with engine.connect() as connection:
-                served = store.identify_and_commit(
+                served = writes.identify(
                     connection,
                     email="c@fluxkart.com",
                     phone_number="3333",

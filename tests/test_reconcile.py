@@ -1,4 +1,4 @@
-"""The rules applied to a real database (store.py over reconcile.py): every
+"""The rules applied to a real database (writes.py over reconcile.py): every
 rule of the contract."""
 
 from datetime import UTC, datetime, timedelta
@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Connection, Row, func, select, update
 
 import reads
-import store
+import writes
 from invariants import assert_invariants, live_rows
 from models import Contact
 from reconcile import Identity, Outcome, decide
@@ -17,7 +17,7 @@ from reconcile import Identity, Outcome, decide
 def identify(
     connection: Connection, email: str | None = None, phone: str | None = None
 ) -> Identity:
-    served = store.identify_and_commit(
+    served = writes.identify(
         connection, email=email, phone_number=phone, request_id=None
     )
     return served.identity
