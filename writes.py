@@ -1,6 +1,8 @@
-"""The write pipeline: the one way contact rows, ledger events, blocked and
-suppressed values change (README: "The write pipeline"). Every writer runs
-the same steps, in one transaction, retried whole after a lost race:
+"""The write pipeline: the one way contact rows and ledger events change,
+with the blocked and suppressed values a correction adds (README: "The
+write pipeline"; the shop's list of blocked values is edited by guard.py).
+Every writer runs the same steps, in one transaction, retried whole after a
+lost race:
 
 1. lock: take the locks of the values (identify) or of the customer
    (detach, erase), locks.py; this begins the transaction;
@@ -15,7 +17,8 @@ the same steps, in one transaction, retried whole after a lost race:
    single commit point (PostgreSQL: the ledger lock, the insert and COMMIT
    in one message, ledger.commit_message).
 
-write() runs steps 1 to 5 for any writer; retrying() runs an attempt again
+write() runs steps 1 to 5 for any writer, given its Plan (its lock and
+read step, rule, apply step); retrying() runs an attempt again
 after a lost race (deadlock or serialization failure), once after a dropped
 pooled connection, and raises LostRace when a lock stayed taken. identify()
 answers a request that changes nothing from one read, in no transaction,
@@ -26,28 +29,28 @@ through reconcile.decide in memory): its decision is a reconcile.Batch whose
 new rows are named by placeholder ids (reconcile.placeholder(i) for the i-th,
 NEW_ROW for the first), in `linked_id`, `promote`, `relink` and the events
 alike; apply it with apply_batch(), which returns the events with the real
-ids in place of the placeholders:
+ids in place of the placeholders. Its lock step takes, for every value of
+the batch, what identify's takes for its two (on SQLite the one write lock
+covers any batch; on PostgreSQL locks.lock_postgresql and relock_primaries
+take a request's values and primaries, in a fixed order):
 
     def lock_and_read() -> Found | None: ...   # begins the transaction
     def rule(found: Found, now: datetime) -> Batch: ...   # pure
-    (batch, applied), retries = retrying(
-        connection,
-        lambda: write(
-            connection,
-            lock_and_read=lock_and_read,
-            rule=rule,
-            changes=lambda batch: bool(batch.events),
-            apply=lambda batch, now: apply_batch(connection, batch, now=now),
-            request_id=None,
-        ),
+    plan = Plan(
+        lock_and_read=lock_and_read,
+        rule=rule,
+        changes=lambda batch: bool(batch.events),
+        apply=lambda batch, now: apply_batch(connection, batch, now=now),
+        request_id=None,
     )
-    applied.events, applied.ids   # what was appended; real id by placeholder
+    written, retries = retrying(connection, lambda: write(connection, plan))
+    written.applied.events, written.applied.ids   # real id by placeholder
 """
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
@@ -97,34 +100,51 @@ class AppliedBatch:
     ids: dict[int, int]
 
 
-def write(
-    connection: Connection,
-    *,
-    lock_and_read: Callable[[], F | None],
-    rule: Callable[[F, datetime], D],
-    changes: Callable[[D], bool],
-    apply: Callable[[D, datetime], A],
-    request_id: str | None,
-    dry_run: bool = False,
-) -> tuple[D | None, A | None]:
-    """One attempt of a write: `lock_and_read` begins the transaction, takes
-    its locks and reads what they cover (None: nothing to write to); `rule`
-    decides from that, at `now`; `apply` writes the decision; its events are
-    appended and the transaction commits. Returns the decision (None when
-    nothing was found) and what was applied (None when the decision
-    changes nothing, or with `dry_run`: then everything is rolled back)."""
-    found = lock_and_read()
+@dataclass(frozen=True)
+class Plan(Generic[F, D, A]):
+    """What one writer brings to the pipeline; the rest is write()'s.
+
+    `lock_and_read` begins the transaction, takes the locks and reads what
+    they cover (None: nothing to write to). `rule` decides from that, at the
+    time given; it is pure. `changes` says whether a decision changes
+    anything. `apply` writes a decision in the transaction and returns what
+    it wrote, whose events the ledger gets, with `request_id`. With
+    `dry_run`, everything is rolled back once decided."""
+
+    lock_and_read: Callable[[], F | None]
+    rule: Callable[[F, datetime], D]
+    changes: Callable[[D], bool]
+    apply: Callable[[D, datetime], A]
+    request_id: str | None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Written(Generic[D, A]):
+    """The decision (None when nothing was found to decide from) and what
+    was applied (None when it changed nothing, or in a dry run)."""
+
+    decision: D | None
+    applied: A | None
+
+
+def write(connection: Connection, plan: Plan[F, D, A]) -> Written[D, A]:
+    """One attempt of a write: lock and read, decide, apply, append the
+    events and commit (_append_and_commit), or roll back when there is
+    nothing to write. Wrap it in retrying() to run it again after a lost
+    race."""
+    found = plan.lock_and_read()
     if found is None:
         connection.rollback()
-        return None, None
+        return Written(None, None)
     now = _now()
-    decision = rule(found, now)
-    if dry_run or not changes(decision):
+    decision = plan.rule(found, now)
+    if plan.dry_run or not plan.changes(decision):
         connection.rollback()
-        return decision, None
-    applied = apply(decision, now)
-    _append_and_commit(connection, applied.events, at=now, request_id=request_id)
-    return decision, applied
+        return Written(decision, None)
+    applied = plan.apply(decision, now)
+    _append_and_commit(connection, applied.events, at=now, request_id=plan.request_id)
+    return Written(decision, applied)
 
 
 def _append_and_commit(
@@ -256,19 +276,19 @@ def identify(
         def rule(found: _Found, now: datetime) -> Decision:
             return _decide(found, now, guard)
 
-        written = write(
-            connection,
+        plan = Plan(
             lock_and_read=lock_and_read,
             rule=rule,
             changes=lambda decision: decision.changes,
             apply=apply,
             request_id=request_id,
         )
-        decision, settled = written
-        assert decision is not None
-        if settled is None:
+        written = write(connection, plan)
+        decision = written.decision
+        assert decision is not None, "identify's read step always finds"
+        if written.applied is None:
             return decision, decision.answer(), []
-        return decision, settled.identity, settled.events
+        return decision, written.applied.identity, written.applied.events
 
     (decision, identity, events), retries = retrying(connection, attempt, attempts)
     return Served(identity, events, retries, decision.ignored)
@@ -385,19 +405,15 @@ def correct_customer(
             )
         return correction
 
-    def attempt() -> Correction | None:
-        written = write(
-            connection,
-            lock_and_read=lock_and_read,
-            rule=lambda found, _: rule(found),
-            changes=lambda _: True,
-            apply=apply,
-            request_id=request_id,
-            dry_run=dry_run,
-        )
-        return written[0]
-
-    return retrying(connection, attempt)
+    plan = Plan(
+        lock_and_read=lock_and_read,
+        rule=lambda found, _: rule(found),
+        changes=lambda _: True,
+        apply=apply,
+        request_id=request_id,
+        dry_run=dry_run,
+    )
+    return retrying(connection, lambda: write(connection, plan).decision)
 
 
 def detach(

@@ -62,19 +62,18 @@ def test_a_batch_of_new_rows_naming_each_other_is_applied_with_real_ids(
         ),
     )
 
+    plan = writes.Plan(
+        lock_and_read=lambda: begin(connection),
+        rule=lambda _, __: batch,
+        changes=lambda batch: bool(batch.events),
+        apply=lambda batch, now: writes.apply_batch(connection, batch, now=now),
+        request_id="batch",
+    )
     written, retries = writes.retrying(
-        connection,
-        lambda: writes.write(
-            connection,
-            lock_and_read=lambda: begin(connection),
-            rule=lambda _, __: batch,
-            changes=lambda batch: bool(batch.events),
-            apply=lambda batch, now: writes.apply_batch(connection, batch, now=now),
-            request_id="batch",
-        ),
+        connection, lambda: writes.write(connection, plan)
     )
 
-    applied = written[1]
+    applied = written.applied
     assert applied is not None and retries == 0
     ids = applied.ids
     assert [ids[p], ids[s], ids[q]] == [old + 1, old + 2, old + 3]
