@@ -40,18 +40,18 @@ import audit
 import correct
 import faults
 import guard
-import ledger
 import observability
 import purge
+import reads
 import schema
 import settings
-import store
 import support
+import writes
 from auth import require_api_key
 from locks import LostRace
 from models import db, engine_options, prepare_engine
+from reads import NothingUsable
 from reconcile import Identity, Ignored
-from store import NothingUsable
 from validation import (
     MAX_BODY_BYTES,
     MAX_ID,
@@ -162,7 +162,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(InvalidInput, invalid_input)
     app.register_error_handler(OperationalError, database_unavailable)
     app.register_error_handler(ProgrammingError, database_unavailable)
-    # Statements sent straight to the sqlite3 driver (store.py, ledger.py)
+    # Statements sent straight to the sqlite3 driver (reads.py, store.py, ledger.py)
     # raise its own errors, not SQLAlchemy's.
     app.register_error_handler(sqlite3.OperationalError, database_unavailable)
     app.register_error_handler(LostRace, database_busy)
@@ -192,7 +192,7 @@ def connect() -> Iterator[Connection]:
 def identify() -> dict[str, Any]:
     email, phone_number = parse_identify(request.get_json())
     with connect() as connection:
-        served = store.identify_and_commit(
+        served = writes.identify(
             connection,
             email=email,
             phone_number=phone_number,
@@ -209,7 +209,7 @@ def lookup_customers() -> dict[str, Any]:
     """The customers an email or phone belongs to; never writes."""
     email, phone_number = parse_identify(request.get_json())
     with connect() as connection:
-        found, ignored = store.lookup(
+        found, ignored = reads.lookup(
             connection,
             email=email,
             phone_number=phone_number,
@@ -310,7 +310,7 @@ def customer_holders() -> dict[str, Any]:
     lookup refuses), to detach it from them; never writes."""
     field, value = parse_holders(request.get_json())
     with connect() as connection:
-        found = store.holders(connection, field=field, value=value)
+        found = reads.holders(connection, field=field, value=value)
     observability.record_customers(found)
     return {"contacts": [contact_json(identity) for identity in found]}
 
@@ -320,7 +320,7 @@ def get_customer(contact_id: int) -> dict[str, Any]:
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
     with connect() as connection:
-        found = store.customer(connection, contact_id)
+        found = reads.customer(connection, contact_id)
     if found is None:
         raise no_contact(contact_id)
     observability.record_customers([found])
@@ -333,7 +333,7 @@ def customer_history(contact_id: int) -> dict[str, Any]:
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
     with connect() as connection:
-        page = ledger.history(connection, contact_id, after=after, limit=limit)
+        page = reads.history(connection, contact_id, after=after, limit=limit)
     if page is None:
         raise no_contact(contact_id)
     return {"events": page.events, "next": page.next}
@@ -343,7 +343,7 @@ def customer_history(contact_id: int) -> dict[str, Any]:
 def events() -> dict[str, Any]:
     after, limit = parse_page(request.args)
     with connect() as connection:
-        page = ledger.feed(connection, after=after, limit=limit)
+        page = reads.feed(connection, after=after, limit=limit)
     return {"events": page.events, "next": page.next}
 
 
@@ -356,7 +356,7 @@ def detach_value(contact_id: int) -> dict[str, Any]:
 
     with connect() as connection:
         try:
-            done, retries = store.detach_and_commit(
+            done, retries = writes.detach(
                 connection,
                 contact_id,
                 field=asked.field,
@@ -396,7 +396,7 @@ def erase_customer(contact_id: int) -> dict[str, Any]:
         raise no_contact(contact_id)
 
     with connect() as connection:
-        done, retries, remains = store.erase_and_commit(
+        done, retries, remains = writes.erase(
             connection,
             contact_id,
             request_id=g.request_id,

@@ -1,7 +1,8 @@
 """Correcting mistakes, as pure functions: detaching a value from a customer
 and erasing a customer, decided from the customer's rows and the evidence
-that joins them (README: "Correcting a customer"). store.py reads what they need, takes
-the locks of identify and applies the Correction in one transaction."""
+that joins them (README: "Correcting a customer"). writes.py takes the locks of
+identify, reads what they need (reads.read_customer), decides here and applies
+the Correction (store.apply_correction) in one transaction."""
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
