@@ -39,6 +39,7 @@ from werkzeug.routing import IntegerConverter
 import audit
 import correct
 import faults
+import graph
 import guard
 import ledger
 import observability
@@ -337,6 +338,18 @@ def customer_history(contact_id: int) -> dict[str, Any]:
     if page is None:
         raise no_contact(contact_id)
     return {"events": page.events, "next": page.next}
+
+
+@api.get("/customers/<int:contact_id>/graph")
+def customer_graph(contact_id: int) -> dict[str, Any]:
+    """The customer's rows, values and evidence, its bridges marked."""
+    if contact_id > MAX_ID:
+        raise no_contact(contact_id)
+    with connect() as connection:
+        found = graph.read(connection, contact_id)
+    if found is None:
+        raise no_contact(contact_id)
+    return graph.document(found)
 
 
 @api.get("/events")
