@@ -49,6 +49,7 @@ import settings
 import store
 import support
 from auth import require_api_key
+from console_page import console
 from locks import LostRace
 from models import db, engine_options, prepare_engine
 from reconcile import Identity, Ignored
@@ -149,6 +150,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     observability.init_app(app)
     app.before_request(require_api_key)
     app.register_blueprint(api)
+    app.register_blueprint(console)
     app.register_blueprint(
         get_swaggerui_blueprint(
             "/docs",
