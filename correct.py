@@ -314,32 +314,32 @@ class _Walk:
 
 def _walk(neighbours: dict[Node, list[Node]], ids: set[int]) -> _Walk:
     walk = _Walk({}, {}, {}, {}, {}, {}, 0)
+    order, low, children, below = walk.order, walk.low, walk.children, walk.rows_below
     for start in neighbours:
-        if start in walk.order:
+        if start in order:
             continue
-        walk.order[start] = walk.low[start] = len(walk.order)
+        order[start] = low[start] = len(order)
         walk.root[start] = start
         stack = [(start, iter(neighbours[start]))]
         while stack:
             node, following = stack[-1]
             for other in following:
-                if other not in walk.order:
-                    walk.order[other] = walk.low[other] = len(walk.order)
+                if other not in order:
+                    order[other] = low[other] = len(order)
                     walk.root[other] = start
-                    walk.children.setdefault(node, []).append(other)
+                    children.setdefault(node, []).append(other)
                     stack.append((other, iter(neighbours[other])))
                     break
-                walk.low[node] = min(walk.low[node], walk.order[other])
+                if order[other] < low[node]:
+                    low[node] = order[other]
             else:
                 stack.pop()
-                walk.end[node] = len(walk.order)
-                walk.rows_below[node] = (node[0] == "row" and node[1] in ids) + sum(
-                    walk.rows_below[child] for child in walk.children.get(node, [])
-                )
-                if stack:
-                    above = stack[-1][0]
-                    walk.low[above] = min(walk.low[above], walk.low[node])
-        walk.rows_in_components += walk.rows_below[start] > 0
+                walk.end[node] = len(order)
+                counted = node[0] == "row" and node[1] in ids
+                below[node] = counted + sum(below[c] for c in children.get(node, ()))
+                if stack and low[node] < low[stack[-1][0]]:
+                    low[stack[-1][0]] = low[node]
+        walk.rows_in_components += below[start] > 0
     return walk
 
 
