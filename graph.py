@@ -124,7 +124,7 @@ def document(graph: Graph) -> dict[str, Any]:
         for index, value in enumerate(values[field], start=1)
     }
     live = {row.id for row in rows}
-    gone = sorted({linked for _, linked in graph.legacy} - live)
+    elsewhere = sorted({linked for _, linked in graph.legacy} - live)
     nodes: list[dict[str, Any]] = [
         {
             "id": f"c{row.id}",
@@ -144,7 +144,7 @@ def document(graph: Graph) -> dict[str, Any]:
             "contactId": contact_id,
             "live": False,
         }
-        for contact_id in gone
+        for contact_id in elsewhere
     ]
     nodes += [
         {

@@ -67,7 +67,7 @@ export function relabel(cy) {
 
 function nodeLabel(node) {
   if (node.kind === "contact") {
-    return node.live ? `#${node.contactId}` : `#${node.contactId} (gone)`;
+    return node.live ? `#${node.contactId}` : `#${node.contactId} (not here)`;
   }
   return label(node.kind, node.value);
 }

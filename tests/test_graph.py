@@ -151,3 +151,19 @@ def test_reading_a_graph_costs_the_same_whatever_else_the_table_holds(
     assert found is not None and found == again
     assert len(found.rows) == 5
     assert crowded <= alone * 1.1
+
+
+def test_a_row_a_legacy_link_names_outside_the_customer_is_a_node_not_live(
+    app: Flask, client: FlaskClient
+) -> None:
+    identify(client, "a@shop.com", "5550001")
+    identify(client, "b@shop.com", "5550001")
+    with app.app_context(), db.engine.begin() as connection:
+        connection.execute(insert(LegacyLink).values(contact_id=2, customer_id=99))
+
+    document = graph_of(client, 2)
+
+    named = [node for node in document["nodes"] if node["id"] == "c99"]
+    assert named == [{"id": "c99", "kind": "contact", "contactId": 99, "live": False}]
+    assert {"kind": "legacyLink", "source": "c2", "target": "c99"} in document["edges"]
+    assert values(document)["5550001"] is True
