@@ -344,6 +344,8 @@ $("#detach-confirm").addEventListener("click", async () => {
     const done = await call("POST", `/customers/${state.customerId}/detach`, body);
     $("#detach-dialog").close();
     clearError();
+    state.searchStarted = performance.now();
+    $("#graph").dataset.state = "searching";
     note(`Detached. The rows now form ${describe(done.contacts)}.`);
     listCustomers(done.contacts);
     if (done.contacts.length === 0) {
@@ -351,7 +353,6 @@ $("#detach-confirm").addEventListener("click", async () => {
       return;
     }
     const kept = done.contacts.find((contact) => contact.primaryContactId === state.customerId) || done.contacts[0];
-    state.searchStarted = performance.now();
     await openCustomer(kept.primaryContactId);
   } catch (error) {
     dialogError("#detach-error", error);
