@@ -133,7 +133,8 @@ def graph_report(runs: list[GraphRun]) -> list[str]:
         f" (50 emails and 50 phones in 99 rows, a chain: every inner value is a"
         f" bridge) beside {CLUSTER_BASE_SIZE:,} seeded contacts, against the"
         " yardstick (one indexed SELECT in a plain app under gunicorn's"
-        " defaults), each run after the other in every repetition:",
+        " defaults), each run after the other in every repetition; the ratio is"
+        " the median of the per-repetition ratios:",
         "",
         "| database | served by | req/s | p50 ms | p99 ms | non-2xx |",
         "|---|---|---:|---:|---:|---:|",
@@ -150,7 +151,14 @@ def graph_report(runs: list[GraphRun]) -> list[str]:
                 f" | {statistics.median(r.p99_ms for r in mine):.1f}"
                 f" | {sum(r.non_2xx + r.socket_errors for r in mine)} |"
             )
-        share = medians["service"] / medians["yardstick"]
+        share = statistics.median(
+            service.rps / stick.rps
+            for service in runs
+            for stick in runs
+            if service.database == stick.database == database
+            and (service.target, stick.target) == ("service", "yardstick")
+            and service.repeat == stick.repeat
+        )
         verdict = "met" if share >= GRAPH_TARGET_SHARE else "NOT met"
         shares.append(
             f"- {database}: the graph >= {GRAPH_TARGET_SHARE} x the yardstick:"

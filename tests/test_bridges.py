@@ -3,7 +3,9 @@ sharing values, merge pairs, legacy links, rows holding one value or two), a
 value is a bridge exactly when detaching it answers more than one customer."""
 
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -53,7 +55,7 @@ def customers(draw: st.DrawFn) -> tuple[list[Member], Evidence]:
     return rows, Evidence(merged=merged, legacy=legacy)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(customers())
 def test_a_value_is_a_bridge_exactly_when_detaching_it_splits_the_customer(
     customer: tuple[list[Member], Evidence],
@@ -82,3 +84,31 @@ def test_a_phone_that_alone_joins_two_emails_is_a_bridge_and_they_are_not() -> N
     assert bridges(rows, merged) == {(PHONE_NUMBER, "1111")}
     joined = Evidence(legacy=frozenset({(2, 1)}))
     assert bridges(rows, joined) == frozenset()
+
+
+def test_the_graph_benchs_customer_has_100_values_and_98_bridges(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    from graph_series import chain
+
+    pairs = chain()
+    rows = [
+        Member(
+            n + 1,
+            email,
+            phone,
+            None if n == 0 else 1,
+            PRIMARY if n == 0 else SECONDARY,
+            START + timedelta(seconds=n),
+        )
+        for n, (email, phone) in enumerate(pairs)
+    ]
+
+    found = bridges(rows, Evidence())
+
+    assert len(rows) == 99
+    assert len({e for e, _ in pairs}) + len({p for _, p in pairs}) == 100
+    assert len(found) == 98
+    assert (EMAIL, pairs[0][0]) not in found
+    assert (PHONE_NUMBER, pairs[-1][1]) not in found
