@@ -39,6 +39,7 @@ from werkzeug.routing import IntegerConverter
 import audit
 import correct
 import faults
+import graph
 import guard
 import observability
 import purge
@@ -48,6 +49,7 @@ import settings
 import support
 import writes
 from auth import require_api_key
+from console_page import console
 from locks import LostRace
 from models import db, engine_options, prepare_engine
 from reads import NothingUsable
@@ -148,6 +150,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     observability.init_app(app)
     app.before_request(require_api_key)
     app.register_blueprint(api)
+    app.register_blueprint(console)
     app.register_blueprint(
         get_swaggerui_blueprint(
             "/docs",
@@ -337,6 +340,18 @@ def customer_history(contact_id: int) -> dict[str, Any]:
     if page is None:
         raise no_contact(contact_id)
     return {"events": page.events, "next": page.next}
+
+
+@api.get("/customers/<int:contact_id>/graph")
+def customer_graph(contact_id: int) -> dict[str, Any]:
+    """The customer's rows, values and evidence, its bridges marked."""
+    if contact_id > MAX_ID:
+        raise no_contact(contact_id)
+    with connect() as connection:
+        found = graph.read(connection, contact_id)
+    if found is None:
+        raise no_contact(contact_id)
+    return graph.document(found)
 
 
 @api.get("/events")

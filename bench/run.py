@@ -45,10 +45,12 @@ Settings, all from the environment:
   BENCH_KEEP        unset               when 1, the report already in BENCH_OUT is
                                         kept below the new one, and its runs in the
                                         .json before the new ones
-  BENCH_SERIES      matrix,cluster,flood,detach  what to run: the matrix above,
-                                        the cluster-size series (cluster_series),
-                                        the placeholder flood (placeholder_flood)
-                                        and the large detach (detach_series)
+  BENCH_SERIES      matrix,cluster,flood,detach,graph  what to run: the matrix
+                                        above, the cluster-size series
+                                        (cluster_series), the placeholder flood
+                                        (placeholder_flood), the large detach
+                                        (detach_series) and the graph of a
+                                        customer (bench/graph_series.py)
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
 Only ever loads 127.0.0.1.
 """
@@ -59,6 +61,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import instances
+from graph_series import graph_report, graph_series
 from harness import BENCH, Database, Server, Settings, env_list, log
 from matrix import Run, measure, summarise
 from report import report
@@ -75,7 +78,7 @@ from series import (
 def main() -> None:
     settings = Settings.from_env()
     instances.check(settings)
-    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach")
+    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach,graph")
     started = datetime.now(UTC)
     runs: list[Run] = []
     seeds: dict[str, list[dict[str, Any]]] = {}
@@ -98,6 +101,7 @@ def main() -> None:
     cluster_runs = cluster_series(settings) if "cluster" in series else []
     floods = placeholder_flood(settings) if "flood" in series else []
     detaches = detach_series(settings) if "detach" in series else []
+    graphs = graph_series(settings) if "graph" in series else []
     minutes = (datetime.now(UTC) - started).total_seconds() / 60
     table = summarise(runs)
     text = (
@@ -109,10 +113,14 @@ def main() -> None:
         text += "\n" + "\n".join(flood_report(floods))
     if detaches:
         text += "\n" + "\n".join(detach_report(detaches))
-    records = [asdict(run) for run in [*runs, *cluster_runs, *floods, *detaches]]
+    if graphs:
+        text += "\n" + "\n".join(graph_report(graphs))
+    records = [
+        asdict(run) for run in [*runs, *cluster_runs, *floods, *detaches, *graphs]
+    ]
     write(settings, text, records)
     if any(row["non_2xx"] or row["socket_errors"] for row in table) or any(
-        run.non_2xx or run.socket_errors for run in cluster_runs
+        run.non_2xx or run.socket_errors for run in [*cluster_runs, *graphs]
     ):
         raise SystemExit("some requests failed: see non-2xx in the report")
 
