@@ -40,21 +40,23 @@ import audit
 import correct
 import delivery
 import faults
+import graph
 import guard
-import ledger
 import observability
 import purge
+import reads
 import schema
 import settings
-import store
 import support
 import webhooks
 import webhooks_api
+import writes
 from auth import require_api_key
+from console_page import console
 from locks import LostRace
 from models import db, engine_options, prepare_engine
+from reads import NothingUsable
 from reconcile import Identity, Ignored
-from store import NothingUsable
 from validation import (
     MAX_BODY_BYTES,
     MAX_ID,
@@ -154,6 +156,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     observability.init_app(app)
     app.before_request(require_api_key)
     app.register_blueprint(api)
+    app.register_blueprint(console)
     app.register_blueprint(webhooks_api.webhooks_api)
     app.register_blueprint(
         get_swaggerui_blueprint(
@@ -169,7 +172,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(InvalidInput, invalid_input)
     app.register_error_handler(OperationalError, database_unavailable)
     app.register_error_handler(ProgrammingError, database_unavailable)
-    # Statements sent straight to the sqlite3 driver (store.py, ledger.py)
+    # Statements sent straight to the sqlite3 driver (reads.py, store.py, ledger.py)
     # raise its own errors, not SQLAlchemy's.
     app.register_error_handler(sqlite3.OperationalError, database_unavailable)
     app.register_error_handler(LostRace, database_busy)
@@ -202,7 +205,7 @@ def connect() -> Iterator[Connection]:
 def identify() -> dict[str, Any]:
     email, phone_number = parse_identify(request.get_json())
     with connect() as connection:
-        served = store.identify_and_commit(
+        served = writes.identify(
             connection,
             email=email,
             phone_number=phone_number,
@@ -219,7 +222,7 @@ def lookup_customers() -> dict[str, Any]:
     """The customers an email or phone belongs to; never writes."""
     email, phone_number = parse_identify(request.get_json())
     with connect() as connection:
-        found, ignored = store.lookup(
+        found, ignored = reads.lookup(
             connection,
             email=email,
             phone_number=phone_number,
@@ -320,7 +323,7 @@ def customer_holders() -> dict[str, Any]:
     lookup refuses), to detach it from them; never writes."""
     field, value = parse_holders(request.get_json())
     with connect() as connection:
-        found = store.holders(connection, field=field, value=value)
+        found = reads.holders(connection, field=field, value=value)
     observability.record_customers(found)
     return {"contacts": [contact_json(identity) for identity in found]}
 
@@ -330,7 +333,7 @@ def get_customer(contact_id: int) -> dict[str, Any]:
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
     with connect() as connection:
-        found = store.customer(connection, contact_id)
+        found = reads.customer(connection, contact_id)
     if found is None:
         raise no_contact(contact_id)
     observability.record_customers([found])
@@ -344,7 +347,7 @@ def customer_history(contact_id: int) -> dict[str, Any]:
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
     with connect() as connection:
-        page = ledger.history(
+        page = reads.history(
             connection, contact_id, after=after, limit=limit, types=types
         )
     if page is None:
@@ -352,12 +355,24 @@ def customer_history(contact_id: int) -> dict[str, Any]:
     return {"events": page.events, "next": page.next}
 
 
+@api.get("/customers/<int:contact_id>/graph")
+def customer_graph(contact_id: int) -> dict[str, Any]:
+    """The customer's rows, values and evidence, its bridges marked."""
+    if contact_id > MAX_ID:
+        raise no_contact(contact_id)
+    with connect() as connection:
+        found = graph.read(connection, contact_id)
+    if found is None:
+        raise no_contact(contact_id)
+    return graph.document(found)
+
+
 @api.get("/events")
 def events() -> dict[str, Any]:
     after, limit = parse_page(request.args)
     types = parse_types(request.args)
     with connect() as connection:
-        page = ledger.feed(connection, after=after, limit=limit, types=types)
+        page = reads.feed(connection, after=after, limit=limit, types=types)
     return {"events": page.events, "next": page.next}
 
 
@@ -370,7 +385,7 @@ def detach_value(contact_id: int) -> dict[str, Any]:
 
     with connect() as connection:
         try:
-            done, retries = store.detach_and_commit(
+            done, retries = writes.detach(
                 connection,
                 contact_id,
                 field=asked.field,
@@ -410,7 +425,7 @@ def erase_customer(contact_id: int) -> dict[str, Any]:
         raise no_contact(contact_id)
 
     with connect() as connection:
-        done, retries, remains = store.erase_and_commit(
+        done, retries, remains = writes.erase(
             connection,
             contact_id,
             request_id=g.request_id,

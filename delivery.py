@@ -4,7 +4,7 @@ ledger's new events over to each endpoint's deliveries and delivers them,
 signed as Standard Webhooks says, at least once.
 
 The ledger is the outbox. Each endpoint has a cursor, the id of the last
-event handed over; the events after it are read through ledger.feed, the
+event handed over; the events after it are read through reads.feed, the
 read that serves GET /events, so an event that shows up later always has a
 greater id than the cursor. Handing over inserts a delivery row per event
 the endpoint takes and moves the cursor, in one transaction. A delivery row
@@ -59,7 +59,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from standardwebhooks import Webhook
 
-import ledger
+import reads
 import settings
 import webhooks
 from masking import json_formatter
@@ -520,11 +520,11 @@ class Worker:
     def hand_over(
         self, connection: Connection, endpoint: Any, handed_over: int
     ) -> tuple[int, int]:
-        """Read the events after the endpoint's cursor (ledger.feed), insert
+        """Read the events after the endpoint's cursor (reads.feed), insert
         a delivery for each that it takes and move its cursor past them, in
         one transaction; (the new cursor, the events read). Nothing is done
         when the cursor moved meanwhile (a replay)."""
-        page = ledger.feed(connection, after=handed_over, limit=HAND_OVER_PAGE)
+        page = reads.feed(connection, after=handed_over, limit=HAND_OVER_PAGE)
         if not page.events:
             return handed_over, 0
         last = page.events[-1]["id"]
@@ -614,7 +614,7 @@ class Worker:
             return Result(
                 delivery.event_id, number, "gave_up", now, error="no such event"
             )
-        event = ledger.event_json(row)
+        event = reads.event_json(row)
         body = json.dumps(
             {"type": event["type"], "timestamp": event["at"], "data": event},
             separators=(",", ":"),

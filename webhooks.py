@@ -22,8 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
-import ledger
 import locks
+import reads
 from models import Event, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 # How long the secret a rotation replaced keeps signing beside the new one.
@@ -143,7 +143,7 @@ def create(
     events committed from now on) with a new secret, sealed; commit. Returns
     its row and the secret in clear."""
     secret = new_secret()
-    start = ledger.horizon(connection)
+    start = reads.horizon(connection)
     begin(connection)
     endpoint_id = connection.execute(
         insert(WebhookEndpoint)

@@ -45,12 +45,13 @@ Settings, all from the environment:
   BENCH_KEEP        unset               when 1, the report already in BENCH_OUT is
                                         kept below the new one, and its runs in the
                                         .json before the new ones
-  BENCH_SERIES      matrix,cluster,flood,detach,webhooks  what to run: the
-                                        matrix above, the cluster-size series
+  BENCH_SERIES      matrix,cluster,flood,detach,graph,webhooks  what to run:
+                                        the matrix above, the cluster-size series
                                         (cluster_series), the placeholder flood
                                         (placeholder_flood), the large detach
-                                        (detach_series) and the webhook delivery
-                                        worker (delivery_bench.webhook_series)
+                                        (detach_series), the graph of a customer
+                                        (bench/graph_series.py) and the webhook
+                                        delivery worker (bench/delivery_bench.py)
   BENCH_HOOK_RATE   300                 identify/s beside the webhook worker
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
 Only ever loads 127.0.0.1.
@@ -63,6 +64,7 @@ from typing import Any
 
 import instances
 from delivery_bench import webhook_report, webhook_series
+from graph_series import graph_report, graph_series
 from harness import BENCH, Database, Server, Settings, env_list, log
 from matrix import Run, measure, summarise
 from report import report
@@ -79,7 +81,7 @@ from series import (
 def main() -> None:
     settings = Settings.from_env()
     instances.check(settings)
-    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach,webhooks")
+    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach,graph,webhooks")
     started = datetime.now(UTC)
     runs: list[Run] = []
     seeds: dict[str, list[dict[str, Any]]] = {}
@@ -102,6 +104,7 @@ def main() -> None:
     cluster_runs = cluster_series(settings) if "cluster" in series else []
     floods = placeholder_flood(settings) if "flood" in series else []
     detaches = detach_series(settings) if "detach" in series else []
+    graphs = graph_series(settings) if "graph" in series else []
     hooks = webhook_series(settings) if "webhooks" in series else []
     minutes = (datetime.now(UTC) - started).total_seconds() / 60
     table = summarise(runs)
@@ -114,14 +117,17 @@ def main() -> None:
         text += "\n" + "\n".join(flood_report(floods))
     if detaches:
         text += "\n" + "\n".join(detach_report(detaches))
+    if graphs:
+        text += "\n" + "\n".join(graph_report(graphs))
     if hooks:
         text += "\n" + "\n".join(webhook_report(hooks))
     records = [
-        asdict(run) for run in [*runs, *cluster_runs, *floods, *detaches, *hooks]
+        asdict(run)
+        for run in [*runs, *cluster_runs, *floods, *detaches, *graphs, *hooks]
     ]
     write(settings, text, records)
     if any(row["non_2xx"] or row["socket_errors"] for row in table) or any(
-        run.non_2xx or run.socket_errors for run in cluster_runs
+        run.non_2xx or run.socket_errors for run in [*cluster_runs, *graphs]
     ):
         raise SystemExit("some requests failed: see non-2xx in the report")
 
