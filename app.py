@@ -1,6 +1,5 @@
 """The HTTP edge: the Flask app, its routes, and errors as problem documents."""
 
-import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -132,9 +131,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = settings.database_url()
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["API_KEYS"] = settings.api_keys()
-    app.config["PROMETHEUS_MULTIPROC_DIR"] = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    app.config["PROMETHEUS_MULTIPROC_DIR"] = settings.metrics_dir()
     app.config["SQLITE_SYNCHRONOUS"] = settings.sqlite_synchronous()
-    app.config["GUARD"] = guard.guard_from_env()
+    app.config["GUARD"] = guard.configured()
     app.config.update(config or {})
     app.config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS",
