@@ -23,6 +23,9 @@ from reconcile import Identity, Ignored
 
 
 class JSONRequest(Request):
+    """The app's request class: a body over MAX_CONTENT_LENGTH is refused with
+    or without Content-Length, and bad JSON is a 400 that says what is wrong."""
+
     @property  # type: ignore[misc]
     def max_content_length(self) -> int | None:  # type: ignore[override]
         """One byte over the limit for a body without Content-Length (chunked).
