@@ -11,8 +11,8 @@ from werkzeug.exceptions import Unauthorized
 # out how to authenticate (the console asks for the key, then sends it).
 PUBLIC_ENDPOINTS = frozenset(
     {
-        "api.health",
-        "api.openapi",
+        "service.health",
+        "service.openapi",
         "swagger_ui.show",
         "console.to_page",
         "console.page",

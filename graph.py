@@ -35,7 +35,7 @@ _ROWS = (
     .where(_LIVE, (Contact.id == _CUSTOMER_OF) | (Contact.linked_id == _CUSTOMER_OF))
     .order_by(Contact.id)
 )
-# The same merge events as detach's evidence (store.read_evidence), each one.
+# The same merge events as detach's evidence (reads.read_evidence), each one.
 _MERGES = (
     select(EventRow.id, EventRow.at, EventRow.email, EventRow.phone_number)
     .where(

@@ -169,7 +169,7 @@ class ErasureKeyCheck(Base):
     """A keyed hash of a fixed text made with the ERASURE_KEY that suppressed
     values are hashed with (never the key): one row, stored with the first
     suppressed value, so that the service can tell a missing or another key
-    from the right one at start (guard.check_erasure_key)."""
+    from the right one at start and in /health (guard.erasure_key_problem)."""
 
     __tablename__ = "erasure_key_check"
 
@@ -279,7 +279,7 @@ def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
 
     Connections run in autocommit mode, as on SQLite (prepare_engine): a read
     is one statement and needs no transaction, so a lookup is one round trip;
-    code that writes sends its own BEGIN (reconcile.py, migrations/env.py).
+    code that writes sends its own BEGIN (locks.py, migrations/env.py).
     `pool_size` connections stay open: at least one per thread of a
     gunicorn worker (settings.database_pool_size), so no request waits for
     one or opens a PostgreSQL session of its own. As many more may open for
@@ -315,7 +315,7 @@ def prepare_engine(engine: Engine, *, synchronous: str) -> None:
     """SQLite settings for every new connection: WAL (readers never block the
     writer), `synchronous` (FULL: a commit is on disk before it is
     acknowledged; see settings.py), foreign keys, zeroed free space, fewer
-    checkpoints, no busy timeout (reconcile.py waits for the write lock
+    checkpoints, no busy timeout (locks.py waits for the write lock
     itself), and autocommit: Python's sqlite3 module would otherwise begin
     a transaction before the first write on its own, after the reads that
     decided it."""

@@ -4,12 +4,16 @@ cannot use stops `create_app()` and gunicorn with a message that says what to
 change, rather than running with something the operator did not ask for."""
 
 import os
+from multiprocessing import cpu_count
 from pathlib import Path
 
 from sqlalchemy import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+IDENTIFIERS = ("email", "phoneNumber")
+# A shorter ERASURE_KEY lets anyone who reads the database guess suppressed values.
+MIN_ERASURE_KEY = 16
 # Where a relative SQLite path in DATABASE_URL is: the Flask instance folder.
 INSTANCE = Path(__file__).resolve().parent / "instance"
 
@@ -156,6 +160,66 @@ def _whole_number(name: str, default: str) -> int:
             f"{name} must be a whole number of at least 1, not {text!r}."
         )
     return int(text)
+
+
+def web_concurrency() -> int:
+    """WEB_CONCURRENCY: gunicorn's worker processes; twice the CPUs by default."""
+    return _whole_number("WEB_CONCURRENCY", str(cpu_count() * 2))
+
+
+def metrics_dir() -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR: where worker processes share their metrics
+    (gunicorn.conf.py makes one when it is unset); None serves this process's
+    metrics alone."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def builtin_blocklist() -> bool:
+    """BUILTIN_BLOCKLIST: whether the built-in rules (guard.BUILTIN_RULES)
+    block placeholder values; on by default, off turns them off."""
+    value = os.environ.get("BUILTIN_BLOCKLIST", "on").strip().lower()
+    if value not in {"on", "off"}:
+        raise ConfigurationError(f"BUILTIN_BLOCKLIST must be on or off, not {value!r}.")
+    return value == "on"
+
+
+def identifier_priority() -> tuple[str, str]:
+    """IDENTIFIER_PRIORITY: which value a request keeps when a limit refuses
+    one, the most important first; email,phoneNumber by default."""
+    text = os.environ.get("IDENTIFIER_PRIORITY", ",".join(IDENTIFIERS))
+    priority = tuple(part.strip() for part in text.split(","))
+    if sorted(priority) != sorted(IDENTIFIERS):
+        raise ConfigurationError(
+            "IDENTIFIER_PRIORITY must be email,phoneNumber or phoneNumber,email"
+            f" (the most important first), not {','.join(priority)!r}."
+        )
+    return priority[0], priority[1]
+
+
+def max_values_per_customer() -> int:
+    """MAX_VALUES_PER_CUSTOMER: the emails and phones one customer may hold; 100
+    by default."""
+    return _whole_number("MAX_VALUES_PER_CUSTOMER", "100")
+
+
+def max_partners_per_value() -> int:
+    """MAX_PARTNERS_PER_VALUE: the values of the other kind one value may be
+    seen with, in rows or in merge events; 20 by default."""
+    return _whole_number("MAX_PARTNERS_PER_VALUE", "20")
+
+
+def erasure_key() -> bytes | None:
+    """ERASURE_KEY: the secret that suppressed values are hashed with; None
+    when unset or empty (nothing can be suppressed)."""
+    key = os.environ.get("ERASURE_KEY", "")
+    if not key:
+        return None
+    if len(key) < MIN_ERASURE_KEY:
+        raise ConfigurationError(
+            f"ERASURE_KEY must be at least {MIN_ERASURE_KEY} characters: a short"
+            " key lets anyone who reads the database guess the suppressed values."
+        )
+    return key.encode()
 
 
 def port_set() -> bool:

@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, request
 from werkzeug.exceptions import NotFound, ServiceUnavailable
 
 import webhooks
-from models import db
+from edge import connect
 from validation import (
     DEFAULT_PAGE,
     MAX_ID,
@@ -188,7 +188,7 @@ def create_endpoint() -> tuple[dict[str, Any], int, dict[str, str]]:
         urlsplit(asked.url), allow_private=current_app.config["WEBHOOK_ALLOW_PRIVATE"]
     )
     now = datetime.now(UTC)
-    with db.engine.connect() as connection:
+    with connect() as connection:
         row, secret = webhooks.create(
             connection, box, url=asked.url, event_types=asked.event_types, now=now
         )
@@ -200,7 +200,7 @@ def create_endpoint() -> tuple[dict[str, Any], int, dict[str, str]]:
 def list_endpoints() -> dict[str, Any]:
     _refuse_unknown(request.args, (), "GET /webhooks", "query parameter")
     now = datetime.now(UTC)
-    with db.engine.connect() as connection:
+    with connect() as connection:
         rows = webhooks.endpoints(connection)
     return {"webhooks": [endpoint_json(row, now) for row in rows]}
 
@@ -208,7 +208,7 @@ def list_endpoints() -> dict[str, Any]:
 @webhooks_api.delete("/webhooks/<int:endpoint_id>")
 def delete_endpoint(endpoint_id: int) -> tuple[str, int]:
     parse_no_input(request.args, request.get_data(), "DELETE /webhooks/{id}")
-    with db.engine.connect() as connection:
+    with connect() as connection:
         deleted = endpoint_id <= MAX_ID and webhooks.remove(connection, endpoint_id)
     if not deleted:
         raise _no_endpoint(endpoint_id)
@@ -222,7 +222,7 @@ def rotate_secret(endpoint_id: int) -> dict[str, Any]:
     )
     box = _box()
     now = datetime.now(UTC)
-    with db.engine.connect() as connection:
+    with connect() as connection:
         rotated = (
             webhooks.rotate(connection, box, endpoint_id, now=now)
             if endpoint_id <= MAX_ID
@@ -236,7 +236,7 @@ def rotate_secret(endpoint_id: int) -> dict[str, Any]:
 def list_deliveries(endpoint_id: int) -> dict[str, Any]:
     """The endpoint's attempts, newest first, and how many events wait."""
     before, limit = parse_deliveries_page(request.args)
-    with db.engine.connect() as connection:
+    with connect() as connection:
         if endpoint_id <= MAX_ID:
             _found(webhooks.endpoint(connection, endpoint_id), endpoint_id)
         else:
@@ -264,7 +264,7 @@ def list_deliveries(endpoint_id: int) -> dict[str, Any]:
 def replay(endpoint_id: int) -> tuple[dict[str, Any], int]:
     after = parse_replay(request.args, request.get_json())
     now = datetime.now(UTC)
-    with db.engine.connect() as connection:
+    with connect() as connection:
         row = (
             webhooks.replay(connection, endpoint_id, after=after)
             if endpoint_id <= MAX_ID
