@@ -1,4 +1,4 @@
-"""The support commands the README shows run as written, from the repository,
+"""The support commands the README and docs/ show run as written, from the repository,
 with the `.venv/` that `make run` and `make test` install."""
 
 import os
@@ -23,7 +23,8 @@ ORDERS = (
 
 
 def readme_commands() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     return [OPTIONAL.sub("", line) for line in COMMAND.findall(text)]
 
 
