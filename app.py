@@ -426,7 +426,7 @@ def erase_customer(contact_id: int) -> dict[str, Any]:
         "erase", done, dry_run=asked.dry_run, retries=retries
     )
     # The erasure is committed whatever became of the files: an error answer
-    # would say that nothing changed. The operator purges (README).
+    # would say that nothing changed. The operator purges (docs/operating.md).
     if remains is not None:
         current_app.logger.warning("copies of erased values remain: %s", remains)
     return {

@@ -1,4 +1,4 @@
-"""gunicorn settings, read from the environment (README: "Configuration")."""
+"""gunicorn settings, read from the environment (docs/operating.md: "Configuration")."""
 
 import multiprocessing
 import os
