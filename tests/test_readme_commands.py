@@ -124,7 +124,7 @@ def test_every_command_a_page_shows_prints_what_the_page_shows(
                     **settings,
                 }
                 base_url = stack.enter_context(
-                    gunicorn(database_url, free_port(), 2, env)
+                    gunicorn(database_url, free_port(), 1, env)
                 )
             script = block.script.replace("localhost:8000", base_url).replace(
                 ".venv/bin/", f"{VENV_BIN}/"
