@@ -63,7 +63,8 @@ db = SQLAlchemy(model_class=Base)
 
 
 class Contact(Base):
-    """One row per request that brought new information (README: "The contract")."""
+    """One row per request that brought new information (docs/api.md:
+    "Identify's rules")."""
 
     __tablename__ = "contact"
     # AUTOINCREMENT on SQLite: a deleted row's id (detach, erase) is never
@@ -93,7 +94,7 @@ MERGED_WITH = {
 
 class Event(Base):
     """One change to the contact table, with the values that caused it: the
-    ledger (README: "The ledger"). Ids grow in commit order (ledger.py)."""
+    ledger (docs/api.md: "The ledger"). Ids grow in commit order (ledger.py)."""
 
     __tablename__ = "event"
     # AUTOINCREMENT on SQLite: an id is never given out twice, even if the

@@ -420,7 +420,7 @@ def feed(connection: Connection, *, after: int, limit: int) -> Page:
     lock, by a transaction that had therefore ended when it was. The page is
     read by a second statement, whose newer snapshot holds every one of
     those that committed, and stops at the horizon: ids drawn later may
-    still be in flight (README: "Concurrency: why it is safe")."""
+    still be in flight (docs/guarantees.md: "The feed on PostgreSQL")."""
     query = select(*_EVENT_COLUMNS).where(EventRow.id > after)
     if connection.dialect.name == "postgresql":
         horizon = connection.execute(_PG_HORIZON).one()[1]
@@ -432,7 +432,7 @@ def feed(connection: Connection, *, after: int, limit: int) -> Page:
     )
 
 
-# The customer's history, in one statement (README: "Decisions"):
+# The customer's history, in one statement (docs/decisions.md):
 # - members: its rows, live or soft-deleted; their ids are the customer ids
 #   whose events it lists, and the values its live rows hold are the only
 #   values it shows (any other is null);
@@ -525,7 +525,7 @@ def history(
     from, `customer.split`: those that name one of its rows; one step back).
     Of its own ids' events, those that name only rows of another customer
     (split off since) are left out. An email or phone that no live row of
-    the customer holds is shown as null (README, "Decisions")."""
+    the customer holds is shown as null (docs/decisions.md)."""
     parameters = {"contact_id": contact_id, "after": after, "limit": limit + 1}
     query = _HISTORY[connection.dialect.name]
     page = _page(connection.execute(query, parameters).all(), limit)
