@@ -1,4 +1,4 @@
-"""API keys: who may call the service (README: "API keys")."""
+"""API keys: who may call the service (docs/operating.md: "API keys")."""
 
 import hmac
 

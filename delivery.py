@@ -1,4 +1,4 @@
-"""The webhook delivery worker, `flask --app app webhooks run` (README:
+"""The webhook delivery worker, `flask --app app webhooks run` (docs/api.md:
 "Following changes: webhooks"): a process of its own that hands the
 ledger's new events over to each endpoint's deliveries and delivers them,
 signed as Standard Webhooks says, at least once.

@@ -112,7 +112,7 @@ def read(connection: Connection, contact_id: int) -> Graph | None:
 
 
 def document(graph: Graph) -> dict[str, Any]:
-    """The JSON of GET /customers/{id}/graph (README: "Support console")."""
+    """The JSON of GET /customers/{id}/graph (docs/api.md)."""
     rows = graph.rows
     values = {
         field: sorted({v for row in rows if (v := correct.value_of(row, field))})

@@ -1,5 +1,5 @@
 """Protection against over-merging: the values never matched or stored, and
-the limits a customer and a value may reach (README: "Protection against
+the limits a customer and a value may reach (docs/api.md: "Protection against
 over-merging"). screen() is the screening rule, pure: which values a request
 keeps, given which of them the database holds as blocked or suppressed
 (reads.screen reads that). The limits themselves are applied by

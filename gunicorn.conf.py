@@ -1,5 +1,5 @@
-"""gunicorn settings, from the environment as settings.py reads it (README:
-"Configuration")."""
+"""gunicorn settings, from the environment as settings.py reads it
+(docs/operating.md: "Configuration")."""
 
 import os
 import shutil

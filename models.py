@@ -64,7 +64,8 @@ db = SQLAlchemy(model_class=Base)
 
 
 class Contact(Base):
-    """One row per request that brought new information (README: "The contract")."""
+    """One row per request that brought new information (docs/api.md:
+    "Identify's rules")."""
 
     __tablename__ = "contact"
     # AUTOINCREMENT on SQLite: a deleted row's id (detach, erase) is never
@@ -94,7 +95,7 @@ MERGED_WITH = {
 
 class Event(Base):
     """One change to the contact table, with the values that caused it: the
-    ledger (README: "The ledger"). Ids grow in commit order (ledger.py)."""
+    ledger (docs/api.md: "The ledger"). Ids grow in commit order (ledger.py)."""
 
     __tablename__ = "event"
     # AUTOINCREMENT on SQLite: an id is never given out twice, even if the
@@ -191,7 +192,7 @@ class LegacyLink(Base):
 
 class WebhookEndpoint(Base):
     """A URL that a shop registered to receive the ledger's events
-    (webhooks.py). Its signing secrets are stored encrypted (README:
+    (webhooks.py). Its signing secrets are stored encrypted (docs/api.md:
     "Following changes: webhooks")."""
 
     __tablename__ = "webhook_endpoint"

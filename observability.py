@@ -1,5 +1,5 @@
 """Operating the service: one JSON log line per request, with emails and phone
-numbers masked (masking.py), and Prometheus metrics (README: "Logs",
+numbers masked (masking.py), and Prometheus metrics (docs/operating.md: "Logs",
 "Metrics")."""
 
 import logging

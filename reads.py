@@ -437,7 +437,7 @@ def feed(
     lock, by a transaction that had therefore ended when it was. The page is
     read by a second statement, whose newer snapshot holds every one of
     those that committed, and stops at the horizon: ids drawn later may
-    still be in flight (README: "Concurrency: why it is safe")."""
+    still be in flight (docs/guarantees.md: "The feed on PostgreSQL")."""
     bounds = [EventRow.id > after]
     if connection.dialect.name == "postgresql":
         horizon = connection.execute(_PG_HORIZON).one()[1]
@@ -466,7 +466,7 @@ def feed(
     return _page(connection.execute(query).all(), limit)
 
 
-# The customer's history, in one statement (README: "Decisions"):
+# The customer's history, in one statement (docs/decisions.md):
 # - members: its rows, live or soft-deleted; their ids are the customer ids
 #   whose events it lists, and the values its live rows hold are the only
 #   values it shows (any other is null);
@@ -572,7 +572,7 @@ def history(
     from, `customer.split`: those that name one of its rows; one step back).
     Of its own ids' events, those that name only rows of another customer
     (split off since) are left out. An email or phone that no live row of
-    the customer holds is shown as null (README, "Decisions"). With `types`,
+    the customer holds is shown as null (docs/decisions.md). With `types`,
     only the events of those types."""
     parameters: dict[str, Any] = {
         "contact_id": contact_id,

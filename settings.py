@@ -1,5 +1,5 @@
 """Settings that the service refuses to start without understanding, read from
-the environment here and nowhere else (README: "Configuration"). A value it
+the environment here and nowhere else (docs/operating.md: "Configuration"). A value it
 cannot use stops `create_app()` and gunicorn with a message that says what to
 change, rather than running with something the operator did not ask for."""
 

@@ -1,7 +1,7 @@
-"""Parsing and normalising what clients send: the identify body (README: "The
-contract", normalisation), the paging parameters of the lists, and the
+"""Parsing and normalising what clients send: the identify body (docs/api.md:
+"Input and normalisation"), the paging parameters of the lists, and the
 requests that correct customers and blocked values, which refuse any query
-parameter or body member they do not know (README: "Correcting a
+parameter or body member they do not know (docs/api.md: "Correcting a
 customer")."""
 
 import json

@@ -1,7 +1,7 @@
 """Webhook endpoints' storage (registering, deleting, rotating secrets,
 attempts, replay), the policy on where deliveries may go, the signing
 secrets' encryption at rest, and the delivery metrics read from the tables
-at scrape time (README: "Following changes: webhooks"). The routes are
+at scrape time (docs/api.md: "Following changes: webhooks"). The routes are
 webhooks_api.py's; delivering is delivery.py's, in a process of its own."""
 
 import base64

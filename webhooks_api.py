@@ -1,4 +1,4 @@
-"""The webhook routes (README: "Following changes: webhooks"): parse,
+"""The webhook routes (docs/api.md: "Following changes: webhooks"): parse,
 call webhooks.py, shape the JSON. Every refusal is a problem document and
 changes nothing."""
 
