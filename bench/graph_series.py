@@ -127,8 +127,6 @@ def graph_series(settings: Settings) -> list[GraphRun]:
 def graph_report(runs: list[GraphRun]) -> list[str]:
     """The series' table (medians over the repetitions) and its target."""
     lines = [
-        "## The graph of a customer",
-        "",
         f"GET /customers/{{id}}/graph of one customer of {GRAPH_VALUES} values"
         f" (50 emails and 50 phones in 99 rows, a chain: every inner value is a"
         f" bridge) beside {CLUSTER_BASE_SIZE:,} seeded contacts, against the"

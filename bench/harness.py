@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,15 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 @dataclass
+class Measured:
+    """What a series' run returns: its records (dataclasses) and the facts
+    of the run that its section needs beside them (the matrix's seedings)."""
+
+    records: list[Any]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Settings:
     databases: list[str]
     sizes: list[int]
@@ -70,7 +79,6 @@ class Settings:
     pg_url: str
     port: int
     out: Path
-    keep: bool
     baseline: str | None
 
     @classmethod
@@ -95,7 +103,6 @@ class Settings:
             pg_url=env("BENCH_PG_URL", "postgresql://postgres@127.0.0.1/bench"),
             port=int(env("BENCH_PORT", "28001")),
             out=ROOT / env("BENCH_OUT", "BENCHMARKS.md"),
-            keep=env("BENCH_KEEP", "") == "1",
             baseline=os.environ.get("BENCH_BASELINE") or None,
         )
 
@@ -293,3 +300,32 @@ def git(*args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+
+
+def gunicorn_settings(settings: Settings) -> str:
+    """The worker settings that gunicorn.conf.py gave the servers, read by
+    running it (in a process of its own: it sets environment variables)."""
+    read = (
+        "import json, runpy; c = runpy.run_path('gunicorn.conf.py');"
+        " print(json.dumps([c[k] for k in"
+        " ('workers', 'threads', 'worker_class', 'keepalive')]))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", read],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": str(BENCH / ".data"),
+            "WEB_CONCURRENCY": str(settings.workers),
+        },
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    workers, threads, worker_class, keepalive = json.loads(output)
+    return (
+        f"gunicorn.conf.py: {workers} workers (BENCH_WORKERS, as WEB_CONCURRENCY)"
+        f" x {threads} threads"
+        f" (WEB_THREADS), worker class {worker_class} (gthread; keep-alive"
+        f" {keepalive} s)"
+    )

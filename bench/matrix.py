@@ -15,14 +15,16 @@ from harness import (
     READS,
     ROOT,
     Database,
+    Measured,
     Server,
     Settings,
     baseline_tree,
+    gunicorn_settings,
     log,
     run_wrk,
 )
 from instances import load_together, measured
-from references import REFERENCES, reference, yardstick
+from references import REFERENCES, reference, yardstick, yardstick_shown
 
 
 @dataclass
@@ -71,6 +73,31 @@ def split(span: tuple[int, int], parts: int) -> list[tuple[int, int]]:
     low, high = span
     edges = [low + (high - low) * part // parts for part in range(parts + 1)]
     return list(zip(edges, edges[1:], strict=False))
+
+
+def matrix_series(settings: Settings) -> Measured:
+    """The matrix at every database and size, the floor served throughout;
+    its facts: the seedings of each database and how the servers ran."""
+    runs: list[Run] = []
+    seeds: dict[str, list[dict[str, Any]]] = {}
+    floor = Server("bench.floor:app", settings.port + 1, {}, workers=settings.workers)
+    floor.start("/identify")
+    try:
+        for kind in settings.databases:
+            database = Database(kind, settings)
+            for size in settings.sizes:
+                log(f"{kind}, {size:,} contacts")
+                measured, seeded = measure(settings, database, size, floor)
+                runs += measured
+                seeds.setdefault(kind, []).append(seeded[0])
+    finally:
+        floor.stop()
+    facts = {
+        "seeds": seeds,
+        "server": gunicorn_settings(settings),
+        "yardstick": yardstick_shown(settings, settings.port + 4),
+    }
+    return Measured(runs, facts)
 
 
 def measure(

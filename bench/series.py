@@ -235,8 +235,6 @@ def flood_counts(database: Database) -> tuple[int, int]:
 
 def flood_report(floods: list[Flood]) -> list[str]:
     lines = [
-        "## Placeholder flood",
-        "",
         f"{FLOOD_REQUESTS:,} identifies, one after the other, each with a brand-new"
         f" email and the same phone ({FLOOD_PHONE}, not a built-in placeholder),"
         f" beside {CLUSTER_BASE_SIZE:,} seeded contacts, with the default limits"
@@ -260,8 +258,6 @@ def flood_report(floods: list[Flood]) -> list[str]:
 def cluster_report(runs: list[ClusterRun]) -> list[str]:
     """The series' table (medians over the repetitions) and its target."""
     lines = [
-        "## Cluster size",
-        "",
         f"One customer of n rows that all share one phone, beside"
         f" {CLUSTER_BASE_SIZE:,} seeded contacts (bench/cluster.lua): lookup sends"
         " the shared phone alone and is answered with the whole cluster;"
@@ -420,8 +416,6 @@ def detach_report(detaches: list[LargeDetach]) -> list[str]:
     """The series' table (p50 and max of the requests of each database and
     value) and its target."""
     lines = [
-        f"## Detach from a {LARGE_ROWS:,}-row customer",
-        "",
         f"Customers of {LARGE_ROWS:,} rows that all hold one phone, each row with"
         f" an email of its own, beside {DETACH_BASE_SIZE:,} seeded contacts"
         " (bench/seed.py; the ledger holds each customer's"
