@@ -39,14 +39,16 @@ from series import (
 @dataclass
 class Entry:
     """One series measured once: its records (dicts, as in the history)
-    and where, when and how they were measured."""
+    and where, when and how they were measured. The entries recovered from
+    reports older than the history's shape lack what those did not record:
+    minutes, command or machine."""
 
     series: str
     commit: str
     date: str
-    minutes: float
-    command: str
-    machine: dict[str, str]
+    minutes: float | None
+    command: str | None
+    machine: dict[str, str] | None
     settings: dict[str, Any]
     facts: dict[str, Any]
     records: list[dict[str, Any]]
@@ -217,15 +219,7 @@ def render(entries: list[Entry], out: Path) -> str:
                 "",
             ]
             continue
-        facts = found.machine
-        lines += [
-            f"- Measured at commit {found.commit}, {found.date} UTC, in"
-            f" {found.minutes:g} min, by `{found.command}`",
-            f"- Machine: {facts['nproc']} cores ({facts['cpu']}), {facts['memory']}"
-            f" RAM, Python {facts['python']}, Linux {facts['kernel']}; shared with"
-            " other work, so noisy",
-            "",
-        ]
+        lines += [*provenance(found), ""]
         runs = found.runs(series.record)
         if series.chart is not None:
             directory.mkdir(parents=True, exist_ok=True)
@@ -234,6 +228,23 @@ def render(entries: list[Entry], out: Path) -> str:
             lines += [f"![{series.title}]({chart.relative_to(out.parent)})", ""]
         lines += series.section(found, runs)
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def provenance(entry: Entry) -> list[str]:
+    """Where, when and how `entry` was measured, as far as it says."""
+    measured = f"- Measured at commit {entry.commit}, {entry.date} UTC"
+    if entry.minutes is not None:
+        measured += f", in {entry.minutes:g} min"
+    measured += f", by `{entry.command}`" if entry.command else "; command not recorded"
+    facts = entry.machine
+    if not facts:
+        return [measured, "- Machine: not recorded"]
+    return [
+        measured,
+        f"- Machine: {facts['nproc']} cores ({facts['cpu']}), {facts['memory']}"
+        f" RAM, Python {facts['python']}, Linux {facts['kernel']}; shared with"
+        " other work, so noisy",
+    ]
 
 
 def anchor(title: str) -> str:

@@ -320,3 +320,16 @@ def test_the_report_is_rendered_again_from_the_history_without_measuring(
         timeout=120,
     )
     assert "\n## Cluster size\n" in out.read_text()
+
+
+def test_an_entry_without_its_command_or_machine_says_they_were_not_recorded(
+    tmp_path: Path,
+) -> None:
+    from registry import render
+
+    detach = next(e for e in entries_of_every_series("abc1234") if e.series == "detach")
+    recovered = replace(detach, minutes=None, command=None, machine=None)
+    text = render([recovered], tmp_path / "BENCHMARKS.md")
+    section = text[text.index("\n## Detach from a 1,000-row customer\n") :]
+    assert "abc1234, 2026-12-04 20:43 UTC; command not recorded\n" in section
+    assert "- Machine: not recorded\n" in section
