@@ -6,11 +6,14 @@ import json
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +156,48 @@ class Database:
         ).stdout
         return json.loads(output.splitlines()[-1])  # type: ignore[no-any-return]
 
+    def add_customer(self, values: list[tuple[str, str]]) -> int:
+        """Add one customer to the seeded table, its rows holding `values`
+        ((email, phone), oldest first): a primary and its secondaries, each a
+        second apart in 2000, older than anything the service inserts. Its
+        primary's id."""
+        start = datetime(2000, 1, 1, tzinfo=UTC)
+        rows = [
+            (email, phone, "secondary" if n else "primary", start + timedelta(0, n))
+            for n, (email, phone) in enumerate(values)
+        ]
+        columns = "email, phone_number, link_precedence, created_at, updated_at"
+        primary_sql = (
+            f"INSERT INTO contact ({columns})"
+            " VALUES ({0}, {0}, {0}, {0}, {0}) RETURNING id"
+        )
+        secondary_sql = (
+            f"INSERT INTO contact ({columns}, linked_id)"
+            " VALUES ({0}, {0}, {0}, {0}, {0}, {0})"
+        )
+        if self.engine == "sqlite":
+            stamped = [(*row[:3], f"{row[3]:%Y-%m-%d %H:%M:%S.%f}") for row in rows]
+            with sqlite3.connect(self.path) as connection:
+                (primary,) = connection.execute(
+                    primary_sql.format("?"), (*stamped[0], stamped[0][3])
+                ).fetchone()
+                connection.executemany(
+                    secondary_sql.format("?"),
+                    [(*row, row[3], primary) for row in stamped[1:]],
+                )
+            return int(primary)
+        with psycopg.connect(self.url) as connection:
+            found = connection.execute(
+                primary_sql.format("%s"), (*rows[0], rows[0][3])
+            ).fetchone()
+            assert found is not None
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    secondary_sql.format("%s"),
+                    [(*row, row[3], found[0]) for row in rows[1:]],
+                )
+            return int(found[0])
+
     def counts(self) -> tuple[int, int]:
         """(live rows, live primaries)."""
         query = (
@@ -290,6 +335,29 @@ def baseline_tree(revision: str) -> Path:
             capture_output=True,
         )
     return tree
+
+
+def medians(
+    runs: Iterable[Any], key: Callable[[Any], tuple[Any, ...]], field: str
+) -> dict[tuple[Any, ...], float]:
+    """The median of `field` over the runs of each key, in first-seen order."""
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for run in runs:
+        groups.setdefault(key(run), []).append(getattr(run, field))
+    return {group: statistics.median(values) for group, values in groups.items()}
+
+
+def wrk_cells(
+    runs: list[Any], key: Callable[[Any], tuple[Any, ...]]
+) -> dict[tuple[Any, ...], str]:
+    """The last cells of a table row of each key's wrk runs: the medians of
+    req/s, p50 and p99, and the failed requests of them all."""
+    rps, p50, p99 = (medians(runs, key, f) for f in ("rps", "p50_ms", "p99_ms"))
+    return {
+        group: f" | {rps[group]:.0f} | {p50[group]:.1f} | {p99[group]:.1f}"
+        f" | {sum(r.non_2xx + r.socket_errors for r in runs if key(r) == group)} |"
+        for group in rps
+    }
 
 
 def log(message: str) -> None:

@@ -1,8 +1,6 @@
 """The charts of the report, drawn with matplotlib as PNG files: one per
 series where a picture reads faster than its table."""
 
-import statistics
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,21 +9,12 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from harness import medians  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 # Which matrix targets are drawn, in this order, beside the service.
 MATRIX_TARGETS = ("service", "yardstick", "floor")
-
-
-def median_of(
-    runs: Iterable[Any], key: Callable[[Any], tuple[Any, ...]], field: str
-) -> dict[tuple[Any, ...], float]:
-    """The median of `field` over the runs of each key, in first-seen order."""
-    groups: dict[tuple[Any, ...], list[float]] = {}
-    for run in runs:
-        groups.setdefault(key(run), []).append(getattr(run, field))
-    return {group: statistics.median(values) for group, values in groups.items()}
 
 
 def save(figure: Figure, path: Path) -> None:
@@ -61,7 +50,7 @@ def matrix(runs: list[Any], path: Path) -> None:
     first = runs[0].connections
     largest = max(run.size for run in runs)
     kept = [run for run in runs if (run.connections, run.size) == (first, largest)]
-    rps = median_of(kept, lambda run: (run.database, run.workload, run.target), "rps")
+    rps = medians(kept, lambda run: (run.database, run.workload, run.target), "rps")
     engines = list(dict.fromkeys(run.database for run in kept))
     figure, axes = plt.subplots(
         1, len(engines), figsize=(5 * len(engines), 4), squeeze=False
@@ -85,7 +74,7 @@ def matrix(runs: list[Any], path: Path) -> None:
 
 def cluster(runs: list[Any], path: Path) -> None:
     """p50 against the rows of the cluster, a line per engine and workload."""
-    p50 = median_of(runs, lambda run: (run.database, run.workload, run.rows), "p50_ms")
+    p50 = medians(runs, lambda run: (run.database, run.workload, run.rows), "p50_ms")
     figure, axes = plt.subplots(figsize=(6, 4))
     for line in dict.fromkeys((database, workload) for database, workload, _ in p50):
         points = [(rows, ms) for (*key, rows), ms in p50.items() if tuple(key) == line]
@@ -98,7 +87,7 @@ def cluster(runs: list[Any], path: Path) -> None:
 
 def detach(runs: list[Any], path: Path) -> None:
     """p50 of each detach, per engine and value, per server."""
-    p50 = median_of(runs, lambda run: (run.database, run.value, run.target), "ms")
+    p50 = medians(runs, lambda run: (run.database, run.value, run.target), "ms")
     groups = list(dict.fromkeys((database, value) for database, value, _ in p50))
     targets = list(dict.fromkeys(target for *_, target in p50))
     figure, axes = plt.subplots(figsize=(6, 4))
@@ -116,7 +105,7 @@ def detach(runs: list[Any], path: Path) -> None:
 
 def graph(runs: list[Any], path: Path) -> None:
     """req/s of the graph beside the yardstick's, per engine."""
-    rps = median_of(runs, lambda run: (run.database, run.target), "rps")
+    rps = medians(runs, lambda run: (run.database, run.target), "rps")
     engines = list(dict.fromkeys(database for database, _ in rps))
     figure, axes = plt.subplots(figsize=(5, 4))
     bars(

@@ -333,3 +333,32 @@ def test_an_entry_without_its_command_or_machine_says_they_were_not_recorded(
     section = text[text.index("\n## Detach from a 1,000-row customer\n") :]
     assert "abc1234, 2026-12-04 20:43 UTC; command not recorded\n" in section
     assert "- Machine: not recorded\n" in section
+
+
+def test_a_customer_added_beside_the_seeded_ones_is_one_primary_with_its_rows_linked(
+    database_url: str, connection: Any
+) -> None:
+    from harness import Database, Settings
+    from sqlalchemy import text
+
+    database = Database(
+        "postgresql" if database_url.startswith("postgresql") else "sqlite",
+        Settings.from_env(),
+    )
+    database.path = database_url.removeprefix("sqlite:///")
+    database.url = database_url.replace("+psycopg", "")
+    values = [("a@example.com", "1"), ("b@example.com", "1"), ("b@example.com", "2")]
+    primary = database.add_customer(values)
+    rows = connection.execute(
+        text(
+            "SELECT id, email, phone_number, link_precedence, linked_id"
+            " FROM contact ORDER BY created_at"
+        )
+    ).all()
+    assert [(row.email, row.phone_number) for row in rows] == values
+    assert [(row.link_precedence, row.linked_id) for row in rows] == [
+        ("primary", None),
+        ("secondary", primary),
+        ("secondary", primary),
+    ]
+    assert rows[0].id == primary
