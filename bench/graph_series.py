@@ -5,7 +5,7 @@ SELECT in a plain app under gunicorn's defaults, bench/references.py)."""
 import statistics
 from dataclasses import dataclass, replace
 
-from harness import Database, Server, Settings, log, run_wrk, wrk_cells
+from harness import Database, Settings, app_server, log, run_wrk, wrk_cells
 from references import yardstick
 from series import CLUSTER_BASE_SIZE, SERIES_DATABASES
 
@@ -52,9 +52,8 @@ def graph_series(settings: Settings) -> list[GraphRun]:
         log(f"{kind}, the graph of a customer of {GRAPH_VALUES} values")
         database.seed(CLUSTER_BASE_SIZE)
         primary = database.add_customer(chain())
-        env = {"DATABASE_URL": database.url}
-        service = Server("app:app", settings.port, env, workers=settings.workers)
-        stick = yardstick(settings, settings.port + 4, env)
+        service = app_server(settings, database)
+        stick = yardstick(settings, settings.port + 4, {"DATABASE_URL": database.url})
         loads = {
             "service": (service, ["GET", f"/customers/{primary}/graph"]),
             "yardstick": (stick, ["POST", "/select", f"g0@{GRAPH_DOMAIN}"]),

@@ -337,6 +337,26 @@ def baseline_tree(revision: str) -> Path:
     return tree
 
 
+def app_server(
+    settings: Settings,
+    database: Database,
+    port: int | None = None,
+    baseline: bool = False,
+) -> Server:
+    """The service on `database` (with the settings it runs it with), on
+    `port` (BENCH_PORT unless given); with `baseline`, BENCH_BASELINE's
+    revision of it, from its worktree."""
+    return Server(
+        "app:app",
+        settings.port if port is None else port,
+        {"DATABASE_URL": database.url, **database.env},
+        workers=settings.workers,
+        cwd=baseline_tree(settings.baseline)
+        if baseline and settings.baseline
+        else ROOT,
+    )
+
+
 def medians(
     runs: Iterable[Any], key: Callable[[Any], tuple[Any, ...]], field: str
 ) -> dict[tuple[Any, ...], float]:

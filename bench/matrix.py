@@ -18,7 +18,7 @@ from harness import (
     Measured,
     Server,
     Settings,
-    baseline_tree,
+    app_server,
     gunicorn_settings,
     log,
     run_wrk,
@@ -143,23 +143,17 @@ class Matrix:
         self.size = size
         self.floor = floor
         served = {"DATABASE_URL": database.url, **database.env}
-        self.service = Server(
-            "app:app", settings.port, served, workers=settings.workers
-        )
+        self.service = app_server(settings, database)
         self.reference = reference(settings, settings.port + 2, served)
         self.baseline = None
         if settings.baseline:
-            self.baseline = Server(
-                "app:app",
-                settings.port + 3,
-                served,
-                workers=settings.workers,
-                cwd=baseline_tree(settings.baseline),
+            self.baseline = app_server(
+                settings, database, settings.port + 3, baseline=True
             )
         self.yardstick = yardstick(settings, settings.port + 4, served)
         # The service is the first of the instances loaded at once.
         self.instances = [self.service] + [
-            Server("app:app", settings.port + 5 + n, served, workers=settings.workers)
+            app_server(settings, database, settings.port + 5 + n)
             for n in range(settings.instances - 1)
         ]
         self.runs: list[Run] = []

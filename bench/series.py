@@ -13,9 +13,8 @@ import psycopg
 from harness import (
     HOST,
     Database,
-    Server,
     Settings,
-    baseline_tree,
+    app_server,
     env_list,
     log,
     medians,
@@ -70,12 +69,7 @@ def cluster_series(settings: Settings) -> list[ClusterRun]:
             database.add_customer(
                 [(f"big{j}@cluster.example.com", CLUSTER_PHONE) for j in range(rows)]
             )
-            service = Server(
-                "app:app",
-                settings.port,
-                {"DATABASE_URL": database.url},
-                workers=settings.workers,
-            )
+            service = app_server(settings, database)
             service.start("/health")
             try:
                 cluster_wrk(replace(settings, duration=1), service.url, "lookup", 0)
@@ -124,12 +118,7 @@ def placeholder_flood(settings: Settings) -> list[Flood]:
         database = Database(kind, settings)
         log(f"{kind}, placeholder flood of {FLOOD_REQUESTS:,} requests")
         database.seed(CLUSTER_BASE_SIZE)
-        service = Server(
-            "app:app",
-            settings.port,
-            {"DATABASE_URL": database.url},
-            workers=settings.workers,
-        )
+        service = app_server(settings, database)
         service.start("/health")
         connection = http.client.HTTPConnection(HOST, settings.port, timeout=30)
         timings = []
@@ -281,21 +270,10 @@ def detach_series(settings: Settings) -> list[LargeDetach]:
     for kind in sorted(SERIES_DATABASES.intersection(settings.databases)):
         database = Database(kind, settings)
         log(f"{kind}, detach from customers of {LARGE_ROWS:,} rows")
-        servers = {
-            "service": Server(
-                "app:app",
-                settings.port,
-                {"DATABASE_URL": database.url},
-                workers=settings.workers,
-            )
-        }
+        servers = {"service": app_server(settings, database)}
         if settings.baseline:
-            servers["baseline"] = Server(
-                "app:app",
-                settings.port + 3,
-                {"DATABASE_URL": database.url},
-                workers=settings.workers,
-                cwd=baseline_tree(settings.baseline),
+            servers["baseline"] = app_server(
+                settings, database, settings.port + 3, baseline=True
             )
         customers = len(DETACH_VALUES) * (DETACH_REPEATS + 1) * len(servers)
         seed = database.seed(DETACH_BASE_SIZE, customers, LARGE_ROWS)
