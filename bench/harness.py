@@ -1,6 +1,7 @@
 """What every measurement of the bench shares: the workloads it knows, the
 settings read from the environment, the databases it seeds and reads back,
-the servers it starts and wrk."""
+the servers it starts, wrk, what a series' run returns (Measured) and the
+medians its tables and charts show."""
 
 import json
 import os

@@ -1,16 +1,17 @@
-"""Benchmark POST /identify against a bare Flask floor and write BENCHMARKS.md.
+"""Measure the series of bench/registry.py and write BENCHMARKS.md from them.
 
-For each database and size: seed (bench/seed.py), serve the app exactly as
-production does (migrations applied, gunicorn with gunicorn.conf.py) and the
-floor (bench/floor.py) under the same settings, then for each repetition,
-workload and connection count run wrk against the floor and then against the
-service, so that each service number has a floor number measured next to it.
-Lookups and writes are also run against the references (bench/reference.py:
-one SELECT, one INSERT and COMMIT) after the service, served as a user
-serves a plain app (the yardstick, gunicorn's defaults) and under
-gunicorn.conf.py (bench/references.py); on PostgreSQL the writes are run on
-BENCH_INSTANCES services at once too (bench/instances.py). Medians are
-reported.
+The matrix (bench/matrix.py) measures POST /identify and the other workloads
+against a bare Flask floor. For each database and size: seed
+(bench/seed.py), serve the app exactly as production does (migrations
+applied, gunicorn with gunicorn.conf.py) and the floor (bench/floor.py)
+under the same settings, then for each repetition, workload and connection
+count run wrk against the floor and then against the service, so that each
+service number has a floor number measured next to it. Lookups and writes
+are also run against the references (bench/reference.py: one SELECT, one
+INSERT and COMMIT) after the service, served as a user serves a plain app
+(the yardstick, gunicorn's defaults) and under gunicorn.conf.py
+(bench/references.py); on PostgreSQL the writes are run on BENCH_INSTANCES
+services at once too (bench/instances.py). Medians are reported.
 
 Detach and erase consume what they touch (every request splits or erases a
 different seeded 5-row customer): they run after the other workloads, each
