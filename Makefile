@@ -31,17 +31,22 @@ test: $(VENV)/.dev-installed node_modules/.installed
 	$(BIN)/pytest
 
 ## Seed databases, load the service and a bare Flask floor with wrk, write
-## BENCHMARKS.md. Settings: BENCH_* variables (docs/development.md: "Benchmarks").
-bench: $(VENV)/.run-installed
+## BENCHMARKS.md and its charts. Settings: BENCH_* variables
+## (docs/development.md: "Benchmarks").
+bench: $(VENV)/.run-installed $(VENV)/.bench-installed
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/run.py
+
+$(VENV)/.bench-installed: bench/requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
 
 $(VENV)/.run-installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-$(VENV)/.dev-installed: requirements.txt requirements-dev.txt
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt bench/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@

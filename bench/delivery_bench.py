@@ -283,8 +283,6 @@ def _epoch(stamp: str) -> float:
 
 def webhook_report(runs: list[WebhookRun]) -> list[str]:
     lines = [
-        "## Webhooks",
-        "",
         "One endpoint, one delivery worker, a local receiver verifying every"
         " signature (standardwebhooks). Identify at a paced rate, each request a"
         " brand-new customer (one event), with the worker running and without;"

@@ -2,13 +2,10 @@
 beside CLUSTER_BASE_SIZE seeded contacts, against the yardstick (one indexed
 SELECT in a plain app under gunicorn's defaults, bench/references.py)."""
 
-import sqlite3
 import statistics
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 
-import psycopg
-from harness import Database, Server, Settings, log, run_wrk
+from harness import Database, Settings, app_server, log, run_wrk, wrk_cells
 from references import yardstick
 from series import CLUSTER_BASE_SIZE, SERIES_DATABASES
 
@@ -45,46 +42,6 @@ def chain() -> list[tuple[str, str]]:
     return rows
 
 
-def seed_customer(database: Database) -> int:
-    """Add the series' customer to the seeded table; its primary's id."""
-    start = datetime(2000, 1, 1, tzinfo=UTC)
-    rows = [
-        (email, phone, "primary" if n == 0 else "secondary", start + timedelta(0, n))
-        for n, (email, phone) in enumerate(chain())
-    ]
-    columns = "email, phone_number, link_precedence, created_at, updated_at"
-    primary_sql = (
-        f"INSERT INTO contact ({columns}) VALUES ({{0}}, {{0}}, {{0}}, {{0}}, {{0}})"
-        " RETURNING id"
-    )
-    secondary_sql = (
-        f"INSERT INTO contact ({columns}, linked_id)"
-        " VALUES ({0}, {0}, {0}, {0}, {0}, {0})"
-    )
-    if database.kind == "sqlite":
-        stamped = [(*row[:3], row[3].strftime("%Y-%m-%d %H:%M:%S.%f")) for row in rows]
-        with sqlite3.connect(database.path) as connection:
-            (primary,) = connection.execute(
-                primary_sql.format("?"), (*stamped[0], stamped[0][3])
-            ).fetchone()
-            connection.executemany(
-                secondary_sql.format("?"),
-                [(*row, row[3], primary) for row in stamped[1:]],
-            )
-        return int(primary)
-    with psycopg.connect(database.url) as connection:
-        found = connection.execute(
-            primary_sql.format("%s"), (*rows[0], rows[0][3])
-        ).fetchone()
-        assert found is not None
-        with connection.cursor() as cursor:
-            cursor.executemany(
-                secondary_sql.format("%s"),
-                [(*row, row[3], found[0]) for row in rows[1:]],
-            )
-        return int(found[0])
-
-
 def graph_series(settings: Settings) -> list[GraphRun]:
     """For each database: seed, serve the app and the yardstick, then
     `repeats` times the graph on the service and the SELECT on the yardstick,
@@ -94,10 +51,9 @@ def graph_series(settings: Settings) -> list[GraphRun]:
         database = Database(kind, settings)
         log(f"{kind}, the graph of a customer of {GRAPH_VALUES} values")
         database.seed(CLUSTER_BASE_SIZE)
-        primary = seed_customer(database)
-        env = {"DATABASE_URL": database.url}
-        service = Server("app:app", settings.port, env, workers=settings.workers)
-        stick = yardstick(settings, settings.port + 4, env)
+        primary = database.add_customer(chain())
+        service = app_server(settings, database)
+        stick = yardstick(settings, settings.port + 4, {"DATABASE_URL": database.url})
         loads = {
             "service": (service, ["GET", f"/customers/{primary}/graph"]),
             "yardstick": (stick, ["POST", "/select", f"g0@{GRAPH_DOMAIN}"]),
@@ -127,8 +83,6 @@ def graph_series(settings: Settings) -> list[GraphRun]:
 def graph_report(runs: list[GraphRun]) -> list[str]:
     """The series' table (medians over the repetitions) and its target."""
     lines = [
-        "## The graph of a customer",
-        "",
         f"GET /customers/{{id}}/graph of one customer of {GRAPH_VALUES} values"
         f" (50 emails and 50 phones in 99 rows, a chain: every inner value is a"
         f" bridge) beside {CLUSTER_BASE_SIZE:,} seeded contacts, against the"
@@ -140,17 +94,10 @@ def graph_report(runs: list[GraphRun]) -> list[str]:
         "|---|---|---:|---:|---:|---:|",
     ]
     shares = []
+    cells = wrk_cells(runs, lambda run: (run.database, run.target))
     for database in dict.fromkeys(run.database for run in runs):
-        medians = {}
         for target in ("service", "yardstick"):
-            mine = [r for r in runs if (r.database, r.target) == (database, target)]
-            medians[target] = statistics.median(r.rps for r in mine)
-            lines.append(
-                f"| {database} | {target} | {medians[target]:.0f}"
-                f" | {statistics.median(r.p50_ms for r in mine):.1f}"
-                f" | {statistics.median(r.p99_ms for r in mine):.1f}"
-                f" | {sum(r.non_2xx + r.socket_errors for r in mine)} |"
-            )
+            lines.append(f"| {database} | {target}{cells[database, target]}")
         share = statistics.median(
             service.rps / stick.rps
             for service in runs

@@ -1,16 +1,20 @@
 """What every measurement of the bench shares: the workloads it knows, the
 settings read from the environment, the databases it seeds and reads back,
-the servers it starts and wrk."""
+the servers it starts, wrk, what a series' run returns (Measured) and the
+medians its tables and charts show."""
 
 import json
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,15 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 @dataclass
+class Measured:
+    """What a series' run returns: its records (dataclasses) and the facts
+    of the run that its section needs beside them (the matrix's seedings)."""
+
+    records: list[Any]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Settings:
     databases: list[str]
     sizes: list[int]
@@ -70,7 +83,6 @@ class Settings:
     pg_url: str
     port: int
     out: Path
-    keep: bool
     baseline: str | None
 
     @classmethod
@@ -95,7 +107,6 @@ class Settings:
             pg_url=env("BENCH_PG_URL", "postgresql://postgres@127.0.0.1/bench"),
             port=int(env("BENCH_PORT", "28001")),
             out=ROOT / env("BENCH_OUT", "BENCHMARKS.md"),
-            keep=env("BENCH_KEEP", "") == "1",
             baseline=os.environ.get("BENCH_BASELINE") or None,
         )
 
@@ -145,6 +156,48 @@ class Database:
             text=True,
         ).stdout
         return json.loads(output.splitlines()[-1])  # type: ignore[no-any-return]
+
+    def add_customer(self, values: list[tuple[str, str]]) -> int:
+        """Add one customer to the seeded table, its rows holding `values`
+        ((email, phone), oldest first): a primary and its secondaries, each a
+        second apart in 2000, older than anything the service inserts. Its
+        primary's id."""
+        start = datetime(2000, 1, 1, tzinfo=UTC)
+        rows = [
+            (email, phone, "secondary" if n else "primary", start + timedelta(0, n))
+            for n, (email, phone) in enumerate(values)
+        ]
+        columns = "email, phone_number, link_precedence, created_at, updated_at"
+        primary_sql = (
+            f"INSERT INTO contact ({columns})"
+            " VALUES ({0}, {0}, {0}, {0}, {0}) RETURNING id"
+        )
+        secondary_sql = (
+            f"INSERT INTO contact ({columns}, linked_id)"
+            " VALUES ({0}, {0}, {0}, {0}, {0}, {0})"
+        )
+        if self.engine == "sqlite":
+            stamped = [(*row[:3], f"{row[3]:%Y-%m-%d %H:%M:%S.%f}") for row in rows]
+            with sqlite3.connect(self.path) as connection:
+                (primary,) = connection.execute(
+                    primary_sql.format("?"), (*stamped[0], stamped[0][3])
+                ).fetchone()
+                connection.executemany(
+                    secondary_sql.format("?"),
+                    [(*row, row[3], primary) for row in stamped[1:]],
+                )
+            return int(primary)
+        with psycopg.connect(self.url) as connection:
+            found = connection.execute(
+                primary_sql.format("%s"), (*rows[0], rows[0][3])
+            ).fetchone()
+            assert found is not None
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    secondary_sql.format("%s"),
+                    [(*row, row[3], found[0]) for row in rows[1:]],
+                )
+            return int(found[0])
 
     def counts(self) -> tuple[int, int]:
         """(live rows, live primaries)."""
@@ -285,6 +338,49 @@ def baseline_tree(revision: str) -> Path:
     return tree
 
 
+def app_server(
+    settings: Settings,
+    database: Database,
+    port: int | None = None,
+    baseline: bool = False,
+) -> Server:
+    """The service on `database` (with the settings it runs it with), on
+    `port` (BENCH_PORT unless given); with `baseline`, BENCH_BASELINE's
+    revision of it, from its worktree."""
+    return Server(
+        "app:app",
+        settings.port if port is None else port,
+        {"DATABASE_URL": database.url, **database.env},
+        workers=settings.workers,
+        cwd=baseline_tree(settings.baseline)
+        if baseline and settings.baseline
+        else ROOT,
+    )
+
+
+def medians(
+    runs: Iterable[Any], key: Callable[[Any], tuple[Any, ...]], field: str
+) -> dict[tuple[Any, ...], float]:
+    """The median of `field` over the runs of each key, in first-seen order."""
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for run in runs:
+        groups.setdefault(key(run), []).append(getattr(run, field))
+    return {group: statistics.median(values) for group, values in groups.items()}
+
+
+def wrk_cells(
+    runs: list[Any], key: Callable[[Any], tuple[Any, ...]]
+) -> dict[tuple[Any, ...], str]:
+    """The last cells of a table row of each key's wrk runs: the medians of
+    req/s, p50 and p99, and the failed requests of them all."""
+    rps, p50, p99 = (medians(runs, key, f) for f in ("rps", "p50_ms", "p99_ms"))
+    return {
+        group: f" | {rps[group]:.0f} | {p50[group]:.1f} | {p99[group]:.1f}"
+        f" | {sum(r.non_2xx + r.socket_errors for r in runs if key(r) == group)} |"
+        for group in rps
+    }
+
+
 def log(message: str) -> None:
     print(message, flush=True)
 
@@ -293,3 +389,32 @@ def git(*args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+
+
+def gunicorn_settings(settings: Settings) -> str:
+    """The worker settings that gunicorn.conf.py gave the servers, read by
+    running it (in a process of its own: it sets environment variables)."""
+    read = (
+        "import json, runpy; c = runpy.run_path('gunicorn.conf.py');"
+        " print(json.dumps([c[k] for k in"
+        " ('workers', 'threads', 'worker_class', 'keepalive')]))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", read],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PROMETHEUS_MULTIPROC_DIR": str(BENCH / ".data"),
+            "WEB_CONCURRENCY": str(settings.workers),
+        },
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    workers, threads, worker_class, keepalive = json.loads(output)
+    return (
+        f"gunicorn.conf.py: {workers} workers (BENCH_WORKERS, as WEB_CONCURRENCY)"
+        f" x {threads} threads"
+        f" (WEB_THREADS), worker class {worker_class} (gthread; keep-alive"
+        f" {keepalive} s)"
+    )

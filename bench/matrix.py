@@ -15,14 +15,16 @@ from harness import (
     READS,
     ROOT,
     Database,
+    Measured,
     Server,
     Settings,
-    baseline_tree,
+    app_server,
+    gunicorn_settings,
     log,
     run_wrk,
 )
 from instances import load_together, measured
-from references import REFERENCES, reference, yardstick
+from references import REFERENCES, reference, yardstick, yardstick_shown
 
 
 @dataclass
@@ -73,6 +75,31 @@ def split(span: tuple[int, int], parts: int) -> list[tuple[int, int]]:
     return list(zip(edges, edges[1:], strict=False))
 
 
+def matrix_series(settings: Settings) -> Measured:
+    """The matrix at every database and size, the floor served throughout;
+    its facts: the seedings of each database and how the servers ran."""
+    runs: list[Run] = []
+    seeds: dict[str, list[dict[str, Any]]] = {}
+    floor = Server("bench.floor:app", settings.port + 1, {}, workers=settings.workers)
+    floor.start("/identify")
+    try:
+        for kind in settings.databases:
+            database = Database(kind, settings)
+            for size in settings.sizes:
+                log(f"{kind}, {size:,} contacts")
+                measured, seeded = measure(settings, database, size, floor)
+                runs += measured
+                seeds.setdefault(kind, []).append(seeded[0])
+    finally:
+        floor.stop()
+    facts = {
+        "seeds": seeds,
+        "server": gunicorn_settings(settings),
+        "yardstick": yardstick_shown(settings, settings.port + 4),
+    }
+    return Measured(runs, facts)
+
+
 def measure(
     settings: Settings, database: Database, size: int, floor: Server
 ) -> tuple[list[Run], list[dict[str, Any]]]:
@@ -116,23 +143,17 @@ class Matrix:
         self.size = size
         self.floor = floor
         served = {"DATABASE_URL": database.url, **database.env}
-        self.service = Server(
-            "app:app", settings.port, served, workers=settings.workers
-        )
+        self.service = app_server(settings, database)
         self.reference = reference(settings, settings.port + 2, served)
         self.baseline = None
         if settings.baseline:
-            self.baseline = Server(
-                "app:app",
-                settings.port + 3,
-                served,
-                workers=settings.workers,
-                cwd=baseline_tree(settings.baseline),
+            self.baseline = app_server(
+                settings, database, settings.port + 3, baseline=True
             )
         self.yardstick = yardstick(settings, settings.port + 4, served)
         # The service is the first of the instances loaded at once.
         self.instances = [self.service] + [
-            Server("app:app", settings.port + 5 + n, served, workers=settings.workers)
+            app_server(settings, database, settings.port + 5 + n)
             for n in range(settings.instances - 1)
         ]
         self.runs: list[Run] = []

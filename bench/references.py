@@ -48,16 +48,25 @@ def yardstick_command(settings: Settings, port: int) -> list[str]:
     gunicorn.conf.py is (gunicorn reads one from its working directory),
     then changes to the repository to import the app; the bind is given
     because gunicorn would take PORT from the environment for 0.0.0.0."""
+    return [str(BIN / "gunicorn"), *yardstick_arguments(settings, port, str(ROOT))]
+
+
+def yardstick_arguments(settings: Settings, port: int, repository: str) -> list[str]:
     return [
-        str(BIN / "gunicorn"),
         "-w",
         str(settings.workers),
         "-b",
         f"{HOST}:{port}",
         "--chdir",
-        str(ROOT),
+        repository,
         APP,
     ]
+
+
+def yardstick_shown(settings: Settings, port: int) -> str:
+    """The yardstick's command as the report shows it: run from bench/,
+    with the virtualenv's gunicorn."""
+    return " ".join(["gunicorn", *yardstick_arguments(settings, port, "..")])
 
 
 def yardstick(settings: Settings, port: int, extra_env: dict[str, str]) -> Server:

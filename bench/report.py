@@ -1,18 +1,14 @@
 """The matrix's report: the setting it ran in, its tables and its targets."""
 
-import json
 import os
 import platform
-import shlex
-import subprocess
-import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import instances
 import references
-from harness import BENCH, DESCRIPTIONS, ROOT, Settings, git
+from harness import DESCRIPTIONS, Settings, git
+from matrix import Run, summarise
 
 # Targets at the largest size: ratio to the floor, p99 in ms.
 RATIO_TARGETS = {
@@ -104,7 +100,7 @@ def synchronous_comparison(table: list[dict[str, Any]]) -> list[str]:
     if not pairs:
         return []
     lines = [
-        "## SQLite: synchronous=FULL (default) against NORMAL",
+        "### SQLite: synchronous=FULL (default) against NORMAL",
         "",
         "FULL syncs every commit to disk before answering, so an acknowledged"
         " write survives an OS crash or power loss; NORMAL may lose the last"
@@ -155,71 +151,68 @@ def commit() -> str:
     return f"{head or 'unknown'}{' with local changes' if dirty else ''}"
 
 
-def gunicorn_settings(settings: Settings) -> str:
-    """The worker settings that gunicorn.conf.py gave the servers, read by
-    running it (in a process of its own: it sets environment variables)."""
-    read = (
-        "import json, runpy; c = runpy.run_path('gunicorn.conf.py');"
-        " print(json.dumps([c[k] for k in"
-        " ('workers', 'threads', 'worker_class', 'keepalive')]))"
-    )
-    output = subprocess.run(
-        [sys.executable, "-c", read],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "PROMETHEUS_MULTIPROC_DIR": str(BENCH / ".data"),
-            "WEB_CONCURRENCY": str(settings.workers),
-        },
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    workers, threads, worker_class, keepalive = json.loads(output)
-    return (
-        f"gunicorn.conf.py: {workers} workers (BENCH_WORKERS, as WEB_CONCURRENCY)"
-        f" x {threads} threads"
-        f" (WEB_THREADS), worker class {worker_class} (gthread; keep-alive"
-        f" {keepalive} s)"
-    )
+def settings_of(entry: Any) -> Settings:
+    return Settings(**{**entry.settings, "out": Path(entry.settings["out"])})
 
 
-def report(
-    settings: Settings,
-    table: list[dict[str, Any]],
-    seeds: dict[str, list[dict[str, Any]]],
-    started: datetime,
-    minutes: float,
-) -> str:
-    facts = machine()
-    command = " ".join(
-        [
-            *(
-                f"{name}={shlex.quote(value)}"
-                for name, value in sorted(os.environ.items())
-                if name.startswith("BENCH_")
-            ),
-            "make bench",
-        ]
-    )
+HEADLINE = {
+    "lookup": "lookup",
+    "secondary": "new secondary",
+    "primary": "new primary",
+    "merge": "merge",
+}
+
+
+def headline(entry: Any) -> list[str]:
+    """The identify workloads on each engine at the largest size and the
+    first connection count: req/s as a share of the yardstick's, and p99."""
+    settings = settings_of(entry)
+    table = summarise([Run(**record) for record in entry.records])
+    cells = {
+        (row["database"], row["workload"]): row
+        for row in table
+        if row["connections"] == settings.connections
+        and row["size"] == max(settings.sizes)
+        and row["yardstick_share"] is not None
+    }
+    engines = list(dict.fromkeys(database for database, _ in cells))
+    if not engines:
+        return []
     lines = [
-        "# Benchmarks",
+        f"Identify at {max(settings.sizes):,} contacts and"
+        f" {settings.connections} connections (matrix, commit {entry.commit}):"
+        " req/s as a share of the yardstick's (one SELECT or one INSERT and"
+        " COMMIT in a plain app under gunicorn's defaults), and p99:",
         "",
-        "The API under wrk, against the bare Flask floor (bench/floor.py:",
-        "parse the JSON body, answer a small JSON object) served by the same",
-        "gunicorn settings. Written by `make bench` (bench/run.py); do not edit",
-        "by hand.",
+        "| engine | " + " | ".join(HEADLINE.values()) + " |",
+        "|---|" + "---:|" * len(HEADLINE),
+    ]
+    for engine in engines:
+        row = [
+            f"x{cell['yardstick_share']:.2f}, p99 {cell['p99_ms']:.0f} ms"
+            if (cell := cells.get((engine, workload)))
+            else "-"
+            for workload in HEADLINE
+        ]
+        lines.append(f"| {engine} | " + " | ".join(row) + " |")
+    return [*lines, ""]
+
+
+def matrix_section(entry: Any, runs: list[Run]) -> list[str]:
+    """The matrix's setting, its tables and its targets."""
+    settings = settings_of(entry)
+    table = summarise(runs)
+    facts = entry.facts
+    lines = [
+        "The API under wrk, against the bare Flask floor (bench/floor.py:"
+        " parse the JSON body, answer a small JSON object) served by the same"
+        " gunicorn settings.",
         "",
-        f"- Command: `{command}`, at commit {commit()}",
-        f"- Date: {started:%Y-%m-%d %H:%M} UTC; the matrix took {minutes:.0f} min",
-        f"- Machine: {facts['nproc']} cores ({facts['cpu']}), {facts['memory']} RAM,"
-        f" Python {facts['python']}, Linux {facts['kernel']}; shared with other"
-        " work, so noisy",
-        f"- Server: {gunicorn_settings(settings)}, bound to 127.0.0.1, logging as"
+        f"- Server: {facts['server']}, bound to 127.0.0.1, logging as"
         " in production (its output discarded); the floor the same",
         "- References (bench/reference.py, bench/references.py): the yardstick,"
         " the plain app served as a user serves one,"
-        f" `{' '.join(references.yardstick_command(settings, settings.port + 4))}`"
+        f" `{facts['yardstick']}`"
         " run from bench/, where no gunicorn.conf.py is: gunicorn's defaults"
         " (the sync worker); and the same app under gunicorn.conf.py. On SQLite"
         " both use WAL and the service's synchronous (FULL; NORMAL for"
@@ -265,7 +258,7 @@ def report(
         if not mine:
             continue
         lines += [
-            f"## {database}",
+            f"### {database}",
             "",
             "| contacts | connections | workload | req/s | p50 ms | p99 ms"
             " | floor req/s | ratio to floor | non-2xx | Δrows/req"
@@ -314,8 +307,7 @@ def report(
                 "",
             ]
         lines += ["Seeding (bench/seed.py, bulk load):", ""]
-        for seed in seeds.get(database, []):
+        for seed in facts["seeds"].get(database, []):
             lines.append(f"- {seed['rows']:,} contacts in {seed['seconds']} s")
         lines.append("")
-    lines += synchronous_comparison(table)
-    return "\n".join(lines)
+    return [*lines, *synchronous_comparison(table)]

@@ -1,16 +1,17 @@
-"""Benchmark POST /identify against a bare Flask floor and write BENCHMARKS.md.
+"""Measure the series of bench/registry.py and write BENCHMARKS.md from them.
 
-For each database and size: seed (bench/seed.py), serve the app exactly as
-production does (migrations applied, gunicorn with gunicorn.conf.py) and the
-floor (bench/floor.py) under the same settings, then for each repetition,
-workload and connection count run wrk against the floor and then against the
-service, so that each service number has a floor number measured next to it.
-Lookups and writes are also run against the references (bench/reference.py:
-one SELECT, one INSERT and COMMIT) after the service, served as a user
-serves a plain app (the yardstick, gunicorn's defaults) and under
-gunicorn.conf.py (bench/references.py); on PostgreSQL the writes are run on
-BENCH_INSTANCES services at once too (bench/instances.py). Medians are
-reported.
+The matrix (bench/matrix.py) measures POST /identify and the other workloads
+against a bare Flask floor. For each database and size: seed
+(bench/seed.py), serve the app exactly as production does (migrations
+applied, gunicorn with gunicorn.conf.py) and the floor (bench/floor.py)
+under the same settings, then for each repetition, workload and connection
+count run wrk against the floor and then against the service, so that each
+service number has a floor number measured next to it. Lookups and writes
+are also run against the references (bench/reference.py: one SELECT, one
+INSERT and COMMIT) after the service, served as a user serves a plain app
+(the yardstick, gunicorn's defaults) and under gunicorn.conf.py
+(bench/references.py); on PostgreSQL the writes are run on BENCH_INSTANCES
+services at once too (bench/instances.py). Medians are reported.
 
 Detach and erase consume what they touch (every request splits or erases a
 different seeded 5-row customer): they run after the other workloads, each
@@ -41,112 +42,65 @@ Settings, all from the environment:
   BENCH_PG_URL      postgresql://postgres@127.0.0.1/bench
   BENCH_PORT        28001               the service; then floor, reference, baseline,
                                         yardstick and the other instances
-  BENCH_OUT         BENCHMARKS.md       the report; every run goes beside it as .json
-  BENCH_KEEP        unset               when 1, the report already in BENCH_OUT is
-                                        kept below the new one, and its runs in the
-                                        .json before the new ones
-  BENCH_SERIES      matrix,cluster,flood,detach,graph,webhooks  what to run:
-                                        the matrix above, the cluster-size series
-                                        (cluster_series), the placeholder flood
-                                        (placeholder_flood), the large detach
-                                        (detach_series), the graph of a customer
-                                        (bench/graph_series.py) and the webhook
-                                        delivery worker (bench/delivery_bench.py)
-  BENCH_HOOK_RATE   300                 identify/s beside the webhook worker
+  BENCH_OUT         BENCHMARKS.md       the report; the history of every run beside
+                                        it as .json, the charts in bench/charts/
+  BENCH_SERIES      every series of bench/registry.py (matrix,cluster,flood,
+                                        detach,graph): the matrix above, the
+                                        cluster-size series (cluster_series),
+                                        the placeholder flood (placeholder_flood),
+                                        the large detach (detach_series) and the
+                                        graph of a customer (bench/graph_series.py)
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
 Only ever loads 127.0.0.1.
+
+Each series measured appends an entry to the history (BENCH_OUT's .json);
+the report is then rewritten from the latest entry of every series, so a
+series not run keeps its section as last measured. `python bench/run.py
+--report-only` rewrites the report and its charts from the history without
+measuring.
 """
 
-import json
-from dataclasses import asdict
+import sys
 from datetime import UTC, datetime
-from typing import Any
 
 import instances
-from delivery_bench import webhook_report, webhook_series
-from graph_series import graph_report, graph_series
-from harness import BENCH, Database, Server, Settings, env_list, log
-from matrix import Run, measure, summarise
-from report import report
-from series import (
-    cluster_report,
-    cluster_series,
-    detach_report,
-    detach_series,
-    flood_report,
-    placeholder_flood,
-)
+from harness import BENCH, Settings, env_list, log
+from registry import NAMES, SERIES, entry, load, save, write
+from report import commit
 
 
 def main() -> None:
     settings = Settings.from_env()
+    history = settings.out.with_suffix(".json")
+    entries = load(history)
+    if "--report-only" in sys.argv[1:]:
+        write(settings.out, entries)
+        log(f"wrote {settings.out} from {history}")
+        return
     instances.check(settings)
-    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach,graph,webhooks")
-    started = datetime.now(UTC)
-    runs: list[Run] = []
-    seeds: dict[str, list[dict[str, Any]]] = {}
+    chosen = env_list("BENCH_SERIES", NAMES)
+    unknown = set(chosen).difference(series.name for series in SERIES)
+    if unknown:
+        raise SystemExit(f"BENCH_SERIES: no series {', '.join(sorted(unknown))}")
     (BENCH / ".data").mkdir(exist_ok=True)
-    if "matrix" in series:
-        floor = Server(
-            "bench.floor:app", settings.port + 1, {}, workers=settings.workers
+    measured = commit()
+    failed = []
+    for series in SERIES:
+        if series.name not in chosen:
+            continue
+        started = datetime.now(UTC)
+        result = series.run(settings)
+        minutes = (datetime.now(UTC) - started).total_seconds() / 60
+        entries.append(entry(series, settings, result, measured, started, minutes))
+        save(history, entries)
+        if series.failed(entries[-1]):
+            failed.append(series.name)
+    write(settings.out, entries)
+    log(f"wrote {settings.out}")
+    if failed:
+        raise SystemExit(
+            f"some requests failed in {', '.join(failed)}: see non-2xx in the report"
         )
-        floor.start("/identify")
-        try:
-            for kind in settings.databases:
-                database = Database(kind, settings)
-                for size in settings.sizes:
-                    log(f"{kind}, {size:,} contacts")
-                    measured, seeded = measure(settings, database, size, floor)
-                    runs += measured
-                    seeds.setdefault(kind, []).append(seeded[0])
-        finally:
-            floor.stop()
-    cluster_runs = cluster_series(settings) if "cluster" in series else []
-    floods = placeholder_flood(settings) if "flood" in series else []
-    detaches = detach_series(settings) if "detach" in series else []
-    graphs = graph_series(settings) if "graph" in series else []
-    hooks = webhook_series(settings) if "webhooks" in series else []
-    minutes = (datetime.now(UTC) - started).total_seconds() / 60
-    table = summarise(runs)
-    text = (
-        report(settings, table, seeds, started, minutes) if runs else "# Benchmarks\n"
-    )
-    if cluster_runs:
-        text += "\n" + "\n".join(cluster_report(cluster_runs))
-    if floods:
-        text += "\n" + "\n".join(flood_report(floods))
-    if detaches:
-        text += "\n" + "\n".join(detach_report(detaches))
-    if graphs:
-        text += "\n" + "\n".join(graph_report(graphs))
-    if hooks:
-        text += "\n" + "\n".join(webhook_report(hooks))
-    records = [
-        asdict(run)
-        for run in [*runs, *cluster_runs, *floods, *detaches, *graphs, *hooks]
-    ]
-    write(settings, text, records)
-    if any(row["non_2xx"] or row["socket_errors"] for row in table) or any(
-        run.non_2xx or run.socket_errors for run in [*cluster_runs, *graphs]
-    ):
-        raise SystemExit("some requests failed: see non-2xx in the report")
-
-
-def write(settings: Settings, text: str, records: list[dict[str, Any]]) -> None:
-    """Write the report to BENCH_OUT and the runs beside it as .json; with
-    BENCH_KEEP, the report those files held goes below the new one and its
-    runs before the new ones."""
-    out, runs = settings.out, settings.out.with_suffix(".json")
-    if settings.keep and out.exists():
-        text += (
-            "\n---\n\nThe report below was in this file before the run above"
-            " (BENCH_KEEP=1), and is kept as it was.\n\n" + out.read_text()
-        )
-    if settings.keep and runs.exists():
-        records = [*json.loads(runs.read_text()), *records]
-    out.write_text(text)
-    runs.write_text(json.dumps(records, indent=1) + "\n")
-    log(f"wrote {out}")
 
 
 if __name__ == "__main__":

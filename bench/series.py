@@ -7,19 +7,19 @@ import sqlite3
 import statistics
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from harness import (
     HOST,
     Database,
-    Server,
     Settings,
-    baseline_tree,
+    app_server,
     env_list,
     log,
+    medians,
     run_wrk,
+    wrk_cells,
 )
 
 # The cluster-size series: lookups and new secondaries into one cluster of
@@ -51,51 +51,6 @@ class ClusterRun:
     socket_errors: int
 
 
-def seed_cluster(database: Database, rows: int) -> None:
-    """Add one customer of `rows` rows to the seeded table: a primary and its
-    secondaries, each with its own email, all with CLUSTER_PHONE, older than
-    anything the service inserts."""
-    start = datetime(2000, 1, 1, tzinfo=UTC)
-    values = [
-        (
-            f"big{j}@cluster.example.com",
-            CLUSTER_PHONE,
-            "primary" if j == 0 else "secondary",
-            start + timedelta(seconds=j),
-        )
-        for j in range(rows)
-    ]
-    primary_sql = (
-        "INSERT INTO contact (email, phone_number, link_precedence, created_at,"
-        " updated_at) VALUES ({0}, {0}, {0}, {0}, {0}) RETURNING id"
-    )
-    secondary_sql = (
-        "INSERT INTO contact (email, phone_number, link_precedence, created_at,"
-        " updated_at, linked_id) VALUES ({0}, {0}, {0}, {0}, {0}, {0})"
-    )
-    if database.kind == "sqlite":
-        stamps = [(*row[:3], row[3].strftime("%Y-%m-%d %H:%M:%S.%f")) for row in values]
-        with sqlite3.connect(database.path) as connection:
-            (primary,) = connection.execute(
-                primary_sql.format("?"), (*stamps[0], stamps[0][3])
-            ).fetchone()
-            connection.executemany(
-                secondary_sql.format("?"),
-                [(*row, row[3], primary) for row in stamps[1:]],
-            )
-        return
-    with psycopg.connect(database.url) as connection:
-        row = connection.execute(
-            primary_sql.format("%s"), (*values[0], values[0][3])
-        ).fetchone()
-        assert row is not None
-        with connection.cursor() as cursor:
-            cursor.executemany(
-                secondary_sql.format("%s"),
-                [(*value, value[3], row[0]) for value in values[1:]],
-            )
-
-
 def cluster_series(settings: Settings) -> list[ClusterRun]:
     """For each database and cluster size: seed CLUSTER_BASE_SIZE contacts
     plus the cluster, serve the app, then run each workload of
@@ -111,13 +66,10 @@ def cluster_series(settings: Settings) -> list[ClusterRun]:
         for rows in sizes:
             log(f"{kind}, one cluster of {rows:,} rows")
             database.seed(CLUSTER_BASE_SIZE)
-            seed_cluster(database, rows)
-            service = Server(
-                "app:app",
-                settings.port,
-                {"DATABASE_URL": database.url},
-                workers=settings.workers,
+            database.add_customer(
+                [(f"big{j}@cluster.example.com", CLUSTER_PHONE) for j in range(rows)]
             )
+            service = app_server(settings, database)
             service.start("/health")
             try:
                 cluster_wrk(replace(settings, duration=1), service.url, "lookup", 0)
@@ -166,12 +118,7 @@ def placeholder_flood(settings: Settings) -> list[Flood]:
         database = Database(kind, settings)
         log(f"{kind}, placeholder flood of {FLOOD_REQUESTS:,} requests")
         database.seed(CLUSTER_BASE_SIZE)
-        service = Server(
-            "app:app",
-            settings.port,
-            {"DATABASE_URL": database.url},
-            workers=settings.workers,
-        )
+        service = app_server(settings, database)
         service.start("/health")
         connection = http.client.HTTPConnection(HOST, settings.port, timeout=30)
         timings = []
@@ -235,8 +182,6 @@ def flood_counts(database: Database) -> tuple[int, int]:
 
 def flood_report(floods: list[Flood]) -> list[str]:
     lines = [
-        "## Placeholder flood",
-        "",
         f"{FLOOD_REQUESTS:,} identifies, one after the other, each with a brand-new"
         f" email and the same phone ({FLOOD_PHONE}, not a built-in placeholder),"
         f" beside {CLUSTER_BASE_SIZE:,} seeded contacts, with the default limits"
@@ -260,8 +205,6 @@ def flood_report(floods: list[Flood]) -> list[str]:
 def cluster_report(runs: list[ClusterRun]) -> list[str]:
     """The series' table (medians over the repetitions) and its target."""
     lines = [
-        "## Cluster size",
-        "",
         f"One customer of n rows that all share one phone, beside"
         f" {CLUSTER_BASE_SIZE:,} seeded contacts (bench/cluster.lua): lookup sends"
         " the shared phone alone and is answered with the whole cluster;"
@@ -271,30 +214,21 @@ def cluster_report(runs: list[ClusterRun]) -> list[str]:
         " | non-2xx |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
-    keys = dict.fromkeys((run.database, run.rows, run.workload) for run in runs)
-    medians = {}
-    for database, rows, workload in keys:
-        mine = [
-            run
-            for run in runs
-            if (run.database, run.rows, run.workload) == (database, rows, workload)
-        ]
-        p50 = statistics.median(run.p50_ms for run in mine)
-        medians[database, rows, workload] = p50
-        lines.append(
-            f"| {database} | {rows:,} | {workload}"
-            f" | {statistics.median(run.rps for run in mine):.0f} | {p50:.1f}"
-            f" | {statistics.median(run.p99_ms for run in mine):.1f}"
-            f" | {sum(run.non_2xx + run.socket_errors for run in mine)} |"
-        )
+
+    def key(run: ClusterRun) -> tuple[str, int, str]:
+        return run.database, run.rows, run.workload
+
+    for (database, rows, workload), cells in wrk_cells(runs, key).items():
+        lines.append(f"| {database} | {rows:,} | {workload}{cells}")
+    p50 = medians(runs, key, "p50_ms")
     lines.append("")
     for database in dict.fromkeys(run.database for run in runs):
-        p50 = medians.get((database, CLUSTER_TARGET_ROWS, "lookup"))
-        if p50 is not None:
-            verdict = "met" if p50 < CLUSTER_TARGET_P50_MS else "NOT met"
+        ms = p50.get((database, CLUSTER_TARGET_ROWS, "lookup"))
+        if ms is not None:
+            verdict = "met" if ms < CLUSTER_TARGET_P50_MS else "NOT met"
             lines.append(
                 f"- {database}: lookup in a {CLUSTER_TARGET_ROWS:,}-row cluster p50"
-                f" < {CLUSTER_TARGET_P50_MS:.0f} ms: {p50:.1f} ms, {verdict}"
+                f" < {CLUSTER_TARGET_P50_MS:.0f} ms: {ms:.1f} ms, {verdict}"
             )
     lines.append("")
     return lines
@@ -336,21 +270,10 @@ def detach_series(settings: Settings) -> list[LargeDetach]:
     for kind in sorted(SERIES_DATABASES.intersection(settings.databases)):
         database = Database(kind, settings)
         log(f"{kind}, detach from customers of {LARGE_ROWS:,} rows")
-        servers = {
-            "service": Server(
-                "app:app",
-                settings.port,
-                {"DATABASE_URL": database.url},
-                workers=settings.workers,
-            )
-        }
+        servers = {"service": app_server(settings, database)}
         if settings.baseline:
-            servers["baseline"] = Server(
-                "app:app",
-                settings.port + 3,
-                {"DATABASE_URL": database.url},
-                workers=settings.workers,
-                cwd=baseline_tree(settings.baseline),
+            servers["baseline"] = app_server(
+                settings, database, settings.port + 3, baseline=True
             )
         customers = len(DETACH_VALUES) * (DETACH_REPEATS + 1) * len(servers)
         seed = database.seed(DETACH_BASE_SIZE, customers, LARGE_ROWS)
@@ -420,8 +343,6 @@ def detach_report(detaches: list[LargeDetach]) -> list[str]:
     """The series' table (p50 and max of the requests of each database and
     value) and its target."""
     lines = [
-        f"## Detach from a {LARGE_ROWS:,}-row customer",
-        "",
         f"Customers of {LARGE_ROWS:,} rows that all hold one phone, each row with"
         f" an email of its own, beside {DETACH_BASE_SIZE:,} seeded contacts"
         " (bench/seed.py; the ledger holds each customer's"

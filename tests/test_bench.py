@@ -1,6 +1,7 @@
 """The bench's harness (bench/): the yardstick it serves, the references'
 settings, and how it pairs, shares out and counts its runs."""
 
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +205,160 @@ def test_a_run_is_counted_until_the_rows_it_left_queued_are_written(
     settled = matrix.settle()
     writer.join()
     assert settled == database.counts() == (20, 20)
+
+
+def entries_of_every_series(commit: str) -> list[Any]:
+    """One small entry of each series of the registry, as the history
+    holds them, all measured at `commit`."""
+    from graph_series import GraphRun
+    from harness import Measured, Settings
+    from registry import SERIES, entry
+    from series import ClusterRun, Flood, LargeDetach
+
+    settings = replace(Settings.from_env(), databases=["sqlite"], sizes=[10000])
+    matrix_runs = [
+        replace(run(target, repeat, rps), database="sqlite", workload=workload)
+        for workload in ("lookup", "secondary", "primary", "merge")
+        for repeat in range(2)
+        for target, rps in (
+            ("floor", 1000),
+            ("service", 400),
+            ("reference", 450),
+            ("yardstick", 500),
+        )
+    ]
+    records = {
+        "matrix": Measured(
+            matrix_runs,
+            {
+                "seeds": {"sqlite": [{"rows": 10000, "seconds": 0.5}]},
+                "server": "gunicorn.conf.py",
+                "yardstick": "gunicorn bench.reference:app",
+            },
+        ),
+        "cluster": Measured(
+            [
+                ClusterRun("sqlite", rows, "lookup", 0, 100, 1.0, 100.0, ms, ms, 0, 0)
+                for rows, ms in ((1, 2.0), (2000, 9.0))
+            ]
+        ),
+        "flood": Measured([Flood("sqlite", 5000, 1.0, 1.5, 21, 20, 4980)]),
+        "detach": Measured(
+            [
+                LargeDetach("sqlite", "service", 1000, value, 0, ms, after)
+                for value, ms, after in (("email", 20.0, 1), ("phone", 150.0, 1000))
+            ]
+        ),
+        "graph": Measured(
+            [
+                GraphRun("sqlite", target, 0, 100, 1.0, rps, 3.0, 6.0, 0, 0)
+                for target, rps in (("service", 300.0), ("yardstick", 900.0))
+            ]
+        ),
+    }
+    started = datetime(2026, 12, 4, 20, 43, tzinfo=UTC)
+    return [
+        entry(series, settings, records[series.name], commit, started, 1.0)
+        for series in SERIES
+    ]
+
+
+def test_the_report_has_every_series_section_and_chart_with_the_headline_first(
+    tmp_path: Path,
+) -> None:
+    from registry import SERIES, write
+
+    out = tmp_path / "BENCHMARKS.md"
+    write(out, entries_of_every_series("abc1234"))
+    text = out.read_text()
+    headline = text.index("| sqlite | x0.80, p99 2 ms | x0.80, p99 2 ms |")
+    for series in SERIES:
+        section = text.index(f"\n## {series.title}\n")
+        assert headline < section
+        assert "Measured at commit abc1234, 2026-12-04 20:43 UTC" in text[section:]
+        if series.chart is not None:
+            chart = tmp_path / "bench" / "charts" / f"{series.name}.png"
+            assert chart.read_bytes().startswith(b"\x89PNG")
+            assert f"](bench/charts/{series.name}.png)" in text[section:]
+    assert "Not measured yet" not in text
+    assert "lookup in a 2,000-row cluster p50 < 50 ms: 9.0 ms, met" in text
+
+
+def test_a_series_measured_again_replaces_its_section_only(tmp_path: Path) -> None:
+    from registry import render
+
+    first = entries_of_every_series("aaa1111")
+    graph_again = entries_of_every_series("bbb2222")[-1]
+    text = render([*first, graph_again], tmp_path / "BENCHMARKS.md")
+    graph = text.index("\n## The graph of a customer\n")
+    assert text.count("Measured at commit aaa1111") == len(first) - 1
+    assert "Measured at commit bbb2222" in text[graph:]
+    assert "Measured at commit aaa1111" not in text[graph:]
+
+
+def test_a_series_never_measured_says_so_in_its_section(tmp_path: Path) -> None:
+    from registry import render
+
+    matrix_only = entries_of_every_series("abc1234")[:1]
+    text = render(matrix_only, tmp_path / "BENCHMARKS.md")
+    graph = text.index("\n## The graph of a customer\n")
+    assert "Not measured yet: `BENCH_SERIES=graph make bench`" in text[graph:]
+    assert not (tmp_path / "bench" / "charts" / "graph.png").exists()
+
+
+def test_the_report_is_rendered_again_from_the_history_without_measuring(
+    tmp_path: Path,
+) -> None:
+    from registry import save
+
+    out = tmp_path / "BENCHMARKS.md"
+    save(out.with_suffix(".json"), entries_of_every_series("abc1234"))
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--report-only"],
+        env={**os.environ, "BENCH_OUT": str(out), "BENCH_SERIES": "nothing"},
+        check=True,
+        timeout=120,
+    )
+    assert "\n## Cluster size\n" in out.read_text()
+
+
+def test_an_entry_without_its_command_or_machine_says_they_were_not_recorded(
+    tmp_path: Path,
+) -> None:
+    from registry import render
+
+    detach = next(e for e in entries_of_every_series("abc1234") if e.series == "detach")
+    recovered = replace(detach, minutes=None, command=None, machine=None)
+    text = render([recovered], tmp_path / "BENCHMARKS.md")
+    section = text[text.index("\n## Detach from a 1,000-row customer\n") :]
+    assert "abc1234, 2026-12-04 20:43 UTC; command not recorded\n" in section
+    assert "- Machine: not recorded\n" in section
+
+
+def test_a_customer_added_beside_the_seeded_ones_is_one_primary_with_its_rows_linked(
+    database_url: str, connection: Any
+) -> None:
+    from harness import Database, Settings
+    from sqlalchemy import text
+
+    database = Database(
+        "postgresql" if database_url.startswith("postgresql") else "sqlite",
+        Settings.from_env(),
+    )
+    database.path = database_url.removeprefix("sqlite:///")
+    database.url = database_url.replace("+psycopg", "")
+    values = [("a@example.com", "1"), ("b@example.com", "1"), ("b@example.com", "2")]
+    primary = database.add_customer(values)
+    rows = connection.execute(
+        text(
+            "SELECT id, email, phone_number, link_precedence, linked_id"
+            " FROM contact ORDER BY created_at"
+        )
+    ).all()
+    assert [(row.email, row.phone_number) for row in rows] == values
+    assert [(row.link_precedence, row.linked_id) for row in rows] == [
+        ("primary", None),
+        ("secondary", primary),
+        ("secondary", primary),
+    ]
+    assert rows[0].id == primary
