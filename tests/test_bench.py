@@ -210,6 +210,7 @@ def test_a_run_is_counted_until_the_rows_it_left_queued_are_written(
 def entries_of_every_series(commit: str) -> list[Any]:
     """One small entry of each series of the registry, as the history
     holds them, all measured at `commit`."""
+    from delivery_bench import WebhookRun
     from graph_series import GraphRun
     from harness import Measured, Settings
     from registry import SERIES, entry
@@ -255,6 +256,26 @@ def entries_of_every_series(commit: str) -> list[Any]:
                 for target, rps in (("service", 300.0), ("yardstick", 900.0))
             ]
         ),
+        "webhooks": Measured(
+            [
+                WebhookRun(
+                    "sqlite",
+                    300,
+                    5,
+                    298.0,
+                    5.0,
+                    62.8,
+                    300.0,
+                    2.3,
+                    9.4,
+                    105.0,
+                    327.0,
+                    1500,
+                    1444.0,
+                    0,
+                )
+            ]
+        ),
     }
     started = datetime(2026, 12, 4, 20, 43, tzinfo=UTC)
     return [
@@ -288,12 +309,15 @@ def test_a_series_measured_again_replaces_its_section_only(tmp_path: Path) -> No
     from registry import render
 
     first = entries_of_every_series("aaa1111")
-    graph_again = entries_of_every_series("bbb2222")[-1]
+    [graph_again] = [
+        entry for entry in entries_of_every_series("bbb2222") if entry.series == "graph"
+    ]
     text = render([*first, graph_again], tmp_path / "BENCHMARKS.md")
     graph = text.index("\n## The graph of a customer\n")
+    after_graph = text.index("\n## ", graph + 1)
     assert text.count("Measured at commit aaa1111") == len(first) - 1
-    assert "Measured at commit bbb2222" in text[graph:]
-    assert "Measured at commit aaa1111" not in text[graph:]
+    assert "Measured at commit bbb2222" in text[graph:after_graph]
+    assert "Measured at commit aaa1111" not in text[graph:after_graph]
 
 
 def test_a_series_never_measured_says_so_in_its_section(tmp_path: Path) -> None:
