@@ -47,6 +47,7 @@ import schema
 import settings
 import store
 import support
+import transfer
 from auth import require_api_key
 from locks import LostRace
 from models import db, engine_options, prepare_engine
@@ -169,6 +170,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(NothingUsable, nothing_usable)
     app.register_error_handler(guard.WrongErasureKey, wrong_erasure_key)
     audit.contacts.add_command(purge.purge_command)
+    audit.contacts.add_command(transfer.import_command)
+    audit.contacts.add_command(transfer.export_command)
     app.cli.add_command(audit.contacts)
     app.cli.add_command(support.customers)
     return app

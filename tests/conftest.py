@@ -139,12 +139,13 @@ def migrate(database_url: str) -> None:
 
 
 def empty_tables(connection: Connection) -> None:
-    """Every contact, event and blocked value gone; ids start again at 1."""
+    """Every contact, event, blocked value and import record gone; ids start
+    again at 1."""
     if connection.dialect.name == "postgresql":
         connection.execute(
             text(
                 "TRUNCATE contact, event, blocked_value, suppressed_value,"
-                " legacy_link, erasure_key_check RESTART IDENTITY"
+                " legacy_link, erasure_key_check, imported_file RESTART IDENTITY"
             )
         )
     else:
@@ -155,6 +156,7 @@ def empty_tables(connection: Connection) -> None:
             "suppressed_value",
             "legacy_link",
             "erasure_key_check",
+            "imported_file",
         ):
             connection.execute(text(f"DELETE FROM {table}"))
         connection.execute(text("DELETE FROM sqlite_sequence"))
