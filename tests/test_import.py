@@ -5,17 +5,26 @@ twice, or interrupted and run again, is applied once."""
 
 import csv
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
-from conftest import empty_database
+from conftest import ROOT, empty_database, gunicorn, migrate
 from guard import Guard
 from invariants import (
     assert_invariants,
@@ -23,6 +32,7 @@ from invariants import (
     ledger_events,
     live_rows,
 )
+from live import free_port
 from models import db
 from reconcile import Limits
 from test_properties import EMAILS, PHONES, LimitedModel, ModelRow, ReferenceModel
@@ -468,3 +478,145 @@ def test_importing_a_file_twice_changes_nothing_the_second_time(
     assert table(app) == first
     assert [event.type for event in first[1]].count("customer.link_refused") == 2
     assert "imported by an earlier run" in result.output
+
+
+def order_lines(count: int, seed: int) -> list[tuple[str, str, str]]:
+    """`count` order lines of customers with 1 to 5 orders, some sharing a
+    phone with another customer (joined later), each with its createdAt."""
+    chooser = random.Random(seed)
+    lines = []
+    customer = 0
+    while len(lines) < count:
+        customer += 1
+        phone = f"555{customer:07d}"
+        if customer > 10 and chooser.random() < 0.2:
+            phone = f"555{chooser.randrange(1, customer):07d}"
+        for _ in range(chooser.randint(1, 5)):
+            email = f"c{customer}.{chooser.randint(1, 2)}@shop.example.org"
+            moment = datetime(2020, 1, 1, tzinfo=UTC).timestamp() + chooser.randrange(
+                10**8
+            )
+            at = datetime.fromtimestamp(moment, UTC).isoformat()
+            lines.append((email, phone, at))
+    return lines[:count]
+
+
+def shape(app: Flask) -> tuple[list[Any], Counter[str]]:
+    """The customers by their values, and the events by type: what an import
+    leaves whatever ids the database drew."""
+    customers = sorted(
+        (sorted(view["emails"]), sorted(view["phoneNumbers"]), view["emails"][:1])
+        for view in views(app)
+    )
+    _, events = table(app)
+    return customers, Counter(event.type for event in events)
+
+
+def applied_lines(database_url: str) -> int:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(text("SELECT applied FROM imported_file"))
+            return int(found.scalar() or 0)
+    finally:
+        engine.dispose()
+
+
+def start_import(database_url: str, path: Path, batch: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "contacts", "import"]
+        + [str(path), "--batch-size", str(batch)],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_an_import_stopped_midway_and_run_again_ends_as_one_uninterrupted_run(
+    app: Flask, database_url: str, tmp_path: Path, stop: signal.Signals
+) -> None:
+    lines = order_lines(2000, seed=7)
+    path = tmp_path / "orders.csv"
+    write_file(path, "csv", lines)
+    process = start_import(database_url, path, batch=3)
+    deadline = time.monotonic() + 60
+    while applied_lines(database_url) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    stopped_at = applied_lines(database_url)
+    rows, events = table(app)
+    assert 0 < stopped_at < len(lines)
+    assert_invariants(rows)
+    assert_ledger_explains(rows, events)
+    if stop != signal.SIGKILL:
+        assert process.returncode == 1
+        assert "Run the same command again" in stderr
+
+    again = start_import(database_url, path, batch=500)
+    output, _ = again.communicate(timeout=120)
+
+    assert again.returncode == 0, output
+    assert applied_lines(database_url) == len(lines)
+    resumed = shape(app)
+    rows, events = table(app)
+    assert_invariants(rows)
+    assert_ledger_explains(rows, events)
+    with app.app_context():
+        empty_database()
+    assert run_import(app, path, "--batch-size", "500").exit_code == 0
+    assert resumed == shape(app)
+
+
+def test_an_import_beside_live_requests_keeps_every_invariant_and_answers_them_all(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Live requests on the same customers as the import's lines, from several
+    threads, through real gunicorn workers, while the import runs in its own
+    process: every request answered 200, every invariant kept, the ledger
+    explains the table."""
+    migrate(database_url)
+    lines = order_lines(3000, seed=11)
+    path = tmp_path / "orders.csv"
+    write_file(path, "csv", lines)
+    statuses: list[int] = []
+    with gunicorn(database_url, free_port(), workers=2) as base_url:
+        process = start_import(database_url, path, batch=200)
+        stop = threading.Event()
+
+        def client(seed: int) -> None:
+            chooser = random.Random(seed)
+            with requests.Session() as session:
+                while not stop.is_set():
+                    email, phone, _ = chooser.choice(lines)
+                    if chooser.random() < 0.3:
+                        email = f"live{chooser.randrange(50)}@shop.example.org"
+                    answer = session.post(
+                        f"{base_url}/identify",
+                        json={"email": email, "phoneNumber": phone},
+                        timeout=60,
+                    )
+                    statuses.append(answer.status_code)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            output, errors = process.communicate(timeout=300)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+
+    assert process.returncode == 0, errors
+    assert applied_lines(database_url) == len(lines)
+    assert statuses and set(statuses) == {200}
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        rows = live_rows(connection)
+        assert_invariants(rows)
+        assert_ledger_explains(rows, ledger_events(connection))
+    engine.dispose()
