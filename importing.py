@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection
@@ -22,7 +23,7 @@ from sqlalchemy import Connection
 import ledger
 import locks
 import store
-from guard import Guard
+from guard import Guard, builtin_rule
 from import_lines import Line, Sorted
 from reconcile import (
     EMAIL,
@@ -211,7 +212,7 @@ def fold(read: Read, lines: Iterable[Line], *, guard: Guard, now: datetime) -> F
     tally = Tally()
     next_id = _FIRST_NEW
     for line in lines:
-        email, phone_number, ignored = guard.screen(line.email, line.phone_number)
+        email, phone_number, ignored = _screen(guard, line.email, line.phone_number)
         for kind, value in ((EMAIL, email), (PHONE_NUMBER, phone_number)):
             if value is None:
                 continue
@@ -250,6 +251,30 @@ def fold(read: Read, lines: Iterable[Line], *, guard: Guard, now: datetime) -> F
         events += clusters.apply(decision, new_id)
     tally.events = len(events)
     return Folded(clusters, events, tally)
+
+
+@lru_cache(maxsize=1 << 16)
+def _builtin(field: str, value: str) -> bool:
+    return builtin_rule(field, value) is not None
+
+
+def _screen(
+    guard: Guard, email: str | None, phone_number: str | None
+) -> tuple[str | None, str | None, list[Ignored]]:
+    """guard.screen, each value's verdict remembered: a customer's values come
+    back at each of its orders."""
+    ignored = []
+    if guard.builtin and email is not None and _builtin(EMAIL, email):
+        email = None
+        ignored.append(Ignored(EMAIL, "blocked"))
+    if (
+        guard.builtin
+        and phone_number is not None
+        and _builtin(PHONE_NUMBER, phone_number)
+    ):
+        phone_number = None
+        ignored.append(Ignored(PHONE_NUMBER, "blocked"))
+    return email, phone_number, ignored
 
 
 @dataclass(frozen=True)
@@ -319,7 +344,7 @@ def _values(lines: Sequence[Line], guard: Guard) -> _Values:
     emails: set[str] = set()
     phones: set[str] = set()
     for line in lines:
-        email, phone_number, _ = guard.screen(line.email, line.phone_number)
+        email, phone_number, _ = _screen(guard, line.email, line.phone_number)
         if email is not None:
             emails.add(email)
         if phone_number is not None:

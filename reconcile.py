@@ -215,11 +215,13 @@ def decide(
     `customer.merged` for each other one). Without it the row is created at
     `now`, never before a row of the customer it joins."""
     decision = _link(rows, email, phone_number, now, created_at)
+    # Most requests ignore nothing: no copy of the decision for them.
+    unrefused = replace(decision, ignored=tuple(ignored)) if ignored else decision
     if limits is None or email is None or phone_number is None:
-        return replace(decision, ignored=tuple(ignored))
+        return unrefused
     broken = _limit_broken(decision, rows, email, phone_number, limits, partners)
     if broken is None:
-        return replace(decision, ignored=tuple(ignored))
+        return unrefused
     dropped = limits.priority[1]
     kept_email = None if dropped == EMAIL else email
     kept_phone = None if dropped == PHONE_NUMBER else phone_number
