@@ -214,6 +214,7 @@ def _counts(tally: Tally) -> dict[str, int]:
         "ignored_suppressed": tally.ignored["suppressed"],
         "ignored_limit": tally.ignored["limit"],
         "events": tally.events,
+        "longest_lock_ms": round(tally.longest_lock * 1000),
     }
 
 
@@ -233,6 +234,7 @@ def _summary(
         ("values ignored: suppressed", tally.ignored["suppressed"]),
         ("values ignored: limit", tally.ignored["limit"]),
         ("events appended", tally.events),
+        ("longest a batch held its locks, ms", round(tally.longest_lock * 1000)),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
