@@ -45,11 +45,15 @@ Settings, all from the environment:
   BENCH_KEEP        unset               when 1, the report already in BENCH_OUT is
                                         kept below the new one, and its runs in the
                                         .json before the new ones
-  BENCH_SERIES      matrix,cluster,flood,detach  what to run: the matrix above,
-                                        the cluster-size series (cluster_series),
-                                        the placeholder flood (placeholder_flood)
-                                        and the large detach (detach_series)
+  BENCH_SERIES      matrix,cluster,flood,detach,import  what to run: the matrix
+                                        above, the cluster-size series
+                                        (cluster_series), the placeholder flood
+                                        (placeholder_flood), the large detach
+                                        (detach_series) and the import and
+                                        export of an order history (imports.py)
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
+  BENCH_IMPORT_LINES 1000000            order lines of the import series
+  BENCH_IMPORT_SEEDED 1000000           contacts seeded before its second import
 Only ever loads 127.0.0.1.
 """
 
@@ -60,6 +64,7 @@ from typing import Any
 
 import instances
 from harness import BENCH, Database, Server, Settings, env_list, log
+from imports import import_report, import_series
 from matrix import Run, measure, summarise
 from report import report
 from series import (
@@ -75,7 +80,7 @@ from series import (
 def main() -> None:
     settings = Settings.from_env()
     instances.check(settings)
-    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach")
+    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach,import")
     started = datetime.now(UTC)
     runs: list[Run] = []
     seeds: dict[str, list[dict[str, Any]]] = {}
@@ -98,6 +103,7 @@ def main() -> None:
     cluster_runs = cluster_series(settings) if "cluster" in series else []
     floods = placeholder_flood(settings) if "flood" in series else []
     detaches = detach_series(settings) if "detach" in series else []
+    imports = import_series(settings) if "import" in series else []
     minutes = (datetime.now(UTC) - started).total_seconds() / 60
     table = summarise(runs)
     text = (
@@ -109,7 +115,11 @@ def main() -> None:
         text += "\n" + "\n".join(flood_report(floods))
     if detaches:
         text += "\n" + "\n".join(detach_report(detaches))
-    records = [asdict(run) for run in [*runs, *cluster_runs, *floods, *detaches]]
+    if imports:
+        text += "\n" + "\n".join(import_report(imports))
+    records = [
+        asdict(run) for run in [*runs, *cluster_runs, *floods, *detaches, *imports]
+    ]
     write(settings, text, records)
     if any(row["non_2xx"] or row["socket_errors"] for row in table) or any(
         run.non_2xx or run.socket_errors for run in cluster_runs

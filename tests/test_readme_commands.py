@@ -1,5 +1,6 @@
-"""The support commands the README shows run as written, from the repository,
-with the `.venv/` that `make run` and `make test` install."""
+"""The support commands the README shows run as written, with the `.venv/`
+that `make run` and `make test` install, in a directory holding the files
+they name (the import's order files; what the export writes lands there)."""
 
 import os
 import re
@@ -20,6 +21,11 @@ ORDERS = (
     ("biffsucks@hillvalley.edu", "717171"),
     ("george@hillvalley.edu", "717171"),
 )
+FILES = {
+    "orders.csv": "email,phoneNumber,createdAt\n"
+    "lorraine@hillvalley.edu,123456,2024-01-01T10:00:00Z\n",
+    "orders.txt": '{"email": "mcfly@hillvalley.edu", "phoneNumber": "123456"}\n',
+}
 
 
 def readme_commands() -> list[str]:
@@ -53,10 +59,14 @@ def test_each_support_command_in_the_readme_runs_as_written(
     with app.app_context():
         db.engine.dispose()
 
+    for name, content in FILES.items():
+        (tmp_path / name).write_text(content)
+
     finished = subprocess.run(
-        shlex.split(command),
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": url},
+        command.replace(".venv/bin/flask", shlex.quote(str(ROOT / ".venv/bin/flask"))),
+        shell=True,
+        cwd=tmp_path,
+        env={**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=60,
