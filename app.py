@@ -39,20 +39,22 @@ from werkzeug.routing import IntegerConverter
 import audit
 import correct
 import faults
+import graph
 import guard
-import ledger
 import observability
 import purge
+import reads
 import schema
 import settings
-import store
 import support
 import transfer
+import writes
 from auth import require_api_key
+from console_page import console
 from locks import LostRace
 from models import db, engine_options, prepare_engine
+from reads import NothingUsable
 from reconcile import Identity, Ignored
-from store import NothingUsable
 from validation import (
     MAX_BODY_BYTES,
     MAX_ID,
@@ -149,6 +151,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     observability.init_app(app)
     app.before_request(require_api_key)
     app.register_blueprint(api)
+    app.register_blueprint(console)
     app.register_blueprint(
         get_swaggerui_blueprint(
             "/docs",
@@ -163,7 +166,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(InvalidInput, invalid_input)
     app.register_error_handler(OperationalError, database_unavailable)
     app.register_error_handler(ProgrammingError, database_unavailable)
-    # Statements sent straight to the sqlite3 driver (store.py, ledger.py)
+    # Statements sent straight to the sqlite3 driver (reads.py, store.py, ledger.py)
     # raise its own errors, not SQLAlchemy's.
     app.register_error_handler(sqlite3.OperationalError, database_unavailable)
     app.register_error_handler(LostRace, database_busy)
@@ -195,7 +198,7 @@ def connect() -> Iterator[Connection]:
 def identify() -> dict[str, Any]:
     email, phone_number = parse_identify(request.get_json())
     with connect() as connection:
-        served = store.identify_and_commit(
+        served = writes.identify(
             connection,
             email=email,
             phone_number=phone_number,
@@ -212,7 +215,7 @@ def lookup_customers() -> dict[str, Any]:
     """The customers an email or phone belongs to; never writes."""
     email, phone_number = parse_identify(request.get_json())
     with connect() as connection:
-        found, ignored = store.lookup(
+        found, ignored = reads.lookup(
             connection,
             email=email,
             phone_number=phone_number,
@@ -313,7 +316,7 @@ def customer_holders() -> dict[str, Any]:
     lookup refuses), to detach it from them; never writes."""
     field, value = parse_holders(request.get_json())
     with connect() as connection:
-        found = store.holders(connection, field=field, value=value)
+        found = reads.holders(connection, field=field, value=value)
     observability.record_customers(found)
     return {"contacts": [contact_json(identity) for identity in found]}
 
@@ -323,7 +326,7 @@ def get_customer(contact_id: int) -> dict[str, Any]:
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
     with connect() as connection:
-        found = store.customer(connection, contact_id)
+        found = reads.customer(connection, contact_id)
     if found is None:
         raise no_contact(contact_id)
     observability.record_customers([found])
@@ -336,17 +339,29 @@ def customer_history(contact_id: int) -> dict[str, Any]:
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
     with connect() as connection:
-        page = ledger.history(connection, contact_id, after=after, limit=limit)
+        page = reads.history(connection, contact_id, after=after, limit=limit)
     if page is None:
         raise no_contact(contact_id)
     return {"events": page.events, "next": page.next}
+
+
+@api.get("/customers/<int:contact_id>/graph")
+def customer_graph(contact_id: int) -> dict[str, Any]:
+    """The customer's rows, values and evidence, its bridges marked."""
+    if contact_id > MAX_ID:
+        raise no_contact(contact_id)
+    with connect() as connection:
+        found = graph.read(connection, contact_id)
+    if found is None:
+        raise no_contact(contact_id)
+    return graph.document(found)
 
 
 @api.get("/events")
 def events() -> dict[str, Any]:
     after, limit = parse_page(request.args)
     with connect() as connection:
-        page = ledger.feed(connection, after=after, limit=limit)
+        page = reads.feed(connection, after=after, limit=limit)
     return {"events": page.events, "next": page.next}
 
 
@@ -359,7 +374,7 @@ def detach_value(contact_id: int) -> dict[str, Any]:
 
     with connect() as connection:
         try:
-            done, retries = store.detach_and_commit(
+            done, retries = writes.detach(
                 connection,
                 contact_id,
                 field=asked.field,
@@ -399,7 +414,7 @@ def erase_customer(contact_id: int) -> dict[str, Any]:
         raise no_contact(contact_id)
 
     with connect() as connection:
-        done, retries, remains = store.erase_and_commit(
+        done, retries, remains = writes.erase(
             connection,
             contact_id,
             request_id=g.request_id,

@@ -6,9 +6,19 @@ from flask import current_app, request
 from werkzeug.datastructures import WWWAuthenticate
 from werkzeug.exceptions import Unauthorized
 
-# Health checks, the API description and the docs page stay reachable, so
-# that load balancers and people can find out how to authenticate.
-PUBLIC_ENDPOINTS = frozenset({"api.health", "api.openapi", "swagger_ui.show"})
+# Health checks, the API description, the docs page and the support console's
+# page and assets stay reachable, so that load balancers and people can find
+# out how to authenticate (the console asks for the key, then sends it).
+PUBLIC_ENDPOINTS = frozenset(
+    {
+        "api.health",
+        "api.openapi",
+        "swagger_ui.show",
+        "console.to_page",
+        "console.page",
+        "console.static",
+    }
+)
 
 
 def require_api_key() -> None:

@@ -1,9 +1,11 @@
 """Correcting mistakes, as pure functions: detaching a value from a customer
 and erasing a customer, decided from the customer's rows and the evidence
-that joins them (README: "Correcting a customer"). store.py reads what they need, takes
-the locks of identify and applies the Correction in one transaction."""
+that joins them (README: "Correcting a customer"). writes.py takes the locks of
+identify, reads what they need (reads.read_customer), decides here and applies
+the Correction (store.apply_correction) in one transaction."""
 
-from collections.abc import Iterable, Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from reconcile import (
@@ -183,41 +185,163 @@ def _regrouped(
     ]
 
 
-def _parts(rows: list[Member], evidence: Evidence) -> list[list[Member]]:
-    """The rows grouped by what joins them: shared values, merge pairs whose
-    two values both remain, and legacy links (whose ends may be rows that are
-    gone: such an id still joins the rows linked to it)."""
-    parent: dict[object, object] = {}
+# A node of the graph that joins a customer's rows: ("row", contact id), or
+# (EMAIL, email) or (PHONE_NUMBER, phone).
+Node = tuple[str, object]
 
-    def root(node: object) -> object:
+
+def _joins(rows: Sequence[Member], evidence: Evidence) -> Iterator[tuple[Node, Node]]:
+    """What joins the rows, as pairs of nodes: each row to the values it
+    holds, the two values of each merge pair whose values the rows both hold,
+    and each row to the row its legacy link names (which may be a row that is
+    gone: such an id still joins the rows linked to it)."""
+    ids = {row.id for row in rows}
+    for row in rows:
+        for field in (EMAIL, PHONE_NUMBER):
+            if (held := value_of(row, field)) is not None:
+                yield ("row", row.id), (field, held)
+    emails = {row.email for row in rows}
+    phones = {row.phone_number for row in rows}
+    for email, phone in evidence.merged:
+        if email in emails and phone in phones:
+            yield (EMAIL, email), (PHONE_NUMBER, phone)
+    for contact_id, linked_to in evidence.legacy:
+        if contact_id in ids:
+            yield ("row", contact_id), ("row", linked_to)
+
+
+def _parts(rows: list[Member], evidence: Evidence) -> list[list[Member]]:
+    """The rows grouped by what joins them (_joins)."""
+    parent: dict[Node, Node] = {}
+
+    def root(node: Node) -> Node:
         parent.setdefault(node, node)
         while parent[node] != node:
             parent[node] = parent[parent[node]]
             node = parent[node]
         return node
 
-    def join(a: object, b: object) -> None:
-        parent[root(a)] = root(b)
-
-    ids = {row.id for row in rows}
     for row in rows:
         root(("row", row.id))
-        if row.email is not None:
-            join(("row", row.id), (EMAIL, row.email))
-        if row.phone_number is not None:
-            join(("row", row.id), (PHONE_NUMBER, row.phone_number))
-    emails = {row.email for row in rows}
-    phones = {row.phone_number for row in rows}
-    for email, phone in evidence.merged:
-        if email in emails and phone in phones:
-            join((EMAIL, email), (PHONE_NUMBER, phone))
-    for contact_id, linked_to in evidence.legacy:
-        if contact_id in ids:
-            join(("row", contact_id), ("row", linked_to))
-    groups: dict[object, list[Member]] = {}
+    for a, b in _joins(rows, evidence):
+        parent[root(a)] = root(b)
+    groups: dict[Node, list[Member]] = {}
     for row in rows:
         groups.setdefault(root(("row", row.id)), []).append(row)
     return list(groups.values())
+
+
+def bridges(rows: Sequence[Member], evidence: Evidence) -> frozenset[tuple[str, str]]:
+    """The values, as (field, value), whose detach would leave the rows in
+    more than one customer: exactly those for which detach(rows, ...,
+    evidence=evidence) answers more than one customer.
+
+    One depth-first walk over _joins (articulation points, Hopcroft and
+    Tarjan), so the cost is linear in the rows and their evidence rather than
+    one regrouping per value. Detaching a value removes its node, and with it
+    the rows that held only that value and their own legacy links (a link to
+    such a row still joins at its id): so the link of a row that holds one
+    value hangs here from that value, and such a row is not counted in the
+    parts that detaching its value leaves."""
+    ids = {row.id for row in rows}
+    sole: dict[object, Node] = {}
+    for row in rows:
+        held = [
+            (field, kept)
+            for field in (EMAIL, PHONE_NUMBER)
+            if (kept := value_of(row, field)) is not None
+        ]
+        if len(held) == 1:
+            sole[row.id] = held[0]
+    neighbours: dict[Node, list[Node]] = {("row", row.id): [] for row in rows}
+    for a, b in _joins(rows, evidence):
+        if b[0] == "row" and a[1] in sole:
+            a = sole[a[1]]
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+
+    walk = _walk(neighbours, ids)
+    sole_below: dict[tuple[Node, Node], int] = {}
+    sole_of: dict[Node, int] = {}
+    for row_id, value in sole.items():
+        sole_of[value] = sole_of.get(value, 0) + 1
+        node: Node = ("row", row_id)
+        if walk.order[value] < walk.order[node] < walk.end[value]:
+            child = walk.child_above(value, node)
+            sole_below[value, child] = sole_below.get((value, child), 0) + 1
+
+    found: set[tuple[str, str]] = set()
+    for node in walk.order:
+        if node[0] == "row":
+            continue
+        survivors = walk.rows_below[walk.root[node]] - sole_of.get(node, 0)
+        parts = walk.rows_in_components - 1
+        cut_off = 0
+        for child in walk.children.get(node, []):
+            if walk.low[child] >= walk.order[node]:
+                left = walk.rows_below[child] - sole_below.get((node, child), 0)
+                cut_off += left
+                parts += left > 0
+        parts += walk.root[node] != node and survivors - cut_off > 0
+        if parts > 1:
+            found.add((node[0], str(node[1])))
+    return frozenset(found)
+
+
+@dataclass
+class _Walk:
+    """A depth-first walk of a graph: each node's discovery `order`, the
+    order after its last descendant (`end`), `low` (the earliest node its
+    subtree reaches), its tree `children`, the `root` of its component, and
+    the counted rows in its subtree (`rows_below`); `rows_in_components`:
+    how many components hold a counted row."""
+
+    order: dict[Node, int]
+    end: dict[Node, int]
+    low: dict[Node, int]
+    children: dict[Node, list[Node]]
+    root: dict[Node, Node]
+    rows_below: dict[Node, int]
+    rows_in_components: int
+
+    def child_above(self, node: Node, descendant: Node) -> Node:
+        """The child of `node` whose subtree holds `descendant`."""
+        children = self.children[node]
+        at = bisect_right(
+            [self.order[child] for child in children], self.order[descendant]
+        )
+        return children[at - 1]
+
+
+def _walk(neighbours: dict[Node, list[Node]], ids: set[int]) -> _Walk:
+    walk = _Walk({}, {}, {}, {}, {}, {}, 0)
+    order, low, children, below = walk.order, walk.low, walk.children, walk.rows_below
+    for start in neighbours:
+        if start in order:
+            continue
+        order[start] = low[start] = len(order)
+        walk.root[start] = start
+        stack = [(start, iter(neighbours[start]))]
+        while stack:
+            node, following = stack[-1]
+            for other in following:
+                if other not in order:
+                    order[other] = low[other] = len(order)
+                    walk.root[other] = start
+                    children.setdefault(node, []).append(other)
+                    stack.append((other, iter(neighbours[other])))
+                    break
+                if order[other] < low[node]:
+                    low[node] = order[other]
+            else:
+                stack.pop()
+                walk.end[node] = len(order)
+                counted = node[0] == "row" and node[1] in ids
+                below[node] = counted + sum(below[c] for c in children.get(node, ()))
+                if stack and low[node] < low[stack[-1][0]]:
+                    low[stack[-1][0]] = low[node]
+        walk.rows_in_components += below[start] > 0
+    return walk
 
 
 def _linked_to(gone: set[int], retired: Iterable[Member]) -> set[int]:

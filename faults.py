@@ -1,7 +1,7 @@
 """What is wrong with the database, in words an operator can act on, and
 which failures leave a connection unfit to keep (README: "Errors", "/health").
 
-SQLite statements sent straight to the driver (store.py, ledger.py, locks.py)
+SQLite statements sent straight to the driver (reads.py, store.py, ledger.py, locks.py)
 raise sqlite3 errors; those SQLAlchemy sends raise its DBAPIError around them."""
 
 import os

@@ -1,6 +1,9 @@
 """Protection against over-merging: the values never matched or stored, and
 the limits a customer and a value may reach (README: "Protection against
-over-merging"). The limits themselves are applied by reconcile.decide()."""
+over-merging"). screen() is the screening rule, pure: which values a request
+keeps, given which of them the database holds as blocked or suppressed
+(reads.screen reads that). The limits themselves are applied by
+reconcile.decide()."""
 
 import hashlib
 import hmac
@@ -100,6 +103,45 @@ def _is_run(digits: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Screening:
+    """A request's values once screened: those kept (None when dropped or not
+    sent), and those dropped, with why."""
+
+    email: str | None
+    phone_number: str | None
+    ignored: tuple[Ignored, ...]
+
+    @property
+    def usable(self) -> bool:
+        return self.email is not None or self.phone_number is not None
+
+
+def screen(
+    email: str | None,
+    phone_number: str | None,
+    *,
+    builtin: bool,
+    flagged: Mapping[str, str],
+) -> Screening:
+    """The screening rule, pure: drop the values the built-in rules block
+    (with `builtin`), then those the database flags (`flagged`: EMAIL or
+    PHONE_NUMBER to "blocked", one of the shop's blocked values, or
+    "suppressed", an erased person's). `ignored` lists the built-in rules'
+    drops first, then the flags', the email before the phone in each."""
+    ignored: list[Ignored] = []
+    kept = {EMAIL: email, PHONE_NUMBER: phone_number}
+    for field, value in kept.items():
+        if builtin and value is not None and builtin_rule(field, value):
+            kept[field] = None
+            ignored.append(Ignored(field, "blocked"))
+    for field, value in kept.items():
+        if value is not None and field in flagged:
+            kept[field] = None
+            ignored.append(Ignored(field, flagged[field]))
+    return Screening(kept[EMAIL], kept[PHONE_NUMBER], tuple(ignored))
+
+
+@dataclass(frozen=True)
 class Guard:
     """The protection settings the service runs with."""
 
@@ -123,24 +165,6 @@ class Guard:
         if self.erasure_key is None:
             return None
         return hmac.new(self.erasure_key, _KEY_CHECK_TEXT, hashlib.sha256).hexdigest()
-
-    def screen(
-        self, email: str | None, phone_number: str | None
-    ) -> tuple[str | None, str | None, list[Ignored]]:
-        """The values left once the built-in rules dropped theirs, and what
-        they dropped."""
-        ignored = []
-        if self.builtin and email is not None and builtin_rule(EMAIL, email):
-            email = None
-            ignored.append(Ignored(EMAIL, "blocked"))
-        if (
-            self.builtin
-            and phone_number is not None
-            and builtin_rule(PHONE_NUMBER, phone_number)
-        ):
-            phone_number = None
-            ignored.append(Ignored(PHONE_NUMBER, "blocked"))
-        return email, phone_number, ignored
 
 
 _KEY_CHECK_TEXT = b"erasure key check"

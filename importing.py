@@ -1,19 +1,19 @@
 """Applying a file's sorted lines (import_lines.py) as /identify would, one
-after the other, in batches: each batch is one transaction under the locks
-identify takes, and records how far the file got (models.ImportedFile), so a
-run that stops leaves whole batches and the next run starts after them
-(README: "Importing and exporting").
+after the other, in batches: each batch is one write of the pipeline
+(writes.py) under the locks identify takes, and records how far the file got
+(models.ImportedFile), so a run that stops leaves whole batches and the next
+run starts after them (README: "Importing and exporting").
 
 Decide, then apply: a batch reads every cluster its values touch, the shop's
 blocked and suppressed values among them and their merge partners, in a few
 statements; folds reconcile.decide over its lines in memory, each line
-seeing what the lines before it changed; then writes the rows, links and
-events in bulk."""
+seeing what the lines before it changed; then the pipeline writes the
+rows, links and events in bulk (a reconcile.Batch) and commits."""
 
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -21,9 +21,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-import ledger
 import locks
-import store
+import writes
 from guard import Guard, builtin_rule
 from import_lines import Line, Sorted
 from reconcile import (
@@ -32,19 +31,23 @@ from reconcile import (
     PHONE_NUMBER,
     PRIMARY,
     SECONDARY,
+    Batch,
     Decision,
     Event,
     EventType,
     Ignored,
     Member,
+    NewRow,
     Outcome,
     Partners,
     decide,
+    placeholder,
 )
 
-# Stand-ins for the ids of rows a batch inserts, above every real id (ids are
-# 32-bit), in the order they are inserted; replaced by real ids when the
-# batch is written.
+# The ids rows inserted by a batch have while it is decided: above every real
+# id (ids are 32-bit), in the order they are inserted, so that a tie on
+# createdAt goes to the older row as it does in the table (reconcile.oldest);
+# the pipeline's placeholders (reconcile.placeholder) when it is applied.
 _FIRST_NEW = 2**31
 
 
@@ -163,7 +166,7 @@ class Clusters:
         for row_id in decision.relink:
             self._move(row_id, primary_id)
         events = [
-            event if new_id is None else event.settle(new_id)
+            event if new_id is None else event.settle({NEW_ROW: new_id})
             for event in decision.events
         ]
         for event in events:
@@ -291,6 +294,16 @@ class Progress:
     applied: int
 
 
+@dataclass(frozen=True)
+class _Found:
+    """What a batch's lock-and-read step found: the clusters and flags, and,
+    on SQLite, the batch already decided from them when no other writer
+    committed between that read and the write lock."""
+
+    read: Read
+    folded: Folded | None
+
+
 def apply_batch(
     connection: Connection,
     lines: Sequence[Line],
@@ -299,35 +312,94 @@ def apply_batch(
     guard: Guard,
     attempts: int = 5,
 ) -> Tally:
-    """Apply `lines`, the next ones of the file after `progress.applied`, in
-    one transaction under identify's locks, with the file's progress moved
-    past them; commit. Returns their tally. Retries after a lost race (a
-    PostgreSQL deadlock); raises LostRace when every attempt lost, and
-    AnotherRun when the file's progress is not where `progress` says."""
+    """Apply `lines`, the next ones of the file after `progress.applied`,
+    through the write pipeline (writes.write): one transaction under
+    identify's locks, the rows and events of every line, and the file's
+    progress moved past them; committed. Returns their tally. Retried after
+    a lost race (a PostgreSQL deadlock); raises LostRace when every attempt
+    lost, and AnotherRun when the file's progress is not where `progress`
+    says."""
+    values = _values(lines, guard)
+    locked = time.monotonic()
 
-    def attempt() -> Tally:
-        values = _values(lines, guard)
-        now = datetime.now(UTC)
+    def lock_and_read() -> _Found:
+        nonlocal locked
+        folded = None
         if connection.dialect.name == "sqlite":
+            # Decided before the write lock, and again under it only if
+            # another writer committed meanwhile: the lock is held for the
+            # writes alone.
             version = locks.data_version(connection)
-            folded = fold(_read(connection, values, guard), lines, guard=guard, now=now)
+            read = _read(connection, values, guard)
+            folded = fold(read, lines, guard=guard, now=datetime.now(UTC))
             locks.begin_immediate(connection)
             locked = time.monotonic()
             if locks.data_version(connection) != version:
-                now = datetime.now(UTC)
-                read = _read(connection, values, guard)
-                folded = fold(read, lines, guard=guard, now=now)
+                read, folded = _read(connection, values, guard), None
         else:
             locked = time.monotonic()
             read = _lock_postgresql(connection, values, guard)
-            folded = fold(read, lines, guard=guard, now=now)
         _check_progress(connection, progress)
-        _write(connection, folded, progress, len(lines), now)
-        folded.tally.longest_lock = time.monotonic() - locked
-        return folded.tally
+        return _Found(read, folded)
 
-    tally, _ = store.retrying(connection, attempt, attempts)
+    def rule(found: _Found, now: datetime) -> Folded:
+        return found.folded or fold(found.read, lines, guard=guard, now=now)
+
+    def apply(folded: Folded, now: datetime) -> writes.AppliedBatch:
+        done = writes.apply_batch(connection, _batch(folded), now=now)
+        _record_progress(connection, progress, len(lines), now)
+        return done
+
+    plan = writes.Plan(
+        lock_and_read=lock_and_read,
+        rule=rule,
+        # The file's progress moves even when none of the lines changes
+        # anything: a batch always writes.
+        changes=lambda _: True,
+        apply=apply,
+        request_id=None,
+    )
+    written, _ = writes.retrying(
+        connection, lambda: writes.write(connection, plan), attempts
+    )
+    assert written.decision is not None
+    tally = written.decision.tally
+    tally.longest_lock = time.monotonic() - locked
     return tally
+
+
+def _batch(folded: Folded) -> Batch:
+    """The batch's rows as the pipeline applies them: the new rows in the
+    order they were inserted, named by placeholder (reconcile.placeholder)
+    wherever an id is expected, and the rows read that moved, as they end."""
+    clusters = folded.clusters
+    named = {row_id: placeholder(i) for i, row_id in enumerate(clusters.inserted)}
+
+    def name(row_id: int) -> int:
+        return named.get(row_id, row_id)
+
+    new = tuple(
+        NewRow(
+            row.email,
+            row.phone_number,
+            None if row.linked_id is None else name(row.linked_id),
+            row.created_at,
+        )
+        for row in (clusters.rows[row_id] for row_id in clusters.inserted)
+    )
+    moved = [
+        clusters.rows[row_id]
+        for row_id in sorted(clusters.moved)
+        if row_id not in named
+    ]
+    return Batch(
+        new=new,
+        promote=tuple(row.id for row in moved if row.linked_id is None),
+        relink=tuple(
+            (row.id, name(row.linked_id)) for row in moved if row.linked_id is not None
+        ),
+        events=tuple(event.settle(named) for event in folded.events),
+    )
 
 
 def applied(connection: Connection, sha256: str) -> int:
@@ -513,48 +585,11 @@ def _check_progress(connection: Connection, progress: Progress) -> None:
         raise AnotherRun("another import of the same file moved its progress meanwhile")
 
 
-def _write(
-    connection: Connection,
-    folded: Folded,
-    progress: Progress,
-    count: int,
-    now: datetime,
+def _record_progress(
+    connection: Connection, progress: Progress, count: int, now: datetime
 ) -> None:
-    """Insert the batch's new rows with ids of their own, relink the rows it
-    moved, move the file's progress, append the events and commit."""
-    clusters = folded.clusters
-    real = dict(
-        zip(
-            clusters.inserted, _new_ids(connection, len(clusters.inserted)), strict=True
-        )
-    )
-
-    def of(row_id: int | None) -> int | None:
-        return None if row_id is None else real.get(row_id, row_id)
-
-    inserted = [clusters.rows[row_id] for row_id in clusters.inserted]
-    new_rows = [
-        (
-            real[row.id],
-            row.email,
-            row.phone_number,
-            of(row.linked_id),
-            row.link_precedence,
-            row.created_at,
-            now if row.id in clusters.moved else row.created_at,
-        )
-        for row in inserted
-    ]
-    moved = [
-        (clusters.rows[row_id].linked_id, clusters.rows[row_id].link_precedence, row_id)
-        for row_id in sorted(clusters.moved)
-        if row_id < _FIRST_NEW
-    ]
-    moved = [(of(linked), link, row_id) for linked, link, row_id in moved]
-    if connection.dialect.name == "sqlite":
-        _write_sqlite(connection, new_rows, moved, now)
-    else:
-        _write_postgresql(connection, new_rows, moved, now)
+    """Move the file's progress past the batch's `count` lines, in the
+    batch's transaction."""
     connection.exec_driver_sql(
         _param(
             "INSERT INTO imported_file (sha256, lines, applied, started_at, updated_at)"
@@ -570,46 +605,6 @@ def _write(
             _stamp(connection, now),
         ),
     )
-    events = [_settled(event, real) for event in folded.events]
-    ledger.append_and_commit(connection, events, at=now, request_id=None)
-
-
-def _settled(event: Event, real: dict[int, int]) -> Event:
-    def of(row_id: int | None) -> int | None:
-        return None if row_id is None else real.get(row_id, row_id)
-
-    return Event(
-        event.type,
-        real.get(event.customer_id, event.customer_id),
-        tuple(real.get(row_id, row_id) for row_id in event.contact_ids),
-        event.email,
-        event.phone_number,
-        absorbed_customer_id=of(event.absorbed_customer_id),
-        previous_customer_id=of(event.previous_customer_id),
-        reason=event.reason,
-        limit_name=event.limit_name,
-    )
-
-
-def _new_ids(connection: Connection, count: int) -> Iterator[int]:
-    """`count` ids for new contacts, ascending, above every id given out:
-    on SQLite, under the write lock, after the highest (AUTOINCREMENT keeps
-    it in sqlite_sequence); on PostgreSQL, drawn from the id sequence."""
-    if not count:
-        return iter(())
-    if connection.dialect.name == "sqlite":
-        driver = locks.driver(connection)
-        (highest,) = driver.execute(
-            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence"
-            " WHERE name = 'contact'), 0), coalesce((SELECT max(id) FROM contact), 0))"
-        ).fetchone()
-        return iter(range(highest + 1, highest + 1 + count))
-    found = connection.exec_driver_sql(
-        "SELECT nextval(pg_get_serial_sequence('contact', 'id'))"
-        " FROM generate_series(1, %(count)s)",
-        {"count": count},
-    ).scalars()
-    return iter(sorted(found))
 
 
 def _stamp(connection: Connection, at: datetime) -> Any:
@@ -618,55 +613,6 @@ def _stamp(connection: Connection, at: datetime) -> Any:
     if connection.dialect.name == "sqlite":
         return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
     return at
-
-
-def _write_sqlite(
-    connection: Connection,
-    new_rows: list[tuple[Any, ...]],
-    moved: list[tuple[Any, ...]],
-    now: datetime,
-) -> None:
-    driver = locks.driver(connection)
-    driver.executemany(
-        "INSERT INTO contact (id, email, phone_number, linked_id, link_precedence,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [
-            (*row[:5], _stamp(connection, row[5]), _stamp(connection, row[6]))
-            for row in new_rows
-        ],
-    )
-    stamp = _stamp(connection, now)
-    driver.executemany(
-        "UPDATE contact SET linked_id = ?, link_precedence = ?, updated_at = ?"
-        " WHERE id = ?",
-        [(linked, link, stamp, row_id) for linked, link, row_id in moved],
-    )
-
-
-def _write_postgresql(
-    connection: Connection,
-    new_rows: list[tuple[Any, ...]],
-    moved: list[tuple[Any, ...]],
-    now: datetime,
-) -> None:
-    if new_rows:
-        columns = list(zip(*new_rows, strict=True))
-        connection.exec_driver_sql(
-            "INSERT INTO contact (id, email, phone_number, linked_id, link_precedence,"
-            " created_at, updated_at) SELECT * FROM unnest(%s::int[], %s::varchar[],"
-            " %s::varchar[], %s::int[], %s::varchar[], %s::timestamptz[],"
-            " %s::timestamptz[])",
-            tuple(list(column) for column in columns),
-        )
-    if moved:
-        linked, link, ids = (list(column) for column in zip(*moved, strict=True))
-        connection.exec_driver_sql(
-            "UPDATE contact SET linked_id = v.linked_id,"
-            " link_precedence = v.link_precedence, updated_at = %s"
-            " FROM unnest(%s::int[], %s::varchar[], %s::int[])"
-            " AS v(linked_id, link_precedence, id) WHERE contact.id = v.id",
-            (now, linked, link, ids),
-        )
 
 
 def import_sorted(

@@ -218,7 +218,7 @@ def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
     one or opens a PostgreSQL session of its own. As many more may open for
     code that holds several at once (the CLI, tests); each is closed when
     given back. They are not pinged before use, which would cost a round
-    trip per request: store.retrying() replaces one the server closed.
+    trip per request: writes.retrying() replaces one the server closed.
 
     The server ends a transaction left idle for IDLE_IN_TRANSACTION_TIMEOUT
     seconds (a worker frozen or killed mid-request), so its locks go with
@@ -229,7 +229,7 @@ def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
         idle = round(IDLE_IN_TRANSACTION_TIMEOUT * 1000)
         options = [str(parsed.query.get("options", ""))]
         options.append(f"-c idle_in_transaction_session_timeout={idle}")
-        # The history's per-event checks (ledger.py) are estimated at 100
+        # The history's per-event checks (reads.py) are estimated at 100
         # contact ids an event, so a large customer's plan passes
         # jit_above_cost; compiling it took 1 s for a 20 ms query. Nothing the
         # service runs is long enough for JIT to pay.

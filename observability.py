@@ -28,7 +28,7 @@ from prometheus_client import (
 from correct import Correction
 from masking import json_formatter, request_line
 from reconcile import EventType, Identity, Ignored, Outcome
-from store import Served
+from writes import Served
 
 # The *_created series say when each series began; nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call]

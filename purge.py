@@ -11,7 +11,7 @@ row versions and index entries, whose space a plain VACUUM marks free
 without overwriting it, and in the planner's statistics (pg_statistic),
 which hold sampled values.
 
-An erase purges at once on SQLite (store.erase_and_commit); on PostgreSQL,
+An erase purges at once on SQLite (writes.erase); on PostgreSQL,
 and after a detach or a deleted blocked value, `flask --app app contacts
 purge` does."""
 

@@ -1,8 +1,9 @@
 """The rules of identity reconciliation as pure functions: from the rows a
 request touches and its values to a plain Decision. No database, no clock, no
-Flask: store.py reads the rows and applies what is decided here."""
+Flask: writes.py reads the rows (reads.py), decides here and applies the
+decision (store.py)."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -12,7 +13,18 @@ SECONDARY = "secondary"
 
 # Stands for the id of the row a decision inserts, which the database assigns
 # when the decision is applied (Decision.settle puts the real id in its place).
+# A Batch inserting several rows names them NEW_ROW, NEW_ROW - 1, ...
+# (placeholder()); real ids are positive.
 NEW_ROW = 0
+
+
+def placeholder(position: int) -> int:
+    """The id standing for the row at `position` (from 0) of Batch.new."""
+    return NEW_ROW - position
+
+
+def is_placeholder(row_id: int) -> bool:
+    return row_id <= NEW_ROW
 
 
 class Outcome(StrEnum):
@@ -117,23 +129,48 @@ class Event:
     reason: str | None = None
     limit_name: str | None = None
 
-    def settle(self, new_id: int) -> "Event":
+    def settle(self, ids: Mapping[int, int]) -> "Event":
+        """The event with the real ids of the rows inserted (`ids`: by
+        placeholder) in place of their placeholders."""
+
         def real(contact_id: int) -> int:
-            return new_id if contact_id == NEW_ROW else contact_id
+            return ids.get(contact_id, contact_id)
+
+        def real_or_none(contact_id: int | None) -> int | None:
+            return None if contact_id is None else real(contact_id)
 
         return replace(
             self,
             customer_id=real(self.customer_id),
             contact_ids=tuple(real(contact_id) for contact_id in self.contact_ids),
+            absorbed_customer_id=real_or_none(self.absorbed_customer_id),
+            previous_customer_id=real_or_none(self.previous_customer_id),
         )
 
 
 @dataclass(frozen=True)
 class NewRow:
+    """A contact row to insert; `linked_id` may be a placeholder (Batch)."""
+
     email: str | None
     phone_number: str | None
     linked_id: int | None
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The contact rows one or more identify decisions write, applied at once
+    (store.apply_batch, in writes.py's apply step). `new` are the rows to
+    insert, in order: the one at position i is named placeholder(i) wherever
+    an id is expected (a later row's `linked_id`, `promote`, `relink`, the
+    events). `promote` are rows to make primaries; `relink` pairs a row with
+    the primary it is linked to as a secondary."""
+
+    new: tuple[NewRow, ...] = ()
+    promote: tuple[int, ...] = ()
+    relink: tuple[tuple[int, int], ...] = ()
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,7 +204,16 @@ class Decision:
         ]
         primary_id = new_id if self.primary_id == NEW_ROW else self.primary_id
         identity = view(members, primary_id, self.outcome)
-        return identity, [event.settle(new_id) for event in self.events]
+        return identity, [event.settle({NEW_ROW: new_id}) for event in self.events]
+
+    def batch(self) -> Batch:
+        """The rows this decision writes, as store.apply_batch takes them."""
+        return Batch(
+            new=() if self.insert is None else (self.insert,),
+            promote=() if self.promote is None else (self.promote,),
+            relink=tuple((row_id, self.primary_id) for row_id in self.relink),
+            events=self.events,
+        )
 
     def answer(self) -> Identity:
         return view(self.members, self.primary_id, self.outcome)

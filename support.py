@@ -10,7 +10,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-import store
+import reads
+import writes
 from correct import Correction, NotHeld
 from guard import Guard
 from masking import mask
@@ -77,7 +78,7 @@ def detach(
         raise click.BadParameter(str(error)) from None
     with db.engine.connect() as connection:
         try:
-            done, _ = store.detach_and_commit(
+            done, _ = writes.detach(
                 connection,
                 contact_id,
                 field=field,
@@ -124,7 +125,7 @@ def holders(email: str | None, phone_number: str | None, show_values: bool) -> N
     except InvalidInput as error:
         raise click.BadParameter(str(error)) from None
     with db.engine.connect() as connection:
-        found = store.holders(connection, field=field, value=value)
+        found = reads.holders(connection, field=field, value=value)
     shown = (lambda text: text) if show_values else mask
     click.echo(f"{len(found)} customer(s) hold the {field} {shown(value)}.")
     for identity in found:
@@ -194,9 +195,9 @@ def _erase(
     *,
     dry_run: bool,
 ) -> tuple[Correction, str | None]:
-    """The erasure, and where copies of its values remain (store.erase_and_commit)."""
+    """The erasure, and where copies of its values remain (writes.erase)."""
     with db.engine.connect() as connection:
-        done, _, remains = store.erase_and_commit(
+        done, _, remains = writes.erase(
             connection,
             contact_id,
             request_id=None,

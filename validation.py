@@ -28,7 +28,7 @@ class InvalidInput(ValueError):
 def parse_identify(body: Any) -> tuple[str | None, str | None]:
     """Return the (email, phone_number) of an identify request body: the phone
     normalised; the email trimmed and lower-cased, with its syntax still to be
-    checked by check_email() (store.py does it unless the database holds the
+    checked by check_email() (reads.screen does it unless the database holds the
     email already: every stored email was checked when it was stored).
 
     Missing, null, empty and whitespace-only values come back as None. Raises

@@ -45,11 +45,12 @@ Settings, all from the environment:
   BENCH_KEEP        unset               when 1, the report already in BENCH_OUT is
                                         kept below the new one, and its runs in the
                                         .json before the new ones
-  BENCH_SERIES      matrix,cluster,flood,detach,import  what to run: the matrix
-                                        above, the cluster-size series
+  BENCH_SERIES      matrix,cluster,flood,detach,graph,import  what to run: the
+                                        matrix above, the cluster-size series
                                         (cluster_series), the placeholder flood
                                         (placeholder_flood), the large detach
-                                        (detach_series) and the import and
+                                        (detach_series), the graph of a customer
+                                        (bench/graph_series.py) and the import and
                                         export of an order history (imports.py)
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
   BENCH_IMPORT_LINES 1000000            order lines of the import series
@@ -63,6 +64,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import instances
+from graph_series import graph_report, graph_series
 from harness import BENCH, Database, Server, Settings, env_list, log
 from imports import import_report, import_series
 from matrix import Run, measure, summarise
@@ -80,7 +82,7 @@ from series import (
 def main() -> None:
     settings = Settings.from_env()
     instances.check(settings)
-    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach,import")
+    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach,graph,import")
     started = datetime.now(UTC)
     runs: list[Run] = []
     seeds: dict[str, list[dict[str, Any]]] = {}
@@ -103,6 +105,7 @@ def main() -> None:
     cluster_runs = cluster_series(settings) if "cluster" in series else []
     floods = placeholder_flood(settings) if "flood" in series else []
     detaches = detach_series(settings) if "detach" in series else []
+    graphs = graph_series(settings) if "graph" in series else []
     imports = import_series(settings) if "import" in series else []
     minutes = (datetime.now(UTC) - started).total_seconds() / 60
     table = summarise(runs)
@@ -115,14 +118,17 @@ def main() -> None:
         text += "\n" + "\n".join(flood_report(floods))
     if detaches:
         text += "\n" + "\n".join(detach_report(detaches))
+    if graphs:
+        text += "\n" + "\n".join(graph_report(graphs))
     if imports:
         text += "\n" + "\n".join(import_report(imports))
     records = [
-        asdict(run) for run in [*runs, *cluster_runs, *floods, *detaches, *imports]
+        asdict(run)
+        for run in [*runs, *cluster_runs, *floods, *detaches, *graphs, *imports]
     ]
     write(settings, text, records)
     if any(row["non_2xx"] or row["socket_errors"] for row in table) or any(
-        run.non_2xx or run.socket_errors for run in cluster_runs
+        run.non_2xx or run.socket_errors for run in [*cluster_runs, *graphs]
     ):
         raise SystemExit("some requests failed: see non-2xx in the report")
 

@@ -12,9 +12,8 @@ from typing import Any, TypeVar
 from flask import Flask
 from sqlalchemy import Connection, insert, select
 
-import ledger
 import locks
-import store
+import reads
 from models import Contact, Event, db
 
 PHONE = "5550100"
@@ -82,14 +81,14 @@ def instructions(connection: Connection, work: Callable[[], T]) -> tuple[int, T]
 def sqlite_instructions(connection: Connection) -> int:
     counted, rows = instructions(
         connection,
-        lambda: store.read_clusters(connection, email=None, phone_number=PHONE),
+        lambda: reads.read_clusters(connection, email=None, phone_number=PHONE),
     )
     assert rows
     return counted
 
 
 def postgresql_rows(connection: Connection) -> int:
-    query = store._CLUSTER_QUERIES[False, True].compile(dialect=connection.dialect)
+    query = reads._CLUSTER_QUERIES[False, True].compile(dialect=connection.dialect)
     (explained,) = connection.exec_driver_sql(
         f"EXPLAIN (ANALYZE, FORMAT JSON) {query}",
         {"email": None, "phone_number": PHONE},
@@ -142,14 +141,14 @@ def history_work(app: Flask, size: int) -> int:
             return sum_rows(plan["Plan"])
         counted, page = instructions(
             connection,
-            lambda: ledger.history(connection, customer, after=0, limit=100),
+            lambda: reads.history(connection, customer, after=0, limit=100),
         )
         assert page is not None and len(page.events) == 100
         return counted
 
 
 def explain_history(connection: Connection, customer: int) -> Any:
-    query = ledger._HISTORY["postgresql"].compile(dialect=connection.dialect)
+    query = reads._HISTORY["postgresql"].compile(dialect=connection.dialect)
     (explained,) = connection.exec_driver_sql(
         f"EXPLAIN (ANALYZE, FORMAT JSON) {query}",
         {"contact_id": customer, "after": 0, "limit": 101},
@@ -199,13 +198,13 @@ def merge_partners_work(app: Flask, merges: int) -> int:
     parameters = {"email": "nobody@shop.com", "phone_number": "5559999"}
     with app.app_context(), db.engine.connect() as connection:
         if connection.dialect.name == "postgresql":
-            query = store._MERGE_PARTNERS.compile(dialect=connection.dialect)
+            query = reads._MERGE_PARTNERS.compile(dialect=connection.dialect)
             (explained,) = connection.exec_driver_sql(
                 f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", parameters
             ).scalar_one()
             return rows_examined(explained["Plan"])
         counted, _ = instructions(
-            connection, lambda: store.read_partners(connection, **parameters)
+            connection, lambda: reads.read_partners(connection, **parameters)
         )
         return counted
 

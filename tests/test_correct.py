@@ -21,7 +21,7 @@ KINDS = {EMAIL: "email", PHONE_NUMBER: "phone"}
 
 
 class CorrectedTable(Table):
-    """The in-memory table, corrected as store.correct_and_commit would."""
+    """The in-memory table, corrected as writes.correct_customer would."""
 
     def customer(self, contact_id: int) -> list[Member]:
         owner = self.rows[contact_id].customer_id

@@ -19,11 +19,12 @@ import requests
 from sqlalchemy import Connection, create_engine, select, text
 
 import correct
-import store
+import writes
 from conftest import empty_tables
 from invariants import LedgerEvent, replay_event
 from models import IDLE_IN_TRANSACTION_TIMEOUT, Contact, Event, engine_options
-from reconcile import PHONE_NUMBER, Member
+from reads import CustomerRows
+from reconcile import PHONE_NUMBER
 from test_concurrency import (
     FeedReader,
     assert_invariants,
@@ -631,7 +632,7 @@ def test_a_request_that_finds_its_customer_merged_lets_go_of_the_old_primary(
     """PostgreSQL: a request waits for the row lock of customer X's primary
     (an erasure of X, or an identify with X's email) while X is merged into
     the older customer C. A detach of X's phone from C (run here through
-    store.correct_and_commit, and held after it locked C until the request
+    writes.correct_customer, and held after it locked C until the request
     waits for C too) splits X off again, changing X's row. The request lets
     go of X's row when it finds X inside C, before it waits for C: nothing
     deadlocks, nothing starts again, and the request then serves X as the
@@ -665,22 +666,24 @@ def test_a_request_that_finds_its_customer_merged_lets_go_of_the_old_primary(
         with requests.Session() as http:
             answers[name] = client.send(http, method, path, body, base_urls[n])
 
-    def detach_once_the_request_waits(
-        connection: Connection, rows: list[Member], retired: list[Member]
-    ) -> correct.Correction:
+    def detach_once_the_request_waits(found: CustomerRows) -> correct.Correction:
         with engine.connect() as observer:
             wait_for(lambda: blocked_by(observer, detaching), "it never waited")
-        evidence = store.read_evidence(connection, rows)
         return correct.detach(
-            rows, retired, field=PHONE_NUMBER, value=phone, evidence=evidence
+            found.rows,
+            found.retired,
+            field=PHONE_NUMBER,
+            value=phone,
+            evidence=found.evidence,
         )
 
     def detach() -> None:
-        detached["done"] = store.correct_and_commit(
+        detached["done"] = writes.correct_customer(
             detach_connection,
             c_id,
             detach_once_the_request_waits,
             request_id="detach-held-after-its-lock",
+            evidence=True,
         )
 
     request = (

@@ -29,7 +29,7 @@ START = datetime(2026, 11, 30, tzinfo=UTC)
 
 
 class Table:
-    """Contact rows and ledger events in memory, changed as store.apply would."""
+    """Contact rows and ledger events in memory, changed as store.apply_batch would."""
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.rows: dict[int, Member] = {}

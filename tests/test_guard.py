@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 import guard
 from guard import BadSetting, builtin_rule, guard_from_env
 from models import Contact, Event, db
-from reconcile import Limits
+from reconcile import EMAIL, PHONE_NUMBER, Ignored, Limits
 from test_http import assert_problem
 
 
@@ -515,3 +515,52 @@ def test_blocked_counts_survive_in_the_table_not_in_a_process(app: Flask) -> Non
     )
 
     assert answer.get_json()["ignored"] == [{"field": "email", "reason": "blocked"}]
+
+
+def test_screening_drops_a_builtin_placeholder_only_when_builtin_rules_are_on() -> None:
+    on = guard.screen("test@shop.com", "5551234", builtin=True, flagged={})
+    off = guard.screen("test@shop.com", "5551234", builtin=False, flagged={})
+
+    assert (on.email, on.phone_number) == (None, "5551234")
+    assert on.ignored == (Ignored(EMAIL, "blocked"),)
+    assert (off.email, off.phone_number, off.ignored) == (
+        "test@shop.com",
+        "5551234",
+        (),
+    )
+
+
+def test_screening_drops_each_value_the_database_flags_with_the_flags_reason() -> None:
+    screened = guard.screen(
+        "a@shop.com",
+        "5551234",
+        builtin=True,
+        flagged={EMAIL: "suppressed", PHONE_NUMBER: "blocked"},
+    )
+
+    assert not screened.usable
+    assert screened.ignored == (
+        Ignored(EMAIL, "suppressed"),
+        Ignored(PHONE_NUMBER, "blocked"),
+    )
+
+
+def test_screening_lists_the_builtin_drops_before_the_databases() -> None:
+    screened = guard.screen(
+        "a@shop.com", "1111111", builtin=True, flagged={EMAIL: "blocked"}
+    )
+
+    assert screened.ignored == (
+        Ignored(PHONE_NUMBER, "blocked"),
+        Ignored(EMAIL, "blocked"),
+    )
+
+
+def test_screening_ignores_a_flag_for_a_value_that_was_not_sent() -> None:
+    screened = guard.screen(
+        None, "5551234", builtin=True, flagged={EMAIL: "suppressed"}
+    )
+
+    assert (screened.email, screened.phone_number) == (None, "5551234")
+    assert screened.usable
+    assert screened.ignored == ()

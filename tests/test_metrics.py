@@ -7,10 +7,10 @@ import requests
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-import store
+import writes
 from live import live_service
 from reconcile import Identity, Outcome
-from store import Served
+from writes import Served
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -83,9 +83,7 @@ def test_retries_after_lost_races_are_counted(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     identity = Identity(1, ["a@x.io"], [], [], Outcome.CREATED)
-    monkeypatch.setattr(
-        store, "identify_and_commit", lambda *a, **k: Served(identity, [], 3)
-    )
+    monkeypatch.setattr(writes, "identify", lambda *a, **k: Served(identity, [], 3))
     before = metric(client, "identify_race_retries_total")
 
     client.post("/identify", json={"email": "a@x.io"})

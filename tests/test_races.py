@@ -11,7 +11,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import Connection, Engine, func, insert, select, text
 
 import locks
-import store
+import reads
+import writes
 from invariants import assert_invariants, live_rows
 from models import Contact, db
 from reconcile import Member, Outcome
@@ -30,7 +31,7 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
     with app.app_context():
         engine = db.engine
     competitor: dict[str, Any] = {}
-    read = store.read
+    read = reads.read
 
     def commit_the_same_contact_after_the_first_read(
         connection: Connection, **values: str | None
@@ -39,7 +40,7 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
         if not competitor:
             competitor["started"] = True
             with engine.connect() as other:
-                competitor["identity"] = store.identify_and_commit(
+                competitor["identity"] = writes.identify(
                     other,
                     email="doc@fluxkart.com",
                     phone_number="123456",
@@ -47,9 +48,9 @@ def test_a_request_whose_read_went_stale_is_answered_from_fresh_data(
                 ).identity
         return rows
 
-    monkeypatch.setattr(store, "read", commit_the_same_contact_after_the_first_read)
+    monkeypatch.setattr(reads, "read", commit_the_same_contact_after_the_first_read)
     with engine.connect() as connection:
-        served = store.identify_and_commit(
+        served = writes.identify(
             connection, email="doc@fluxkart.com", phone_number="123456", request_id=None
         )
 
@@ -106,7 +107,7 @@ def test_a_cluster_merged_while_its_lock_was_awaited_is_retried(app: Flask) -> N
 
         def request() -> None:
             with engine.connect() as connection:
-                served = store.identify_and_commit(
+                served = writes.identify(
                     connection,
                     email="c@fluxkart.com",
                     phone_number="3333",

@@ -1,4 +1,4 @@
-"""The rules applied to a real database (store.py over reconcile.py): every
+"""The rules applied to a real database (writes.py over reconcile.py): every
 rule of the contract."""
 
 from datetime import UTC, datetime, timedelta
@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Row, func, select, update
 
-import store
+import reads
+import writes
 from invariants import assert_invariants, live_rows
 from models import Contact
 from reconcile import Identity, Outcome, decide
@@ -16,7 +17,7 @@ from reconcile import Identity, Outcome, decide
 def identify(
     connection: Connection, email: str | None = None, phone: str | None = None
 ) -> Identity:
-    served = store.identify_and_commit(
+    served = writes.identify(
         connection, email=email, phone_number=phone, request_id=None
     )
     return served.identity
@@ -345,7 +346,7 @@ def test_cluster_lookup_reads_indexes_not_the_whole_table(
     sent: list[str] = []
     driver.set_trace_callback(sent.append)
     try:
-        store.read_clusters(connection, email="a@shop.com", phone_number="1111")
+        reads.read_clusters(connection, email="a@shop.com", phone_number="1111")
     finally:
         driver.set_trace_callback(None)
     query = next(sql for sql in sent if sql.startswith("WITH"))
