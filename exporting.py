@@ -13,6 +13,7 @@ from typing import IO, Any
 
 from sqlalchemy import Connection
 
+import locks
 from reconcile import Identity, Member, views
 
 PAGE = 2000
@@ -57,13 +58,14 @@ def export(
     return count
 
 
-def customer_line(identity: Identity, created_at: datetime) -> str:
+def customer_line(identity: Identity, created_at: str) -> str:
+    """One customer's line; `created_at` as the API writes a time."""
     view: dict[str, Any] = {
         "primaryContactId": identity.primary_id,
         "emails": identity.emails,
         "phoneNumbers": identity.phone_numbers,
         "secondaryContactIds": identity.secondary_ids,
-        "createdAt": created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "createdAt": created_at,
     }
     return json.dumps(view) + "\n"
 
@@ -76,27 +78,45 @@ def _pages(connection: Connection) -> Iterator[list[str]]:
         after = 0
         while True:
             primaries = [
-                row[0]
-                for row in connection.exec_driver_sql(sql["primaries"], (after, PAGE))
+                row[0] for row in _fetch(connection, sql["primaries"], (after, PAGE))
             ]
             if not primaries:
                 break
             after = primaries[-1]
             ids: Any = json.dumps(primaries) if sqlite else primaries
-            found = connection.exec_driver_sql(sql["rows"], (ids, ids))
+            found = _fetch(connection, sql["rows"], (ids, ids))
             rows = [
                 Member(i, email, phone, linked, link, _utc(at) if sqlite else at)
                 for i, email, phone, linked, link, at in found
             ]
+            # SQLite keeps the text SQLAlchemy's DateTime writes (UTC, six
+            # digits after the second): rewritten, not parsed and formatted.
+            times = {
+                row[0]: row[5].replace(" ", "T") + "Z" if sqlite else _text(row[5])
+                for row in found
+            }
             # A customer whose primary was soft-deleted is shown with its
             # oldest live row as primary, as /identify would answer it.
-            by_id = {row.id: row for row in rows}
             yield [
-                customer_line(identity, by_id[identity.primary_id].created_at)
+                customer_line(identity, times[identity.primary_id])
                 for identity in views(rows)
             ]
     finally:
         connection.rollback()
+
+
+def _fetch(
+    connection: Connection, statement: str, parameters: tuple[Any, ...]
+) -> list[Any]:
+    """Every row of `statement`; on SQLite straight from the driver, at a
+    fraction of the cost of SQLAlchemy's rows."""
+    if connection.dialect.name == "sqlite":
+        return locks.driver(connection).execute(statement, parameters).fetchall()
+    return list(connection.exec_driver_sql(statement, parameters))
+
+
+def _text(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _utc(value: str) -> datetime:
