@@ -367,7 +367,19 @@ def test_bad_csv_lines_are_rejected_with_their_number_and_reason_and_the_rest_im
             "secondaryContactIds": [2],
         }
     ]
-    assert "rejected" in result.output
+    assert (tmp_path / "orders.csv.rejects.csv").stat().st_mode & 0o777 == 0o600
+    assert "importing: 2 of 2 lines" in result.stderr
+    (logged,) = [
+        json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")
+    ]
+    assert logged["message"] == "import"
+    assert (logged["read"], logged["rejected"], logged["customers_created"]) == (
+        10,
+        8,
+        1,
+    )
+    assert "hillvalley" not in result.stderr and "123456" not in result.stderr
+    assert "rejected" in result.stdout
 
 
 def test_bad_ndjson_lines_are_rejected_and_the_rest_imported(
