@@ -338,7 +338,7 @@ def apply_batch(
                 read, folded = _read(connection, values, guard), None
         else:
             locked = time.monotonic()
-            read = _lock_postgresql(connection, values, guard)
+            read = _lock_postgresql(connection, values, guard, progress.sha256)
         _check_progress(connection, progress)
         return _Found(read, folded)
 
@@ -553,15 +553,20 @@ def _read_screen(
     return blocked, suppressed, merged
 
 
-def _lock_postgresql(connection: Connection, values: _Values, guard: Guard) -> Read:
+def _lock_postgresql(
+    connection: Connection, values: _Values, guard: Guard, sha256: str
+) -> Read:
     """Begin the batch's transaction, lock its values as identify locks a
     request's (in one order, so two batches or a batch and a request never
-    wait for each other in a circle), then the primaries of the clusters
-    they touch, oldest first, until the clusters read are those locked
-    (store._begin_writing); return what it reads then."""
+    wait for each other in a circle) and the file's progress (two runs of
+    one file take turns, and the second finds the first's progress), then
+    the primaries of the clusters they touch, oldest first, until the
+    clusters read are those locked (as writes.py does for identify); return
+    what it reads then."""
     keys = sorted(
         {locks.lock_key("email", email) for email in values.emails}
         | {locks.lock_key("phone", phone) for phone in values.phones}
+        | {locks.lock_key("import", sha256)}
     )
     locks.lock_identifiers_postgresql(connection, keys)
     locked: set[int] = set()
@@ -576,8 +581,6 @@ def _lock_postgresql(connection: Connection, values: _Values, guard: Guard) -> R
 
 def _check_progress(connection: Connection, progress: Progress) -> None:
     statement = "SELECT applied FROM imported_file WHERE sha256 = ?"
-    if connection.dialect.name == "postgresql":
-        statement += " FOR UPDATE"
     found = connection.exec_driver_sql(
         _param(statement, connection), (progress.sha256,)
     ).scalar()

@@ -632,3 +632,29 @@ def test_an_import_beside_live_requests_keeps_every_invariant_and_answers_them_a
         assert_invariants(rows)
         assert_ledger_explains(rows, ledger_events(connection))
     engine.dispose()
+
+
+def test_two_runs_of_one_file_at_once_apply_it_once(
+    app: Flask, database_url: str, tmp_path: Path
+) -> None:
+    lines = order_lines(600, seed=5)
+    path = tmp_path / "orders.csv"
+    write_file(path, "csv", lines)
+
+    runs = [start_import(database_url, path, batch=20) for _ in range(2)]
+    outcomes = [run.communicate(timeout=120) for run in runs]
+
+    codes = sorted(run.returncode for run in runs)
+    assert codes in ([0, 0], [0, 1]), outcomes
+    if codes == [0, 1]:
+        assert any("another import of the same file" in err for _, err in outcomes)
+    assert run_import(app, path).exit_code == 0
+    assert applied_lines(database_url) == len(lines)
+    imported = shape(app)
+    rows, events = table(app)
+    assert_invariants(rows)
+    assert_ledger_explains(rows, events)
+    with app.app_context():
+        empty_database()
+    assert run_import(app, path).exit_code == 0
+    assert shape(app) == imported
