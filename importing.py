@@ -135,6 +135,23 @@ class Clusters:
         ids = sorted(i for customer in customers for i in self.customers[customer])
         return [self.rows[row_id] for row_id in ids]
 
+    def holds(self, email: str | None, phone_number: str | None) -> bool:
+        """Whether one customer holds every value given, and its primary is
+        a live row (none to hand over: reconcile.decide's rule 3). Each value
+        belongs to one customer, so one row holding it says which."""
+        customers = set()
+        for index, value in ((self.by_email, email), (self.by_phone, phone_number)):
+            if value is None:
+                continue
+            holders = index.get(value)
+            if not holders:
+                return False
+            customers.add(self.rows[next(iter(holders))].customer_id)
+        if len(customers) != 1:
+            return False
+        primary = self.rows.get(customers.pop())
+        return primary is not None and primary.linked_id is None
+
     def partners(self, email: str, phone_number: str) -> Partners:
         return Partners(
             phones_of_email=frozenset(self.phones_of_email.get(email, ())),
@@ -235,6 +252,12 @@ def fold(read: Read, lines: Iterable[Line], *, guard: Guard, now: datetime) -> F
                 phone_number = None
         if email is None and phone_number is None:
             tally.not_stored += 1
+            tally.ignored.update(each.reason for each in ignored)
+            continue
+        if clusters.holds(email, phone_number):
+            # Rule 3 with nothing to hand over: decide() would change nothing
+            # (most lines of an order history: a customer's next order).
+            tally.unchanged += 1
             tally.ignored.update(each.reason for each in ignored)
             continue
         both = email is not None and phone_number is not None
