@@ -59,11 +59,9 @@ class Meter:
             self._say()
 
     def already(self, count: int) -> None:
-        """Count `count` done before this run, out of the rate."""
+        """Start from `count`, done before this run."""
         self.count = count
         if self.bar is not None:
-            self.bar.update(count)
-            self.bar.reset(total=self.total)
             self.bar.update(count)
 
     def close(self) -> None:
