@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test ci browser bench
+.PHONY: run run-postgresql test ci browser bench
 
 ## Install the service, migrate its database and serve it (SQLite by default)
 ## on this machine only (127.0.0.1), even when PORT is set; HOST=0.0.0.0
@@ -10,6 +10,17 @@ BIN := $(VENV)/bin
 run: $(VENV)/.run-installed
 	$(BIN)/flask --app app db upgrade
 	HOST=$${HOST:-127.0.0.1} $(BIN)/gunicorn app:app
+
+## The same on PostgreSQL: the database POSTGRES_DB on the server POSTGRES
+## (by default `identity` on this machine's server, as user postgres) is
+## created when it is missing, then migrated and served. Needs psql.
+POSTGRES ?= postgresql://postgres@127.0.0.1:5432
+POSTGRES_DB ?= identity
+run-postgresql: $(VENV)/.run-installed
+	psql "$(POSTGRES)/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$(POSTGRES_DB)'" | grep -q 1 \
+		|| psql "$(POSTGRES)/postgres" -qc 'CREATE DATABASE "$(POSTGRES_DB)"'
+	DATABASE_URL=$(POSTGRES)/$(POSTGRES_DB) $(BIN)/flask --app app db upgrade
+	DATABASE_URL=$(POSTGRES)/$(POSTGRES_DB) HOST=$${HOST:-127.0.0.1} $(BIN)/gunicorn app:app
 
 ## Install the test tools and run the linters, the type checker and every test.
 ## The docs page test is skipped where Chromium is missing (see `make ci`).
@@ -20,7 +31,7 @@ test: $(VENV)/.dev-installed node_modules/.installed
 	$(BIN)/pytest
 
 ## Seed databases, load the service and a bare Flask floor with wrk, write
-## BENCHMARKS.md. Settings: BENCH_* variables (README: "Benchmarks").
+## BENCHMARKS.md. Settings: BENCH_* variables (docs/development.md: "Benchmarks").
 bench: $(VENV)/.run-installed
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/run.py

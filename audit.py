@@ -1,7 +1,7 @@
 """`flask --app app contacts audit`: the largest customers and the values with
 the most partners, to choose MAX_VALUES_PER_CUSTOMER and
 MAX_PARTNERS_PER_VALUE from the data and to find placeholders worth blocking
-(README: "Protection against over-merging").
+(docs/api.md: "Protection against over-merging").
 
 Each list is one set-based statement (GROUP BY over the table, ORDER BY and
 LIMIT in the database), so it runs on millions of rows without a Python loop

@@ -1,4 +1,4 @@
-"""API keys: who may call the service (README: "API keys")."""
+"""API keys: who may call the service (docs/operating.md: "API keys")."""
 
 import hmac
 
@@ -11,8 +11,8 @@ from werkzeug.exceptions import Unauthorized
 # out how to authenticate (the console asks for the key, then sends it).
 PUBLIC_ENDPOINTS = frozenset(
     {
-        "api.health",
-        "api.openapi",
+        "service.health",
+        "service.openapi",
         "swagger_ui.show",
         "console.to_page",
         "console.page",

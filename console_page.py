@@ -1,5 +1,5 @@
 """The support console at /console/: a page and its assets, all served from
-console/ in this repository (README: "Support console"). The page asks for
+console/ in this repository (docs/support.md). The page asks for
 the API key and calls the API from the browser; it holds no secret itself."""
 
 from pathlib import Path

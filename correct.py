@@ -1,6 +1,6 @@
 """Correcting mistakes, as pure functions: detaching a value from a customer
 and erasing a customer, decided from the customer's rows and the evidence
-that joins them (README: "Correcting a customer"). writes.py takes the locks of
+that joins them (docs/api.md: "Correcting a customer"). writes.py takes the locks of
 identify, reads what they need (reads.read_customer), decides here and applies
 the Correction (store.apply_correction) in one transaction."""
 
@@ -44,8 +44,8 @@ class Correction:
     the primary given, or to none: they become primaries. Every copy in the
     ledger of a value in `forgotten` ((field, value) pairs) becomes null, and
     so does the support reason of every earlier detach that the contact ids
-    in `reasons_forgotten` took part in (an erasure's: README, "What erasure
-    removes and what it keeps"). `customers` is the answer of a detach:
+    in `reasons_forgotten` took part in (an erasure's: docs/support.md,
+    "What erasure removes and what it keeps"). `customers` is the answer of a detach:
     every customer its rows now form, ascending id."""
 
     customer_id: int

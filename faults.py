@@ -1,5 +1,5 @@
 """What is wrong with the database, in words an operator can act on, and
-which failures leave a connection unfit to keep (README: "Errors", "/health").
+which failures leave a connection unfit to keep (docs/api.md: "Errors", "GET /health").
 
 SQLite statements sent straight to the driver (reads.py, store.py, ledger.py, locks.py)
 raise sqlite3 errors; those SQLAlchemy sends raise its DBAPIError around them."""

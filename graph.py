@@ -35,7 +35,7 @@ _ROWS = (
     .where(_LIVE, (Contact.id == _CUSTOMER_OF) | (Contact.linked_id == _CUSTOMER_OF))
     .order_by(Contact.id)
 )
-# The same merge events as detach's evidence (store.read_evidence), each one.
+# The same merge events as detach's evidence (reads.read_evidence), each one.
 _MERGES = (
     select(EventRow.id, EventRow.at, EventRow.email, EventRow.phone_number)
     .where(
@@ -112,7 +112,7 @@ def read(connection: Connection, contact_id: int) -> Graph | None:
 
 
 def document(graph: Graph) -> dict[str, Any]:
-    """The JSON of GET /customers/{id}/graph (README: "Support console")."""
+    """The JSON of GET /customers/{id}/graph (docs/api.md)."""
     rows = graph.rows
     values = {
         field: sorted({v for row in rows if (v := correct.value_of(row, field))})

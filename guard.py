@@ -1,5 +1,5 @@
 """Protection against over-merging: the values never matched or stored, and
-the limits a customer and a value may reach (README: "Protection against
+the limits a customer and a value may reach (docs/api.md: "Protection against
 over-merging"). screen() is the screening rule, pure: which values a request
 keeps, given which of them the database holds as blocked or suppressed
 (reads.screen reads that). The limits themselves are applied by
@@ -7,7 +7,6 @@ reconcile.decide()."""
 
 import hashlib
 import hmac
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 import locks
+import settings
 from models import BlockedValue, ErasureKeyCheck, SuppressedValue
 from reconcile import EMAIL, PHONE_NUMBER, Ignored, Limits
-from settings import ConfigurationError
 
 PLACEHOLDER_LOCAL_PARTS = frozenset(
     {
@@ -173,58 +172,19 @@ _KEY_CHECK_TEXT = b"erasure key check"
 NO_GUARD = Guard(builtin=False, limits=None)
 
 
-class BadSetting(ConfigurationError):
-    """A protection setting in the environment makes no sense; the service
-    refuses to start with this message."""
-
-
-def guard_from_env(environ: Mapping[str, str] = os.environ) -> Guard:
-    """The settings BUILTIN_BLOCKLIST, MAX_VALUES_PER_CUSTOMER,
-    MAX_PARTNERS_PER_VALUE, IDENTIFIER_PRIORITY and ERASURE_KEY. Raises
-    BadSetting."""
-    builtin = environ.get("BUILTIN_BLOCKLIST", "on").strip().lower()
-    if builtin not in {"on", "off"}:
-        raise BadSetting(f"BUILTIN_BLOCKLIST must be on or off, not {builtin!r}.")
-    priority = tuple(
-        part.strip()
-        for part in environ.get("IDENTIFIER_PRIORITY", "email,phoneNumber").split(",")
-    )
-    if sorted(priority) != sorted((EMAIL, PHONE_NUMBER)):
-        raise BadSetting(
-            "IDENTIFIER_PRIORITY must be email,phoneNumber or phoneNumber,email"
-            f" (the most important first), not {','.join(priority)!r}."
-        )
+def configured() -> Guard:
+    """The Guard the settings ask for: BUILTIN_BLOCKLIST, MAX_VALUES_PER_CUSTOMER,
+    MAX_PARTNERS_PER_VALUE, IDENTIFIER_PRIORITY and ERASURE_KEY, read by
+    settings.py. Raises settings.ConfigurationError."""
     return Guard(
-        builtin=builtin == "on",
+        builtin=settings.builtin_blocklist(),
         limits=Limits(
-            max_values=_positive(environ, "MAX_VALUES_PER_CUSTOMER", 100),
-            max_partners=_positive(environ, "MAX_PARTNERS_PER_VALUE", 20),
-            priority=(priority[0], priority[1]),
+            max_values=settings.max_values_per_customer(),
+            max_partners=settings.max_partners_per_value(),
+            priority=settings.identifier_priority(),
         ),
-        erasure_key=_erasure_key(environ),
+        erasure_key=settings.erasure_key(),
     )
-
-
-MIN_ERASURE_KEY = 16
-
-
-def _erasure_key(environ: Mapping[str, str]) -> bytes | None:
-    key = environ.get("ERASURE_KEY", "")
-    if not key:
-        return None
-    if len(key) < MIN_ERASURE_KEY:
-        raise BadSetting(
-            f"ERASURE_KEY must be at least {MIN_ERASURE_KEY} characters: a short"
-            " key lets anyone who reads the database guess the suppressed values."
-        )
-    return key.encode()
-
-
-def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
-    text = environ.get(name, str(default)).strip()
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise BadSetting(f"{name} must be a whole number of at least 1, not {text!r}.")
-    return int(text)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""gunicorn settings, read from the environment (README: "Configuration")."""
+"""gunicorn settings, from the environment as settings.py reads it
+(docs/operating.md: "Configuration")."""
 
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -22,7 +22,9 @@ try:
     settings.request_body_timeout()
     _threads = settings.web_threads()
     settings.database_pool_size()
-    _guard = guard.guard_from_env()
+    _workers = settings.web_concurrency()
+    _metrics_dir = settings.metrics_dir()
+    _guard = guard.configured()
 except settings.ConfigurationError as error:
     raise SystemExit(f"Not starting: {error}") from None
 
@@ -46,7 +48,7 @@ if _refused is not None:
     raise SystemExit(f"Not starting: {_refused}")
 
 bind = settings.bind()
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
+workers = _workers
 # Threads, each serving one request at a time, so that a slow or idle client
 # never holds a whole process; serving.py keeps them from being held too.
 worker_class = "serving.Worker"
@@ -66,16 +68,17 @@ control_socket_disable = True
 
 # Workers share their metrics through files in this directory. It must be set
 # before prometheus_client is first imported: here, only inside child_exit.
-_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-if _own_metrics_dir:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
-        prefix="identify-metrics-"
-    )
+# The workers (the app's settings and prometheus_client) read it from the
+# environment, so a directory made here is written there.
+_own_metrics_dir = _metrics_dir is None
+if _metrics_dir is None:
+    _metrics_dir = tempfile.mkdtemp(prefix="identify-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 
 def on_starting(server: Any) -> None:
     """Start the metrics from zero: files left by an earlier run would be summed in."""
-    directory = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    directory = Path(_metrics_dir)
     directory.mkdir(parents=True, exist_ok=True)
     for path in directory.glob("*.db"):
         path.unlink()
@@ -102,4 +105,4 @@ def child_exit(server: Any, worker: Any) -> None:
 def on_exit(server: Any) -> None:
     """Remove the metrics directory made above; one that was given is kept."""
     if _own_metrics_dir:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -1,7 +1,7 @@
 """The ledger: every change to the contact table as an event, appended in
 the same transaction as the change (writes.py commits it: on PostgreSQL with
 the message built here). It is read back by customer or as one feed in
-reads.py (README: "The ledger")."""
+reads.py (docs/api.md: "The ledger")."""
 
 import json
 from collections.abc import Sequence

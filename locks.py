@@ -1,4 +1,4 @@
-"""What makes writers wait for each other, per engine (README: "Concurrency").
+"""What makes writers wait for each other, per engine (docs/guarantees.md).
 
 SQLite has one write lock: BEGIN IMMEDIATE takes it, so every writer runs
 alone. PostgreSQL runs writers side by side at READ COMMITTED, each holding

@@ -5,6 +5,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import (
     ARRAY,
     JSON,
+    BigInteger,
     CheckConstraint,
     ColumnElement,
     DateTime,
@@ -63,7 +64,8 @@ db = SQLAlchemy(model_class=Base)
 
 
 class Contact(Base):
-    """One row per request that brought new information (README: "The contract")."""
+    """One row per request that brought new information (docs/api.md:
+    "Identify's rules")."""
 
     __tablename__ = "contact"
     # AUTOINCREMENT on SQLite: a deleted row's id (detach, erase) is never
@@ -93,7 +95,7 @@ MERGED_WITH = {
 
 class Event(Base):
     """One change to the contact table, with the values that caused it: the
-    ledger (README: "The ledger"). Ids grow in commit order (ledger.py)."""
+    ledger (docs/api.md: "The ledger"). Ids grow in commit order (ledger.py)."""
 
     __tablename__ = "event"
     # AUTOINCREMENT on SQLite: an id is never given out twice, even if the
@@ -113,6 +115,8 @@ class Event(Base):
             )
             for column in ("email", "phone_number")
         ),
+        # `types=` on the feed, and the webhook worker's reads (migration 0009).
+        Index("ix_event_type_id", "type", "id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -166,7 +170,7 @@ class ErasureKeyCheck(Base):
     """A keyed hash of a fixed text made with the ERASURE_KEY that suppressed
     values are hashed with (never the key): one row, stored with the first
     suppressed value, so that the service can tell a missing or another key
-    from the right one at start (guard.check_erasure_key)."""
+    from the right one at start and in /health (guard.erasure_key_problem)."""
 
     __tablename__ = "erasure_key_check"
 
@@ -184,6 +188,85 @@ class LegacyLink(Base):
 
     contact_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     customer_id: Mapped[int]
+
+
+class WebhookEndpoint(Base):
+    """A URL that a shop registered to receive the ledger's events
+    (webhooks.py). Its signing secrets are stored encrypted (docs/api.md:
+    "Following changes: webhooks")."""
+
+    __tablename__ = "webhook_endpoint"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    # The event types it receives; null for every type.
+    event_types: Mapped[list[str] | None] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(400))
+    # The secret a rotation replaced, signing beside the new one until
+    # previous_secret_until.
+    previous_secret: Mapped[str | None] = mapped_column(String(400))
+    previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The id of the last event handed over to its deliveries (delivery.py).
+    handed_over: Mapped[int] = mapped_column(Integer)
+    # No attempt before this time: the receiver's Retry-After.
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disabled_reason: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """An event still to deliver to an endpoint: a row exists from its
+    hand-over until a receiver took it or the retries gave up."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        Index("ix_webhook_delivery_due", "endpoint_id", "next_attempt_at"),
+    )
+
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_endpoint.id", ondelete="CASCADE"), primary_key=True
+    )
+    event_id: Mapped[int] = mapped_column(
+        Integer, primary_key=True, autoincrement=False
+    )
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WebhookAttempt(Base):
+    """One attempt to deliver an event to an endpoint, as
+    GET /webhooks/{id}/deliveries lists it; never a payload."""
+
+    __tablename__ = "webhook_attempt"
+    __table_args__ = (
+        Index("ix_webhook_attempt_endpoint_id", "endpoint_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_endpoint.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    # delivered, failed, gave_up (the last retry failed) or gone (410).
+    outcome: Mapped[str] = mapped_column(String(16))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class WebhookOutcome(Base):
+    """How many delivery attempts ended in each outcome, ever: counted in the
+    transaction that records them, for /metrics (the worker is another
+    process)."""
+
+    __tablename__ = "webhook_outcome"
+
+    outcome: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
 
 
 class ImportedFile(Base):
@@ -212,7 +295,7 @@ def engine_options(url: str, *, pool_size: int) -> dict[str, Any]:
 
     Connections run in autocommit mode, as on SQLite (prepare_engine): a read
     is one statement and needs no transaction, so a lookup is one round trip;
-    code that writes sends its own BEGIN (reconcile.py, migrations/env.py).
+    code that writes sends its own BEGIN (locks.py, migrations/env.py).
     `pool_size` connections stay open: at least one per thread of a
     gunicorn worker (settings.database_pool_size), so no request waits for
     one or opens a PostgreSQL session of its own. As many more may open for
@@ -248,7 +331,7 @@ def prepare_engine(engine: Engine, *, synchronous: str) -> None:
     """SQLite settings for every new connection: WAL (readers never block the
     writer), `synchronous` (FULL: a commit is on disk before it is
     acknowledged; see settings.py), foreign keys, zeroed free space, fewer
-    checkpoints, no busy timeout (reconcile.py waits for the write lock
+    checkpoints, no busy timeout (locks.py waits for the write lock
     itself), and autocommit: Python's sqlite3 module would otherwise begin
     a transaction before the first write on its own, after the reads that
     decided it."""

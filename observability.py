@@ -1,5 +1,5 @@
 """Operating the service: one JSON log line per request, with emails and phone
-numbers masked (masking.py), and Prometheus metrics (README: "Logs",
+numbers masked (masking.py), and Prometheus metrics (docs/operating.md: "Logs",
 "Metrics")."""
 
 import logging
@@ -112,14 +112,15 @@ def init_app(app: Flask) -> None:
     app.after_request(_finish)
 
 
-def metrics() -> Response:
+def metrics(extra: bytes = b"") -> Response:
     """Every metric in Prometheus text format, summed over all worker
-    processes when PROMETHEUS_MULTIPROC_DIR is set, else of this process."""
+    processes when PROMETHEUS_MULTIPROC_DIR is set, else of this process;
+    then `extra`, metrics read elsewhere (the webhooks' from the database)."""
     registry = REGISTRY
     if current_app.config.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry) + extra, content_type=CONTENT_TYPE_LATEST)
 
 
 def record_identity(served: Served) -> None:

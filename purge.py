@@ -1,5 +1,5 @@
-"""Removing what is left of deleted values in the database's files (README:
-"Where copies of an erased value remain").
+"""Removing what is left of deleted values in the database's files (docs/operating.md:
+"Backups, and where copies of an erased value remain").
 
 Deleting a row, or setting a value to null, takes the value out of what
 queries see, not out of the files. On SQLite copies stay in the WAL until it
@@ -173,5 +173,5 @@ def purge_command() -> None:
     click.echo(
         "No dead row, index entry or statistic holds a deleted value any more."
         " The WAL, archived WAL and backups keep theirs until they are recycled"
-        " or expire (README: Where copies of an erased value remain)."
+        " or expire (docs/operating.md: where copies of an erased value remain)."
     )

@@ -21,6 +21,7 @@ from sqlalchemy import (
     text,
     true,
     union,
+    union_all,
 )
 from sqlalchemy.dialects import sqlite
 
@@ -404,8 +405,24 @@ _PG_HORIZON = text(
 )
 
 
-def feed(connection: Connection, *, after: int, limit: int) -> Page:
-    """Every event with an id above `after`, oldest first, up to the newest
+def horizon(connection: Connection) -> int:
+    """The highest event id below which no id is still in flight (0 for an
+    empty ledger): every event committed from now on has a greater id. On
+    PostgreSQL, read as feed() reads it; `connection` in autocommit mode."""
+    if connection.dialect.name == "postgresql":
+        return int(connection.execute(_PG_HORIZON).one()[1] or 0)
+    return int(connection.execute(select(func.max(EventRow.id))).scalar() or 0)
+
+
+def feed(
+    connection: Connection,
+    *,
+    after: int,
+    limit: int,
+    types: Sequence[str] | None = None,
+) -> Page:
+    """Every event with an id above `after` (of one of `types`, when given),
+    oldest first, up to the newest
     event below which no id is still in flight: an event that shows up later
     always has a greater id than every event shown before. `connection`
     must be in autocommit mode, outside any transaction (models.py sets
@@ -420,19 +437,36 @@ def feed(connection: Connection, *, after: int, limit: int) -> Page:
     lock, by a transaction that had therefore ended when it was. The page is
     read by a second statement, whose newer snapshot holds every one of
     those that committed, and stops at the horizon: ids drawn later may
-    still be in flight (README: "Concurrency: why it is safe")."""
-    query = select(*_EVENT_COLUMNS).where(EventRow.id > after)
+    still be in flight (docs/guarantees.md: "The feed on PostgreSQL")."""
+    bounds = [EventRow.id > after]
     if connection.dialect.name == "postgresql":
         horizon = connection.execute(_PG_HORIZON).one()[1]
         if horizon is None or horizon <= after:
             return Page([], None)
-        query = query.where(EventRow.id <= horizon)
-    return _page(
-        connection.execute(query.order_by(EventRow.id).limit(limit + 1)).all(), limit
-    )
+        bounds.append(EventRow.id <= horizon)
+    if types is None:
+        query = select(*_EVENT_COLUMNS).where(*bounds)
+        return _page(
+            connection.execute(query.order_by(EventRow.id).limit(limit + 1)).all(),
+            limit,
+        )
+    # A page of each type, read from ix_event_type_id in id order, then
+    # merged: every type costs at most a page, however many events of the
+    # types lie after `after` (one IN over the types read them all, to sort).
+    pages = [
+        select(*_EVENT_COLUMNS)
+        .where(EventRow.type == kind, *bounds)
+        .order_by(EventRow.id)
+        .limit(limit + 1)
+        .subquery()
+        for kind in types
+    ]
+    merged = union_all(*(select(*page.c) for page in pages)).subquery()
+    query = select(*merged.c).order_by(merged.c.id).limit(limit + 1)
+    return _page(connection.execute(query).all(), limit)
 
 
-# The customer's history, in one statement (README: "Decisions"):
+# The customer's history, in one statement (docs/decisions.md):
 # - members: its rows, live or soft-deleted; their ids are the customer ids
 #   whose events it lists, and the values its live rows hold are the only
 #   values it shows (any other is null);
@@ -464,12 +498,12 @@ _HISTORY_SQL = """
     ),
     found AS (
         SELECT id, contact_ids, 1 AS whole FROM event
-        WHERE customer_id IN (SELECT id FROM members) AND id > :after
+        WHERE customer_id IN (SELECT id FROM members) AND id > :after{types}
         UNION ALL SELECT event.id, event.contact_ids,
         CASE WHEN handovers.type = 'customer.primary_changed' THEN 1 ELSE 0 END
         FROM event JOIN handovers
         ON event.customer_id = handovers.id AND event.id <= handovers.last
-        WHERE event.id > :after
+        WHERE event.id > :after{types}
     ),
     listed AS (
         SELECT DISTINCT id FROM found
@@ -501,12 +535,20 @@ _HISTORY_SQL = """
     FROM event JOIN listed ON event.id = listed.id
     ORDER BY event.id
 """
+# One statement per engine and per whether `types=` filters the events.
 _HISTORY = {
-    dialect: text(_HISTORY_SQL.format(elements=elements)).columns(*_EVENT_COLUMNS)
+    (dialect, filtered): text(
+        _HISTORY_SQL.format(
+            elements=elements, types=" AND event.type IN :types" if filtered else ""
+        )
+    )
+    .bindparams(*([bindparam("types", expanding=True)] if filtered else []))
+    .columns(*_EVENT_COLUMNS)
     for dialect, elements in (
         ("sqlite", "json_each"),
         ("postgresql", "json_array_elements_text"),
     )
+    for filtered in (False, True)
 }
 _LIVE_CONTACT = select(Contact.id).where(
     Contact.id == bindparam("contact_id"), Contact.deleted_at.is_(None)
@@ -514,7 +556,12 @@ _LIVE_CONTACT = select(Contact.id).where(
 
 
 def history(
-    connection: Connection, contact_id: int, *, after: int, limit: int
+    connection: Connection,
+    contact_id: int,
+    *,
+    after: int,
+    limit: int,
+    types: Sequence[str] | None = None,
 ) -> Page | None:
     """The events of the customer that live contact `contact_id` belongs to,
     oldest first; None when no live contact has that id. They are the events
@@ -525,9 +572,16 @@ def history(
     from, `customer.split`: those that name one of its rows; one step back).
     Of its own ids' events, those that name only rows of another customer
     (split off since) are left out. An email or phone that no live row of
-    the customer holds is shown as null (README, "Decisions")."""
-    parameters = {"contact_id": contact_id, "after": after, "limit": limit + 1}
-    query = _HISTORY[connection.dialect.name]
+    the customer holds is shown as null (docs/decisions.md). With `types`,
+    only the events of those types."""
+    parameters: dict[str, Any] = {
+        "contact_id": contact_id,
+        "after": after,
+        "limit": limit + 1,
+    }
+    if types is not None:
+        parameters["types"] = list(types)
+    query = _HISTORY[connection.dialect.name, types is not None]
     page = _page(connection.execute(query, parameters).all(), limit)
     if page.events or connection.execute(_LIVE_CONTACT, parameters).first():
         return page

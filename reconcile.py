@@ -67,8 +67,8 @@ class Ignored:
 
 @dataclass(frozen=True)
 class Limits:
-    """How far one customer and one value may grow (README: "Protection
-    against over-merging"). `priority` names the fields, most important
+    """How far one customer and one value may grow (docs/api.md:
+    "Protection against over-merging"). `priority` names the fields, most important
     first: a request that would break a limit loses the other one."""
 
     max_values: int = 100

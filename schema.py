@@ -1,5 +1,5 @@
-"""Whether the database's schema serves this code (README: "Upgrades and
-rollbacks"). It does at this code's latest migration, and also ahead of it:
+"""Whether the database's schema serves this code (docs/operating.md: "Upgrades
+and rollbacks"). It does at this code's latest migration, and also ahead of it:
 a release's migrations run before its code takes traffic, so a rollback
 meets a schema one release newer. Migrations add first and remove a release
 later, so a newer schema still holds every table and column this code uses;

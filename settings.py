@@ -1,15 +1,19 @@
 """Settings that the service refuses to start without understanding, read from
-the environment here and nowhere else (README: "Configuration"). A value it
+the environment here and nowhere else (docs/operating.md: "Configuration"). A value it
 cannot use stops `create_app()` and gunicorn with a message that says what to
 change, rather than running with something the operator did not ask for."""
 
 import os
+from multiprocessing import cpu_count
 from pathlib import Path
 
 from sqlalchemy import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+IDENTIFIERS = ("email", "phoneNumber")
+# A shorter ERASURE_KEY lets anyone who reads the database guess suppressed values.
+MIN_ERASURE_KEY = 16
 # Where a relative SQLite path in DATABASE_URL is: the Flask instance folder.
 INSTANCE = Path(__file__).resolve().parent / "instance"
 
@@ -158,6 +162,130 @@ def _whole_number(name: str, default: str) -> int:
     return int(text)
 
 
+def web_concurrency() -> int:
+    """WEB_CONCURRENCY: gunicorn's worker processes; twice the CPUs by default."""
+    return _whole_number("WEB_CONCURRENCY", str(cpu_count() * 2))
+
+
+def metrics_dir() -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR: where worker processes share their metrics
+    (gunicorn.conf.py makes one when it is unset); None serves this process's
+    metrics alone."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def builtin_blocklist() -> bool:
+    """BUILTIN_BLOCKLIST: whether the built-in rules (guard.BUILTIN_RULES)
+    block placeholder values; on by default, off turns them off."""
+    value = os.environ.get("BUILTIN_BLOCKLIST", "on").strip().lower()
+    if value not in {"on", "off"}:
+        raise ConfigurationError(f"BUILTIN_BLOCKLIST must be on or off, not {value!r}.")
+    return value == "on"
+
+
+def identifier_priority() -> tuple[str, str]:
+    """IDENTIFIER_PRIORITY: which value a request keeps when a limit refuses
+    one, the most important first; email,phoneNumber by default."""
+    text = os.environ.get("IDENTIFIER_PRIORITY", ",".join(IDENTIFIERS))
+    priority = tuple(part.strip() for part in text.split(","))
+    if sorted(priority) != sorted(IDENTIFIERS):
+        raise ConfigurationError(
+            "IDENTIFIER_PRIORITY must be email,phoneNumber or phoneNumber,email"
+            f" (the most important first), not {','.join(priority)!r}."
+        )
+    return priority[0], priority[1]
+
+
+def max_values_per_customer() -> int:
+    """MAX_VALUES_PER_CUSTOMER: the emails and phones one customer may hold; 100
+    by default."""
+    return _whole_number("MAX_VALUES_PER_CUSTOMER", "100")
+
+
+def max_partners_per_value() -> int:
+    """MAX_PARTNERS_PER_VALUE: the values of the other kind one value may be
+    seen with, in rows or in merge events; 20 by default."""
+    return _whole_number("MAX_PARTNERS_PER_VALUE", "20")
+
+
+def erasure_key() -> bytes | None:
+    """ERASURE_KEY: the secret that suppressed values are hashed with; None
+    when unset or empty (nothing can be suppressed)."""
+    key = os.environ.get("ERASURE_KEY", "")
+    if not key:
+        return None
+    if len(key) < MIN_ERASURE_KEY:
+        raise ConfigurationError(
+            f"ERASURE_KEY must be at least {MIN_ERASURE_KEY} characters: a short"
+            " key lets anyone who reads the database guess the suppressed values."
+        )
+    return key.encode()
+
+
 def port_set() -> bool:
     """Whether PORT is set: a platform started the service (the Procfile)."""
     return bool(os.environ.get("PORT"))
+
+
+# The shortest WEBHOOK_SECRET_KEY taken: 32 characters of a random text.
+MIN_WEBHOOK_SECRET_KEY = 32
+
+
+def webhook_secret_key() -> str | None:
+    """WEBHOOK_SECRET_KEY: the key the webhook endpoints' signing secrets are
+    encrypted with at rest (webhooks.py); None when it is unset. Without it
+    no endpoint can be registered and the delivery worker does not start."""
+    value = os.environ.get("WEBHOOK_SECRET_KEY")
+    if value is None:
+        return None
+    if len(value.strip()) < MIN_WEBHOOK_SECRET_KEY:
+        raise ConfigurationError(
+            f"WEBHOOK_SECRET_KEY must be a random text of at least"
+            f" {MIN_WEBHOOK_SECRET_KEY} characters (for example the output of"
+            " `openssl rand -base64 32`), or unset to serve without webhooks."
+        )
+    return value.strip()
+
+
+def webhook_allow_private() -> bool:
+    """WEBHOOK_ALLOW_PRIVATE: `true` lets webhooks reach private, loopback and
+    link-local addresses (a receiver on the same network); `false`, the
+    default, refuses them."""
+    value = os.environ.get("WEBHOOK_ALLOW_PRIVATE", "false").strip().lower()
+    if value not in ("true", "false"):
+        raise ConfigurationError(
+            f"WEBHOOK_ALLOW_PRIVATE must be true or false (the default), not {value!r}."
+        )
+    return value == "true"
+
+
+def webhook_retry_base() -> float:
+    """WEBHOOK_RETRY_BASE_SECONDS: the first retry's delay, 10 by default;
+    every later delay is a fixed multiple of it (delivery.RETRY_STEPS)."""
+    return _seconds("WEBHOOK_RETRY_BASE_SECONDS", "10")
+
+
+def webhook_poll_seconds() -> float:
+    """WEBHOOK_POLL_SECONDS: how often the delivery worker looks for new
+    events and due retries, 0.1 by default."""
+    return _seconds("WEBHOOK_POLL_SECONDS", "0.1")
+
+
+def webhook_concurrency() -> int:
+    """WEBHOOK_CONCURRENCY: endpoints a delivery worker serves at once, each
+    on a thread of its own; 8 by default."""
+    return _whole_number("WEBHOOK_CONCURRENCY", "8")
+
+
+def _seconds(name: str, default: str) -> float:
+    value = os.environ.get(name, default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 86400:
+        raise ConfigurationError(
+            f"{name} must be a number of seconds above 0 and below 86400 (the"
+            f" default is {default}), not {value!r}."
+        )
+    return seconds

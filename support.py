@@ -1,6 +1,6 @@
 """`flask --app app customers …`: detach and erase for support staff, the same
 operations as POST /customers/{id}/detach and DELETE /customers/{id}, with
-the same locks, rules and ledger (README: "Correcting a customer: detach and erase").
+the same locks, rules and ledger (docs/support.md).
 Events they append carry no request id. `holders`, as POST /customers/holders,
 finds the customers to detach a value from."""
 

@@ -1,7 +1,7 @@
-"""Parsing and normalising what clients send: the identify body (README: "The
-contract", normalisation), the paging parameters of the lists, and the
+"""Parsing and normalising what clients send: the identify body (docs/api.md:
+"Input and normalisation"), the paging parameters of the lists, and the
 requests that correct customers and blocked values, which refuse any query
-parameter or body member they do not know (README: "Correcting a
+parameter or body member they do not know (docs/api.md: "Correcting a
 customer")."""
 
 import json
@@ -13,6 +13,8 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from werkzeug.datastructures import MultiDict
+
+from reconcile import EventType
 
 MAX_EMAIL_LENGTH = 254
 # The largest request body the service reads, declared or sent chunked.
@@ -114,6 +116,36 @@ def parse_page(args: Mapping[str, str]) -> tuple[int, int]:
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}.")
     return after, limit
+
+
+EVENT_TYPES = tuple(kind.value for kind in EventType)
+
+
+def parse_types(args: Mapping[str, str]) -> list[str] | None:
+    """The event types of a list's `types` (comma-separated), or None when it
+    is absent: every type. Raises InvalidInput naming each unknown type (an
+    empty one too)."""
+    value = args.get("types")
+    if value is None:
+        return None
+    return event_types(value.split(","), "types")
+
+
+def event_types(names: Sequence[Any], where: str) -> list[str]:
+    """`names` as event types, each once, in the order given. Raises
+    InvalidInput naming those that are not event types (`where` names the
+    parameter or member)."""
+    unknown = [name for name in names if name not in EVENT_TYPES]
+    if unknown:
+        listed = ", ".join(
+            _quoted(name) if isinstance(name, str) else json.dumps(name)[:40]
+            for name in unknown
+        )
+        raise InvalidInput(
+            f"Unknown event type{'s' if len(unknown) > 1 else ''} in {where}:"
+            f" {listed}. The types are {_listed(EVENT_TYPES)}."
+        )
+    return list(dict.fromkeys(names))
 
 
 def _whole_number(args: Mapping[str, str], name: str, default: int) -> int:

@@ -1,6 +1,6 @@
 """The write pipeline: the one way contact rows and ledger events change,
-with the blocked and suppressed values a correction adds (README: "The
-write pipeline"; the shop's list of blocked values is edited by guard.py).
+with the blocked and suppressed values a correction adds (docs/development.md:
+"The write pipeline"; the shop's list of blocked values is edited by guard.py).
 Every writer runs the same steps, in one transaction, retried whole after a
 lost race:
 
@@ -325,7 +325,7 @@ def _lock_values_and_read(
     customer's secondary could deadlock with that customer's writer) and
     reads again, until the primaries of the rows read are exactly those it
     holds. Each further round means another writer changed these customers
-    and committed meanwhile. (README: "Concurrency".)
+    and committed meanwhile. (docs/guarantees.md: "Concurrency".)
 
     On SQLite `found` is still fresh, and is kept, when no other connection
     committed since `version` was taken, before it was read."""

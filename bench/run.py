@@ -45,13 +45,16 @@ Settings, all from the environment:
   BENCH_KEEP        unset               when 1, the report already in BENCH_OUT is
                                         kept below the new one, and its runs in the
                                         .json before the new ones
-  BENCH_SERIES      matrix,cluster,flood,detach,graph,import  what to run: the
-                                        matrix above, the cluster-size series
-                                        (cluster_series), the placeholder flood
-                                        (placeholder_flood), the large detach
+  BENCH_SERIES      matrix,cluster,flood,detach,graph,webhooks,import  what to
+                                        run: the matrix above, the cluster-size
+                                        series (cluster_series), the placeholder
+                                        flood (placeholder_flood), the large detach
                                         (detach_series), the graph of a customer
-                                        (bench/graph_series.py) and the import and
-                                        export of an order history (imports.py)
+                                        (bench/graph_series.py), the webhook
+                                        delivery worker (bench/delivery_bench.py)
+                                        and the import and export of an order
+                                        history (imports.py)
+  BENCH_HOOK_RATE   300                 identify/s beside the webhook worker
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
   BENCH_IMPORT_LINES 1000000            order lines of the import series
   BENCH_IMPORT_SEEDED 1000000           contacts seeded before its second import
@@ -64,6 +67,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import instances
+from delivery_bench import webhook_report, webhook_series
 from graph_series import graph_report, graph_series
 from harness import BENCH, Database, Server, Settings, env_list, log
 from imports import import_report, import_series
@@ -82,7 +86,9 @@ from series import (
 def main() -> None:
     settings = Settings.from_env()
     instances.check(settings)
-    series = env_list("BENCH_SERIES", "matrix,cluster,flood,detach,graph,import")
+    series = env_list(
+        "BENCH_SERIES", "matrix,cluster,flood,detach,graph,webhooks,import"
+    )
     started = datetime.now(UTC)
     runs: list[Run] = []
     seeds: dict[str, list[dict[str, Any]]] = {}
@@ -106,6 +112,7 @@ def main() -> None:
     floods = placeholder_flood(settings) if "flood" in series else []
     detaches = detach_series(settings) if "detach" in series else []
     graphs = graph_series(settings) if "graph" in series else []
+    hooks = webhook_series(settings) if "webhooks" in series else []
     imports = import_series(settings) if "import" in series else []
     minutes = (datetime.now(UTC) - started).total_seconds() / 60
     table = summarise(runs)
@@ -120,11 +127,21 @@ def main() -> None:
         text += "\n" + "\n".join(detach_report(detaches))
     if graphs:
         text += "\n" + "\n".join(graph_report(graphs))
+    if hooks:
+        text += "\n" + "\n".join(webhook_report(hooks))
     if imports:
         text += "\n" + "\n".join(import_report(imports))
     records = [
         asdict(run)
-        for run in [*runs, *cluster_runs, *floods, *detaches, *graphs, *imports]
+        for run in [
+            *runs,
+            *cluster_runs,
+            *floods,
+            *detaches,
+            *graphs,
+            *hooks,
+            *imports,
+        ]
     ]
     write(settings, text, records)
     if any(row["non_2xx"] or row["socket_errors"] for row in table) or any(

@@ -145,13 +145,19 @@ def empty_tables(connection: Connection) -> None:
         connection.execute(
             text(
                 "TRUNCATE contact, event, blocked_value, suppressed_value,"
-                " legacy_link, erasure_key_check, imported_file RESTART IDENTITY"
+                " legacy_link, erasure_key_check, webhook_endpoint,"
+                " webhook_delivery, webhook_attempt, webhook_outcome,"
+                " imported_file RESTART IDENTITY"
             )
         )
     else:
         connection.execute(text("DELETE FROM contact"))
         connection.execute(text("DELETE FROM event"))
         for table in (
+            "webhook_attempt",
+            "webhook_delivery",
+            "webhook_endpoint",
+            "webhook_outcome",
             "blocked_value",
             "suppressed_value",
             "legacy_link",

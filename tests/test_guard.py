@@ -11,9 +11,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 import guard
-from guard import BadSetting, builtin_rule, guard_from_env
+from guard import builtin_rule
 from models import Contact, Event, db
 from reconcile import EMAIL, PHONE_NUMBER, Ignored, Limits
+from settings import ConfigurationError
 from test_http import assert_problem
 
 
@@ -453,6 +454,15 @@ def test_the_priority_decides_which_value_is_dropped(
     assert answer["contact"]["emails"] == ["a@shop.com"]
 
 
+SETTINGS = (
+    "BUILTIN_BLOCKLIST",
+    "MAX_VALUES_PER_CUSTOMER",
+    "MAX_PARTNERS_PER_VALUE",
+    "IDENTIFIER_PRIORITY",
+    "ERASURE_KEY",
+)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -466,14 +476,17 @@ def test_the_priority_decides_which_value_is_dropped(
     ],
 )
 def test_nonsense_settings_are_refused_with_a_clear_message(
-    name: str, value: str
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(BadSetting, match=name):
-        guard_from_env({name: value})
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=name):
+        guard.configured()
 
 
-def test_the_default_settings() -> None:
-    settings = guard_from_env({})
+def test_the_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    settings = guard.configured()
 
     assert settings.builtin
     assert settings.limits == Limits(100, 20, ("email", "phoneNumber"))

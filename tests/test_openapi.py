@@ -1,5 +1,6 @@
 """The OpenAPI document at /openapi.json: valid, complete, and true."""
 
+import dataclasses
 import json
 import os
 import re
@@ -14,7 +15,6 @@ from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 from werkzeug.test import TestResponse
 
-import guard
 from live import live_service
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -165,8 +165,8 @@ def test_detach_and_erase_examples_are_what_the_service_answers(
     (the erasures by a service with ERASURE_KEY, but WITHOUT_KEY); the DRY_RUN
     examples add no event. Then the reads' AFTER_CORRECTIONS examples hold."""
     replay_identify_examples(client, document)
-    keyed = guard.guard_from_env({"ERASURE_KEY": "documented-example-key"})
     keyless = app.config["GUARD"]
+    keyed = dataclasses.replace(keyless, erasure_key=b"documented-example-key")
     for path, method in CORRECTIONS:
         operation = document["paths"][path][method]
         for name in example_names(operation):
@@ -317,7 +317,11 @@ def test_docs_page_loads_its_assets_from_the_app_itself(client: FlaskClient) -> 
 def test_fuzzing_the_live_app_finds_no_5xx_and_no_undocumented_response(
     tmp_path: Path,
 ) -> None:
-    env = {"API_KEYS": "fuzz-key", "ERASURE_KEY": "fuzz-erasure-key"}
+    env = {
+        "API_KEYS": "fuzz-key",
+        "ERASURE_KEY": "fuzz-erasure-key",
+        "WEBHOOK_SECRET_KEY": "fuzz-webhook-secret-key-of-32-characters",
+    }
     with live_service(tmp_path, workers=2, env=env) as url:
         result = subprocess.run(
             [

@@ -186,6 +186,19 @@ def test_web_threads_that_are_not_a_whole_number_stop_gunicorn(value: str) -> No
     assert "Traceback" not in finished.stderr
 
 
+def test_zero_web_concurrency_stops_gunicorn_rather_than_serve_without_workers() -> (
+    None
+):
+    """gunicorn itself refuses a WEB_CONCURRENCY that is no number or is
+    negative, before reading gunicorn.conf.py; 0 it would run with, no worker
+    answering."""
+    finished = start_gunicorn({"WEB_CONCURRENCY": "0"})
+
+    assert finished.returncode != 0
+    assert "Not starting: WEB_CONCURRENCY must be a whole number" in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
 def test_a_pool_smaller_than_the_threads_stops_gunicorn() -> None:
     finished = start_gunicorn({"WEB_THREADS": "4", "DATABASE_POOL_SIZE": "2"})
 

@@ -1,4 +1,4 @@
-"""The contact table (README: "The contract"), with its indexes on email, phone
+"""The contact table (docs/api.md: "Identify's rules"), with its indexes on email, phone
 and link.
 
 Revision ID: 0001
