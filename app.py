@@ -17,6 +17,7 @@ import observability
 import purge
 import settings
 import support
+import transfer
 from api_blocked import blocked_api
 from api_corrections import corrections_api
 from api_customers import customers_api
@@ -74,6 +75,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.register_blueprint(blueprint)
     errors.init_app(app)
     audit.contacts.add_command(purge.purge_command)
+    audit.contacts.add_command(transfer.import_command)
+    audit.contacts.add_command(transfer.export_command)
     app.cli.add_command(audit.contacts)
     app.cli.add_command(support.customers)
     app.cli.add_command(delivery.webhooks_cli)

@@ -27,7 +27,9 @@ from models import Contact, Event, db
 from reconcile import EMAIL, PHONE_NUMBER, EventType
 
 contacts = AppGroup(
-    "contacts", help="Inspect the contact table; purge deleted values from the files."
+    "contacts",
+    help="Inspect the contact table; purge deleted values from the files;"
+    " import a shop's history; export every customer.",
 )
 
 _LIVE = Contact.deleted_at.is_(None)

@@ -90,9 +90,15 @@ def builtin_rule(field: str, value: str) -> BuiltinRule | None:
     return None
 
 
+# Every ascending run of up to 21 digits, 0 following 9, is a part of this
+# text, and every descending one of its reverse: a lookup per number where
+# the digits' steps cost 8 µs (an import checks every line's phone).
+_ASCENDING = "0123456789" * 3
+_DESCENDING = _ASCENDING[::-1]
+
+
 def _is_run(digits: str) -> bool:
-    steps = {(int(b) - int(a)) % 10 for a, b in zip(digits, digits[1:], strict=False)}
-    return steps in ({1}, {9})
+    return digits in _ASCENDING or digits in _DESCENDING
 
 
 @dataclass(frozen=True)

@@ -269,6 +269,21 @@ class WebhookOutcome(Base):
     count: Mapped[int] = mapped_column(BigInteger)
 
 
+class ImportedFile(Base):
+    """How far the import of one file got: its lines, sorted as they are
+    applied, up to `applied` are committed (importing.py). Written in each
+    batch's transaction, so a run that stops leaves whole batches, and the
+    next run of the same file (same SHA-256) starts after them."""
+
+    __tablename__ = "imported_file"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lines: Mapped[int]
+    applied: Mapped[int]
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 # A service transaction runs for milliseconds, and is idle only while its
 # worker prepares the next statement: this long idle means the worker froze.
 # Below locks.BUSY_TIMEOUT, so the writers it held up are served, not 503'd.

@@ -228,6 +228,7 @@ def decide(
     limits: Limits | None = None,
     partners: Partners | None = None,
     ignored: Sequence[Ignored] = (),
+    created_at: datetime | None = None,
 ) -> Decision:
     """What an identify request with these normalised values changes, given
     every live row of every cluster that holds the email or the phone, and
@@ -251,13 +252,22 @@ def decide(
        primary is oldest; the others' rows are linked to it.
 
     Rows whose primary was soft-deleted are handed over to the oldest live
-    row of their cluster (`customer.primary_changed`)."""
-    decision = _link(rows, email, phone_number, now)
+    row of their cluster (`customer.primary_changed`).
+
+    `created_at`, when given (an imported line's createdAt), is the inserted
+    row's, whatever the rows' own: a row older than every row it matches is
+    the primary of them all (`customer.created`, then
+    `customer.primary_changed` for the customer whose primary was oldest and
+    `customer.merged` for each other one). Without it the row is created at
+    `now`, never before a row of the customer it joins."""
+    decision = _link(rows, email, phone_number, now, created_at)
+    # Most requests ignore nothing: no copy of the decision for them.
+    unrefused = replace(decision, ignored=tuple(ignored)) if ignored else decision
     if limits is None or email is None or phone_number is None:
-        return replace(decision, ignored=tuple(ignored))
+        return unrefused
     broken = _limit_broken(decision, rows, email, phone_number, limits, partners)
     if broken is None:
-        return replace(decision, ignored=tuple(ignored))
+        return unrefused
     dropped = limits.priority[1]
     kept_email = None if dropped == EMAIL else email
     kept_phone = None if dropped == PHONE_NUMBER else phone_number
@@ -268,7 +278,11 @@ def decide(
         or (kept_phone is not None and row.phone_number == kept_phone)
     }
     kept = _link(
-        [r for r in rows if r.customer_id in matched], kept_email, kept_phone, now
+        [r for r in rows if r.customer_id in matched],
+        kept_email,
+        kept_phone,
+        now,
+        created_at,
     )
     refused = Event(
         EventType.LINK_REFUSED,
@@ -328,18 +342,20 @@ def _link(
     email: str | None,
     phone_number: str | None,
     now: datetime,
+    created_at: datetime | None = None,
 ) -> Decision:
     """The four rules, with nothing refused."""
     if email is None and phone_number is None:
         raise ValueError("decide() needs an email, a phone number, or both")
     if not rows:
-        new = Member(NEW_ROW, email, phone_number, None, PRIMARY, now)
+        at = now if created_at is None else created_at
+        new = Member(NEW_ROW, email, phone_number, None, PRIMARY, at)
         return Decision(
             outcome=Outcome.CREATED,
             primary_id=NEW_ROW,
             promote=None,
             relink=(),
-            insert=NewRow(email, phone_number, None, now),
+            insert=NewRow(email, phone_number, None, at),
             events=(
                 Event(EventType.CREATED, NEW_ROW, (NEW_ROW,), email, phone_number),
             ),
@@ -347,6 +363,12 @@ def _link(
         )
 
     primary = oldest(rows)
+    if (
+        created_at is not None
+        and created_at < primary.created_at
+        and _brings_new(rows, email, phone_number)
+    ):
+        return _older_than_all(rows, email, phone_number, created_at)
     misplaced = [row for row in rows if not _in_place(row, primary)]
     events = [
         _relink_event(primary, group, email, phone_number)
@@ -357,9 +379,10 @@ def _link(
     members = list(rows)
     insert = None
     if _brings_new(rows, email, phone_number):
-        # Clocks of several app instances may disagree; a secondary must
-        # never look older than the primary it joins.
-        created_at = max(now, max(row.created_at for row in rows))
+        if created_at is None:
+            # Clocks of several app instances may disagree; a secondary must
+            # never look older than the primary it joins.
+            created_at = max(now, max(row.created_at for row in rows))
         insert = NewRow(email, phone_number, primary.id, created_at)
         members.append(
             Member(NEW_ROW, email, phone_number, primary.id, SECONDARY, created_at)
@@ -380,6 +403,57 @@ def _link(
         promote=primary.id if primary in misplaced else None,
         relink=tuple(row.id for row in misplaced if row is not primary),
         insert=insert,
+        events=tuple(events),
+        members=tuple(members),
+    )
+
+
+def _older_than_all(
+    rows: Sequence[Member],
+    email: str | None,
+    phone_number: str | None,
+    created_at: datetime,
+) -> Decision:
+    """A new row, older than every row it matches, becomes the primary of
+    their customers: the one whose primary was oldest changes primary, the
+    others are merged into it."""
+    groups = _by_customer(rows)
+    eldest = oldest(rows).customer_id
+    events = [Event(EventType.CREATED, NEW_ROW, (NEW_ROW,), email, phone_number)]
+    for former, group in groups.items():
+        ids = tuple(row.id for row in group)
+        if former == eldest:
+            events.append(
+                Event(
+                    EventType.PRIMARY_CHANGED,
+                    NEW_ROW,
+                    ids,
+                    email,
+                    phone_number,
+                    previous_customer_id=former,
+                )
+            )
+        else:
+            events.append(
+                Event(
+                    EventType.MERGED,
+                    NEW_ROW,
+                    ids,
+                    email,
+                    phone_number,
+                    absorbed_customer_id=former,
+                )
+            )
+    members = [
+        replace(row, linked_id=NEW_ROW, link_precedence=SECONDARY) for row in rows
+    ]
+    members.append(Member(NEW_ROW, email, phone_number, None, PRIMARY, created_at))
+    return Decision(
+        outcome=Outcome.MERGED if len(groups) > 1 else Outcome.LINKED,
+        primary_id=NEW_ROW,
+        promote=None,
+        relink=tuple(row.id for row in rows),
+        insert=NewRow(email, phone_number, None, created_at),
         events=tuple(events),
         members=tuple(members),
     )

@@ -21,6 +21,7 @@ import plots
 from delivery_bench import WebhookRun, webhook_report, webhook_series
 from graph_series import GraphRun, graph_report, graph_series
 from harness import Measured, Settings
+from imports import ImportRun, import_report, import_series
 from matrix import Run, matrix_series
 from report import headline, machine, matrix_section
 from series import (
@@ -130,6 +131,13 @@ SERIES = (
         WebhookRun,
         records(webhook_series),
         table(webhook_report),
+    ),
+    Series(
+        "import",
+        "Import and export",
+        ImportRun,
+        records(import_series),
+        table(import_report),
     ),
 )
 NAMES = ",".join(series.name for series in SERIES)

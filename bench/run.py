@@ -44,13 +44,18 @@ Settings, all from the environment:
                                         yardstick and the other instances
   BENCH_OUT         BENCHMARKS.md       the report; the history of every run beside
                                         it as .json, the charts in bench/charts/
-  BENCH_SERIES      every series of bench/registry.py (matrix,cluster,flood,
-                                        detach,graph): the matrix above, the
-                                        cluster-size series (cluster_series),
+  BENCH_SERIES      every series of bench/registry.py (matrix,cluster,
+                                        flood,detach,graph,webhooks,import): the
+                                        matrix above, the cluster-size series
+                                        (cluster_series),
                                         the placeholder flood (placeholder_flood),
-                                        the large detach (detach_series) and the
-                                        graph of a customer (bench/graph_series.py)
+                                        the large detach (detach_series), the
+                                        graph of a customer (bench/graph_series.py),
+                                        the webhook worker (delivery_bench.py) and
+                                        the import and export (imports.py)
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
+  BENCH_IMPORT_LINES 1000000            order lines of the import series
+  BENCH_IMPORT_SEEDED 1000000           contacts seeded before its second import
 Only ever loads 127.0.0.1.
 
 Each series measured appends an entry to the history (BENCH_OUT's .json);

@@ -139,14 +139,15 @@ def migrate(database_url: str) -> None:
 
 
 def empty_tables(connection: Connection) -> None:
-    """Every contact, event and blocked value gone; ids start again at 1."""
+    """Every contact, event, blocked value and import record gone; ids start
+    again at 1."""
     if connection.dialect.name == "postgresql":
         connection.execute(
             text(
                 "TRUNCATE contact, event, blocked_value, suppressed_value,"
                 " legacy_link, erasure_key_check, webhook_endpoint,"
-                " webhook_delivery, webhook_attempt, webhook_outcome"
-                " RESTART IDENTITY"
+                " webhook_delivery, webhook_attempt, webhook_outcome,"
+                " imported_file RESTART IDENTITY"
             )
         )
     else:
@@ -161,6 +162,7 @@ def empty_tables(connection: Connection) -> None:
             "suppressed_value",
             "legacy_link",
             "erasure_key_check",
+            "imported_file",
         ):
             connection.execute(text(f"DELETE FROM {table}"))
         connection.execute(text("DELETE FROM sqlite_sequence"))

@@ -213,6 +213,7 @@ def entries_of_every_series(commit: str) -> list[Any]:
     from delivery_bench import WebhookRun
     from graph_series import GraphRun
     from harness import Measured, Settings
+    from imports import ImportRun
     from registry import SERIES, entry
     from series import ClusterRun, Flood, LargeDetach
 
@@ -275,6 +276,9 @@ def entries_of_every_series(commit: str) -> list[Any]:
                     0,
                 )
             ]
+        ),
+        "import": Measured(
+            [ImportRun("sqlite", 0, 1000, 0.1, 10000.0, 100.0, 400, 0.01, 40000.0)]
         ),
     }
     started = datetime(2026, 12, 4, 20, 43, tzinfo=UTC)

@@ -133,7 +133,7 @@ def test_a_schema_one_release_ahead_is_healthy_while_it_holds_what_the_code_uses
     assert answer.status_code == 200
     assert lacking.status_code == 503
     detail = lacking.get_json()["detail"]
-    assert "newer than this code's ['0009']" in detail
+    assert "newer than this code's ['0010']" in detail
     assert "event.limit_name" in detail
 
 
@@ -155,4 +155,4 @@ def test_a_schema_behind_the_code_is_503_naming_the_upgrade(
     with app.app_context():
         db.engine.dispose()
     assert response.status_code == 503
-    assert "at revision ['0006'], not ['0009']" in response.get_json()["detail"]
+    assert "at revision ['0006'], not ['0010']" in response.get_json()["detail"]
