@@ -7,34 +7,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, select
 
 import correct
+import reads
 from correct import Evidence
 from models import Contact, LegacyLink, OneOf
 from models import Event as EventRow
 from reconcile import EMAIL, PHONE_NUMBER, EventType, Member, views
 
-_PRIMARY_ID = func.coalesce(Contact.linked_id, Contact.id)
-_LIVE = Contact.deleted_at.is_(None)
-_CUSTOMER_OF = (
-    select(_PRIMARY_ID)
-    .where(Contact.id == bindparam("contact_id"), _LIVE)
-    .scalar_subquery()
-)
-_ROWS = (
-    select(
-        Contact.id,
-        Contact.email,
-        Contact.phone_number,
-        Contact.linked_id,
-        Contact.link_precedence,
-        Contact.created_at,
-        Contact.updated_at,
-    )
-    .where(_LIVE, (Contact.id == _CUSTOMER_OF) | (Contact.linked_id == _CUSTOMER_OF))
-    .order_by(Contact.id)
-)
+_ROWS = reads.customer_query(Contact.updated_at)
 # The same merge events as detach's evidence (reads.read_evidence), each one.
 _MERGES = (
     select(EventRow.id, EventRow.at, EventRow.email, EventRow.phone_number)

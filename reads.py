@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     CompoundSelect,
     Connection,
     Row,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.orm import InstrumentedAttribute
 
 import guard as guard_rules
 import locks
@@ -295,14 +297,24 @@ _CUSTOMER_OF = (
     .where(Contact.id == bindparam("contact_id"), _LIVE)
     .scalar_subquery()
 )
-_CUSTOMER = (
-    select(*_COLUMNS)
-    .where(
-        _LIVE,
-        (Contact.id == _CUSTOMER_OF) | (Contact.linked_id == _CUSTOMER_OF),
+
+
+def customer_query(
+    *extra: ColumnElement[Any] | InstrumentedAttribute[Any],
+) -> Select[*tuple[Any, ...]]:
+    """The live rows of the customer that live contact :contact_id belongs
+    to, ascending id: a member's columns, then `extra`."""
+    return (
+        select(*_COLUMNS, *extra)
+        .where(
+            _LIVE,
+            (Contact.id == _CUSTOMER_OF) | (Contact.linked_id == _CUSTOMER_OF),
+        )
+        .order_by(Contact.id)
     )
-    .order_by(Contact.id)
-)
+
+
+_CUSTOMER = customer_query()
 
 
 def customer_rows(connection: Connection, contact_id: int) -> list[Member]:
