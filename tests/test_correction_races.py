@@ -21,19 +21,17 @@ from sqlalchemy import Connection, create_engine, select, text
 import correct
 import store
 from conftest import empty_tables
-from invariants import LedgerEvent, replay_event
-from models import IDLE_IN_TRANSACTION_TIMEOUT, Contact, Event, engine_options
-from reconcile import PHONE_NUMBER, Member
-from test_concurrency import (
-    FeedReader,
+from invariants import (
+    LedgerEvent,
     assert_invariants,
     assert_ledger_explains_the_table,
-    instances,
     ledger,
-    retries,
-    run_threads,
+    replay_event,
     table,
 )
+from live import FeedReader, instances, retries, run_threads
+from models import IDLE_IN_TRANSACTION_TIMEOUT, Contact, Event, engine_options
+from reconcile import PHONE_NUMBER, Member
 
 # Limits far above what a test reaches: the races under test are between
 # identify and the corrections, not the protection against over-merging.

@@ -11,10 +11,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 import guard
+from answers import assert_problem, sample
 from guard import BadSetting, builtin_rule, guard_from_env
 from models import Contact, Event, db
 from reconcile import Limits
-from test_http import assert_problem
 
 
 def post(client: FlaskClient, email: str | None, phone: str | None) -> Any:
@@ -483,7 +483,6 @@ def test_ignored_values_and_refused_links_are_counted(
     app: Flask, client: FlaskClient
 ) -> None:
     def metric(name: str, **labels: str) -> float:
-        from test_metrics import sample
 
         return sample(client.get("/metrics").get_data(as_text=True), name, **labels)
 
