@@ -16,6 +16,8 @@ from invariants import assert_invariants, assert_ledger_explains
 from reconcile import EMAIL, PHONE_NUMBER, PRIMARY, SECONDARY, EventType, Member
 from reference import EMAILS, PHONES, START, ReferenceModel, Table, examples
 
+pytestmark = pytest.mark.quick
+
 KINDS = {EMAIL: "email", PHONE_NUMBER: "phone"}
 
 

@@ -4,6 +4,7 @@ reference model and leave a ledger whose replay is the table."""
 
 from datetime import timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,8 @@ from reference import (
     Table,
     examples,
 )
+
+pytestmark = pytest.mark.quick
 
 
 def contact(decision: Decision, new_id: int | None) -> dict[str, object]:

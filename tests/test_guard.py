@@ -16,6 +16,8 @@ from guard import BadSetting, builtin_rule, guard_from_env
 from models import Contact, Event, db
 from reconcile import Limits
 
+pytestmark = pytest.mark.quick
+
 
 def post(client: FlaskClient, email: str | None, phone: str | None) -> Any:
     response = client.post("/identify", json={"email": email, "phoneNumber": phone})

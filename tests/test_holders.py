@@ -12,6 +12,8 @@ from flask.testing import FlaskClient
 from answers import assert_problem, post, state, view
 from guard import Guard
 
+pytestmark = pytest.mark.quick
+
 PLACEHOLDER = "0000000000"
 MARTY = "marty@hillvalley.edu"
 GEORGE = "george@hillvalley.edu"

@@ -12,6 +12,8 @@ from answers import assert_problem
 from app import create_app
 from models import Contact, db
 
+pytestmark = pytest.mark.quick
+
 
 def contact_count(app: Flask) -> int:
     with app.app_context():

@@ -4,6 +4,7 @@ the ledger rebuilds the table's customers."""
 
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +22,8 @@ from invariants import (
 from models import Event, db
 from reconcile import Limits
 from reference import EMAILS, PHONES, LimitedModel, ReferenceModel, examples
+
+pytestmark = pytest.mark.quick
 
 
 def assert_histories_show_only_held_values(

@@ -13,6 +13,8 @@ from sqlalchemy import func, select, update
 from answers import assert_problem
 from models import Contact, Event, db
 
+pytestmark = pytest.mark.quick
+
 
 def post(client: FlaskClient, email: str | None, phone: str | None) -> Any:
     response = client.post("/identify", json={"email": email, "phoneNumber": phone})
