@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import create_engine
 
+from conftest import empty_tables
 from invariants import (
     assert_invariants,
     assert_ledger_explains_the_table,
@@ -25,13 +27,26 @@ from live import FeedReader, instances, retries, run_threads
 THREADS = 16
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def service(
-    request: pytest.FixtureRequest, tmp_path: Path
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def running(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, list[str]]]:
-    """A migrated, empty database and the base URLs of the instances serving it."""
-    with instances(request, tmp_path, {}) as served:
+    """The instances of one engine, started once for every test here that
+    takes `service`."""
+    with instances(request, tmp_path_factory.mktemp("concurrency"), {}) as served:
         yield served
+
+
+@pytest.fixture
+def service(running: tuple[str, list[str]]) -> tuple[str, list[str]]:
+    """A migrated database and the base URLs of the instances serving it, on
+    empty tables (ids from 1 again)."""
+    url, _ = running
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        empty_tables(connection)
+    engine.dispose()
+    return running
 
 
 def race(base_urls: list[str], bodies: list[dict[str, Any]]) -> list[requests.Response]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import requests
 from sqlalchemy import Connection, create_engine, text
 
@@ -20,6 +21,10 @@ import locks
 from conftest import gunicorn, migrate
 from live import free_port
 from models import IDLE_IN_TRANSACTION_TIMEOUT, prepare_engine
+
+# Tests here bound how long an answer or a wait takes: they run one after
+# another on one xdist worker, beside test_abuse's, not beside each other.
+pytestmark = pytest.mark.xdist_group("serial")
 
 # The advisory lock every PostgreSQL writer took, shared (a retry exclusively),
 # before writers stopped sharing any lock: the repro holds it.
