@@ -34,7 +34,7 @@ POSTGRES_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 
-# A tenth of each property test's examples (reference.examples), for `make check`.
+# A tenth of each property test's examples (reference_model.examples), for `make check`.
 settings.register_profile("quick", max_examples=10, deadline=None)
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from correct import Correction, Evidence, NotHeld, detach, erase
 from invariants import assert_invariants, assert_ledger_explains
 from reconcile import EMAIL, PHONE_NUMBER, PRIMARY, SECONDARY, EventType, Member
-from reference import EMAILS, PHONES, START, ReferenceModel, Table, examples
+from reference_model import EMAILS, PHONES, START, ReferenceModel, Table, examples
 
 pytestmark = pytest.mark.quick
 

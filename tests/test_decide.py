@@ -19,7 +19,7 @@ from reconcile import (
     decide,
     views,
 )
-from reference import (
+from reference_model import (
     EMAILS,
     PHONES,
     START,

@@ -21,7 +21,7 @@ from invariants import (
 )
 from models import Event, db
 from reconcile import Limits
-from reference import EMAILS, PHONES, LimitedModel, ReferenceModel, examples
+from reference_model import EMAILS, PHONES, LimitedModel, ReferenceModel, examples
 
 pytestmark = pytest.mark.quick
 
