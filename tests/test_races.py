@@ -83,10 +83,17 @@ def seed(engine: Engine, *rows: tuple[str, str]) -> list[int]:
 
 
 def waiting_for_a_lock(engine: Engine) -> bool:
+    """A session that uses a table of this test's schema waits for a lock
+    (sessions of tests running beside it, in other schemas, do not count)."""
     with engine.connect() as connection:
-        return bool(
-            connection.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
-        )
+        return bool(connection.scalar(text(WAITING_IN_THIS_SCHEMA)))
+
+
+WAITING_IN_THIS_SCHEMA = (
+    "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid IN"
+    " (SELECT held.pid FROM pg_locks held JOIN pg_class ON pg_class.oid ="
+    " held.relation WHERE relnamespace = current_schema()::regnamespace)"
+)
 
 
 @only_on("postgresql")
