@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run run-postgresql test ci browser bench
+.PHONY: run run-postgresql check test ci browser bench
 
 ## Install the service, migrate its database and serve it (SQLite by default)
 ## on this machine only (127.0.0.1), even when PORT is set; HOST=0.0.0.0
@@ -22,13 +22,25 @@ run-postgresql: $(VENV)/.run-installed
 	DATABASE_URL=$(POSTGRES)/$(POSTGRES_DB) $(BIN)/flask --app app db upgrade
 	DATABASE_URL=$(POSTGRES)/$(POSTGRES_DB) HOST=$${HOST:-127.0.0.1} $(BIN)/gunicorn app:app
 
-## Install the test tools and run the linters, the type checker and every test.
-## The docs page test is skipped where Chromium is missing (see `make ci`).
+## The quick loop: the linters, the type checker, and the tests marked `quick`
+## (no server, no database process) on SQLite, a tenth of each property test's
+## examples (the Hypothesis profile `quick`).
+check: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -m "quick and not postgresql" --hypothesis-profile=quick
+
+## Install the test tools and run the linters, the type checker and every test,
+## TEST_WORKERS pytest-xdist processes at once (tests of one xdist_group run
+## one after another on one of them). The docs page test is skipped where
+## Chromium is missing (see `make ci`).
+TEST_WORKERS ?= 4
 test: $(VENV)/.dev-installed node_modules/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## Seed databases, load the service and a bare Flask floor with wrk, write
 ## BENCHMARKS.md and its charts. Settings: BENCH_* variables

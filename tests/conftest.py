@@ -2,7 +2,11 @@
 PostgreSQL (TEST_DATABASE_URL, by default the local server's `test` database).
 
 Under CI=true an unreachable PostgreSQL fails the run instead of skipping it,
-so the PostgreSQL path never silently goes untested."""
+so the PostgreSQL path never silently goes untested.
+
+Every test on PostgreSQL is marked `postgresql`; modules marked `quick` need
+no server and no database process; `make check` runs those on SQLite alone,
+with the Hypothesis profile `quick` (README: "Tests")."""
 
 import os
 import shutil
@@ -18,6 +22,7 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import settings
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import OperationalError
 
@@ -28,6 +33,21 @@ ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+# A tenth of each property test's examples (reference_model.examples), for `make check`.
+settings.register_profile("quick", max_examples=10, deadline=None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `postgresql` every test that runs on PostgreSQL: it takes the
+    session's schema, or a fixture parametrised "postgresql"."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = list(callspec.params.values()) if callspec else []
+        if "postgres_url" in getattr(item, "fixturenames", ()) or (
+            "postgresql" in params
+        ):
+            item.add_marker(pytest.mark.postgresql)
 
 
 def postgres_unreachable() -> str | None:

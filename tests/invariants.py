@@ -4,8 +4,9 @@ and the ledger checked against them."""
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, create_engine, select
 from sqlalchemy.orm import Session
 
 from models import Contact, Event
@@ -151,3 +152,25 @@ def assert_ledger_explains(rows: list[Row], events: list[LedgerEvent]) -> None:
     customer_of = replay(events)
     assert set(customer_of) == {row.id for row in rows}
     assert customer_of == {row.id: row.linked_id or row.id for row in rows}
+
+
+def table(url: str) -> list[Any]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = live_rows(connection)
+    engine.dispose()
+    return rows
+
+
+def ledger(url: str) -> list[LedgerEvent]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        events = ledger_events(connection)
+    engine.dispose()
+    return events
+
+
+def assert_ledger_explains_the_table(url: str) -> None:
+    """Every change has its event, none twice, and every merge event's
+    absorbed customer is now a secondary of its survivor's customer."""
+    assert_ledger_explains(table(url), ledger(url))

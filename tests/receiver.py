@@ -1,6 +1,7 @@
 """A real webhook receiver for the delivery tests: an HTTP server on
 127.0.0.1, in a thread, that verifies every request's signature with the
-standardwebhooks package and answers as the test tells it."""
+standardwebhooks package and answers as the test tells it; and what the
+webhook tests share (the secret key, a merge to deliver)."""
 
 import threading
 import time
@@ -10,8 +11,24 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from flask.testing import FlaskClient
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
+
+KEY = "test-webhook-secret-key-of-at-least-32-characters"
+
+
+def identify(client: FlaskClient, email: str | None, phone: str | None) -> Any:
+    response = client.post("/identify", json={"email": email, "phoneNumber": phone})
+    assert response.status_code == 200
+    return response.get_json()["contact"]
+
+
+def merged(client: FlaskClient) -> None:
+    """created, created, merged: events 1, 2 and 3."""
+    identify(client, "george@hillvalley.edu", "919191")
+    identify(client, "biffsucks@hillvalley.edu", "717171")
+    identify(client, "george@hillvalley.edu", "717171")
 
 
 @dataclass

@@ -19,6 +19,10 @@ import requests
 
 from live import live_service
 
+# Every test here bounds how long an answer may take: they run one after
+# another on one xdist worker, not beside each other.
+pytestmark = pytest.mark.xdist_group("serial")
+
 SERVED_WITHIN = 5.0
 # What a normal request may take beside misbehaving clients: nothing waits on them.
 ANSWERED_WITHIN = 1.0

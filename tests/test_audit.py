@@ -13,6 +13,8 @@ from guard import Guard
 from models import Contact, db
 from reconcile import Limits
 
+pytestmark = pytest.mark.quick
+
 
 def identify(client: FlaskClient, email: str | None, phone: str | None) -> Any:
     response = client.post("/identify", json={"email": email, "phoneNumber": phone})

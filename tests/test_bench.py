@@ -59,12 +59,12 @@ def test_the_yardstick_is_served_by_gunicorns_sync_worker_without_the_services_c
         deadline = time.monotonic() + 30
         while True:
             try:
-                answer = requests.post(f"{server.url}/insert", json=body, timeout=5)
+                answer = requests.post(f"{server.url}/insert", json=body, timeout=30)
                 break
             except requests.ConnectionError:
                 assert time.monotonic() < deadline, "the yardstick never answered"
                 time.sleep(0.2)
-        selected = requests.post(f"{server.url}/select", json=body, timeout=5)
+        selected = requests.post(f"{server.url}/select", json=body, timeout=30)
     finally:
         process.terminate()
         _, log = process.communicate(timeout=30)

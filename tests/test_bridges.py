@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from correct import Evidence, bridges, detach
 from reconcile import EMAIL, PHONE_NUMBER, PRIMARY, SECONDARY, Member
-from test_decide import START
+from reference_model import START, examples
+
+pytestmark = pytest.mark.quick
 
 EMAILS = ["a@x.io", "b@x.io", "c@x.io", "d@x.io"]
 PHONES = ["1111", "2222", "3333", "4444"]
@@ -55,7 +57,7 @@ def customers(draw: st.DrawFn) -> tuple[list[Member], Evidence]:
     return rows, Evidence(merged=merged, legacy=legacy)
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(customers())
 def test_a_value_is_a_bridge_exactly_when_detaching_it_splits_the_customer(
     customer: tuple[list[Member], Evidence],

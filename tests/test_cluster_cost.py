@@ -5,49 +5,15 @@ the phone). The work is counted, not timed: SQLite's virtual machine
 instructions (a progress handler called on each one), PostgreSQL's rows
 produced by every node of EXPLAIN ANALYZE."""
 
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any
 
 from flask import Flask
 from sqlalchemy import Connection, insert, select
 
-import locks
 import reads
+from costs import PHONE, instructions, seed_cluster
 from models import Contact, Event, db
-
-PHONE = "5550100"
-T = TypeVar("T")
-
-
-def seed_cluster(connection: Connection, size: int) -> None:
-    """One customer of `size` rows, every one holding PHONE, each its own email."""
-    start = datetime.now(UTC) - timedelta(days=1)
-    primary = connection.execute(
-        insert(Contact)
-        .values(
-            email="row0@shop.com",
-            phone_number=PHONE,
-            link_precedence="primary",
-            created_at=start,
-            updated_at=start,
-        )
-        .returning(Contact.id)
-    ).scalar_one()
-    connection.execute(
-        insert(Contact),
-        [
-            {
-                "email": f"row{n}@shop.com",
-                "phone_number": PHONE,
-                "linked_id": primary,
-                "link_precedence": "secondary",
-                "created_at": start + timedelta(seconds=n),
-                "updated_at": start + timedelta(seconds=n),
-            }
-            for n in range(1, size)
-        ],
-    )
 
 
 def cluster_read_work(app: Flask, size: int) -> int:
@@ -59,23 +25,6 @@ def cluster_read_work(app: Flask, size: int) -> int:
         if connection.dialect.name == "sqlite":
             return sqlite_instructions(connection)
         return postgresql_rows(connection)
-
-
-def instructions(connection: Connection, work: Callable[[], T]) -> tuple[int, T]:
-    """SQLite's virtual machine instructions that `work` runs, and its result."""
-    counted = [0]
-
-    def count() -> int:
-        counted[0] += 1
-        return 0
-
-    driver = locks.driver(connection)
-    driver.set_progress_handler(count, 1)
-    try:
-        done = work()
-    finally:
-        driver.set_progress_handler(None, 1)
-    return counted[0], done
 
 
 def sqlite_instructions(connection: Connection) -> int:

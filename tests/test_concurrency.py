@@ -6,55 +6,47 @@ SQLite: one instance with 4 workers on one file. PostgreSQL: two instances
 
 import random
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 
-from conftest import gunicorn, migrate
+from conftest import empty_tables
 from invariants import (
-    LedgerEvent,
     assert_invariants,
-    assert_ledger_explains,
+    assert_ledger_explains_the_table,
     clusters,
-    ledger_events,
-    live_rows,
+    ledger,
+    table,
 )
-from live import free_port
+from live import FeedReader, instances, retries, run_threads
 
 THREADS = 16
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def service(
-    request: pytest.FixtureRequest, tmp_path: Path
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def running(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, list[str]]]:
-    """A migrated, empty database and the base URLs of the instances serving it."""
-    with instances(request, tmp_path, {}) as served:
+    """The instances of one engine, started once for every test here that
+    takes `service`."""
+    with instances(request, tmp_path_factory.mktemp("concurrency"), {}) as served:
         yield served
 
 
-@contextmanager
-def instances(
-    request: pytest.FixtureRequest, tmp_path: Path, env: dict[str, str]
-) -> Iterator[tuple[str, list[str]]]:
-    """One gunicorn on a SQLite file, or two on PostgreSQL, with `env`."""
-    if request.param == "sqlite":
-        url, count = f"sqlite:///{tmp_path / 'contacts.db'}", 1
-    else:
-        url, count = request.getfixturevalue("postgres_url"), 2
-    migrate(url)
-    with ExitStack() as stack:
-        base_urls = [
-            stack.enter_context(gunicorn(url, free_port(), env=env))
-            for _ in range(count)
-        ]
-        yield url, base_urls
+@pytest.fixture
+def service(running: tuple[str, list[str]]) -> tuple[str, list[str]]:
+    """A migrated database and the base URLs of the instances serving it, on
+    empty tables (ids from 1 again)."""
+    url, _ = running
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        empty_tables(connection)
+    engine.dispose()
+    return running
 
 
 def race(base_urls: list[str], bodies: list[dict[str, Any]]) -> list[requests.Response]:
@@ -71,95 +63,6 @@ def race(base_urls: list[str], bodies: list[dict[str, Any]]) -> list[requests.Re
 
     run_threads([lambda i=i: send(i) for i in range(len(bodies))])
     return [response for response in responses if response is not None]
-
-
-def run_threads(targets: list[Callable[[], None]]) -> None:
-    errors: list[BaseException] = []
-
-    def guarded(target: Callable[[], None]) -> None:
-        try:
-            target()
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=guarded, args=(t,)) for t in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-
-
-def retries(base_urls: list[str]) -> int:
-    """Transactions retried after a lost race, summed over every instance."""
-    total = 0.0
-    for base_url in base_urls:
-        text = requests.get(f"{base_url}/metrics", timeout=10).text
-        for family in text_string_to_metric_families(text):
-            if family.name == "identify_race_retries":
-                total += sum(
-                    s.value for s in family.samples if s.name.endswith("_total")
-                )
-    return int(total)
-
-
-def table(url: str) -> list[Any]:
-    engine = create_engine(url)
-    with engine.connect() as connection:
-        rows = live_rows(connection)
-    engine.dispose()
-    return rows
-
-
-def ledger(url: str) -> list[LedgerEvent]:
-    engine = create_engine(url)
-    with engine.connect() as connection:
-        events = ledger_events(connection)
-    engine.dispose()
-    return events
-
-
-def assert_ledger_explains_the_table(url: str) -> None:
-    """Every change has its event, none twice, and every merge event's
-    absorbed customer is now a secondary of its survivor's customer."""
-    assert_ledger_explains(table(url), ledger(url))
-
-
-class FeedReader:
-    """Pages through GET /events with `after` while the test runs, as a shop
-    polls it; keeps every event id it was shown."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        self.seen: list[int] = []
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.run)
-
-    def run(self) -> None:
-        with requests.Session() as http:
-            while True:
-                finished = self.done.is_set()
-                self.read_to_the_end(http)
-                if finished:
-                    return
-
-    def read_to_the_end(self, http: requests.Session) -> None:
-        while True:
-            after = self.seen[-1] if self.seen else 0
-            page = http.get(
-                f"{self.base_url}/events", params={"after": after}, timeout=60
-            ).json()
-            self.seen += [event["id"] for event in page["events"]]
-            if page["next"] is None:
-                return
-
-    def __enter__(self) -> "FeedReader":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.done.set()
-        self.thread.join(timeout=120)
 
 
 def test_racing_identical_new_requests_create_one_primary(

@@ -7,14 +7,11 @@ no script or style outside the page's policy, and a phone's width.
 Screenshots go to test-artifacts/console/; the time from a search to a drawn
 graph is printed (run with -s to see it)."""
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -22,9 +19,9 @@ from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
+from browser import chromium
 from conftest import ROOT, gunicorn, migrate
 from live import free_port
-from test_docs_browser import CHROMEDRIVER, CHROMIUM, FLAGS
 
 KEY = "console-key"
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -63,20 +60,11 @@ def service(
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     """One Chromium for the module, its console messages kept."""
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        reason = (
-            "no chromium and chromedriver (Debian: apt-get install chromium-driver)"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + "; CI=true: the browser test must run")
-        pytest.skip(reason)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    profile = tmp_path_factory.mktemp("chromium")
-    for flag in [*FLAGS, f"--user-data-dir={profile}", "--window-size=1280,1000"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = chromium(
+        tmp_path_factory.mktemp("chromium"),
+        "--window-size=1280,1000",
+        console_messages=True,
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         yield driver

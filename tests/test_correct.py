@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from correct import Correction, Evidence, NotHeld, detach, erase
 from invariants import assert_invariants, assert_ledger_explains
 from reconcile import EMAIL, PHONE_NUMBER, PRIMARY, SECONDARY, EventType, Member
-from test_decide import START, Table
-from test_properties import EMAILS, PHONES, ReferenceModel
+from reference_model import EMAILS, PHONES, START, ReferenceModel, Table, examples
+
+pytestmark = pytest.mark.quick
 
 KINDS = {EMAIL: "email", PHONE_NUMBER: "phone"}
 
@@ -89,7 +90,7 @@ def contacts(correction: Correction) -> list[dict[str, object]]:
 VALUES = [(EMAIL, e) for e in EMAILS] + [(PHONE_NUMBER, p) for p in PHONES]
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(
     steps=st.lists(
         st.one_of(

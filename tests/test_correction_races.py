@@ -21,20 +21,19 @@ from sqlalchemy import Connection, create_engine, select, text
 import correct
 import writes
 from conftest import empty_tables
-from invariants import LedgerEvent, replay_event
+from engines import only_on
+from invariants import (
+    LedgerEvent,
+    assert_invariants,
+    assert_ledger_explains_the_table,
+    ledger,
+    replay_event,
+    table,
+)
+from live import FeedReader, instances, retries, run_threads
 from models import IDLE_IN_TRANSACTION_TIMEOUT, Contact, Event, engine_options
 from reads import CustomerRows
 from reconcile import PHONE_NUMBER
-from test_concurrency import (
-    FeedReader,
-    assert_invariants,
-    assert_ledger_explains_the_table,
-    instances,
-    ledger,
-    retries,
-    run_threads,
-    table,
-)
 
 # Limits far above what a test reaches: the races under test are between
 # identify and the corrections, not the protection against over-merging.
@@ -536,6 +535,7 @@ def wait_for(condition: Callable[[], list[int]], what: str) -> list[int]:
     return found
 
 
+@only_on("postgresql", "running")
 def test_a_detach_waiting_while_its_customer_merges_into_an_older_one_follows_it(
     service: tuple[str, list[str]],
 ) -> None:
@@ -546,8 +546,6 @@ def test_a_detach_waiting_while_its_customer_merges_into_an_older_one_follows_it
     granted C's lock, finds C inside B, locks B too and detaches the phone
     from the merged customer, in the same transaction, with no retry."""
     url, base_urls = service
-    if url.startswith("sqlite"):
-        pytest.skip("row locks are PostgreSQL's; SQLite has one writer at a time")
     client = Client(base_urls)
     phone = "5550400"
     with requests.Session() as http:
@@ -625,6 +623,7 @@ def test_a_detach_waiting_while_its_customer_merges_into_an_older_one_follows_it
     )
 
 
+@only_on("postgresql", "running")
 @pytest.mark.parametrize("waiter", ["erase", "identify"])
 def test_a_request_that_finds_its_customer_merged_lets_go_of_the_old_primary(
     service: tuple[str, list[str]], waiter: str
@@ -640,8 +639,6 @@ def test_a_request_that_finds_its_customer_merged_lets_go_of_the_old_primary(
     PostgreSQL broke the deadlock after a second: one of them started
     again)."""
     url, base_urls = service
-    if url.startswith("sqlite"):
-        pytest.skip("row locks are PostgreSQL's; SQLite has one writer at a time")
     client = Client(base_urls)
     phone = "5550700"
     with requests.Session() as http:
@@ -748,6 +745,7 @@ def test_a_request_that_finds_its_customer_merged_lets_go_of_the_old_primary(
     )
 
 
+@only_on("sqlite", "running")
 def test_blocking_and_unblocking_a_value_wait_for_the_sqlite_write_lock(
     service: tuple[str, list[str]],
 ) -> None:
@@ -757,8 +755,6 @@ def test_blocking_and_unblocking_a_value_wait_for_the_sqlite_write_lock(
     (before, they failed at once with a 503: the service sets no busy
     timeout, and these writes did not wait for the lock like the others)."""
     url, base_urls = service
-    if not url.startswith("sqlite"):
-        pytest.skip("SQLite's one write lock; PostgreSQL has no such lock")
     client = Client(base_urls)
     with requests.Session() as http:
         body = {"phoneNumber": "5550500"}

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 
+from answers import post, state, view
 from conftest import ROOT
 from guard import Guard
 from invariants import (
@@ -27,12 +28,6 @@ ERASURE_KEY = b"tests-erasure-key-0123"
 REQUEST_ID = "0e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"
 
 
-def post(client: FlaskClient, email: str | None, phone: str | None) -> Any:
-    response = client.post("/identify", json={"email": email, "phoneNumber": phone})
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
-
-
 def family(client: FlaskClient) -> None:
     """Customer 1: rows 1-3 joined by the phone 5550 (row 1 holds only it),
     and customer 4 merged into it by a request that paired doc@ with 5550."""
@@ -43,38 +38,11 @@ def family(client: FlaskClient) -> None:
     post(client, "doc@hillvalley.edu", "5550")
 
 
-def state(app: Flask) -> tuple[list[Any], list[Any], int, int]:
-    """Every contact row and event, and the counts of blocked and suppressed
-    values: what a request that changes nothing leaves as it was."""
-    with app.app_context():
-        session = db.session()
-        contacts = session.execute(select(Contact).order_by(Contact.id)).all()
-        rows = [(c.id, c.email, c.phone_number, c.linked_id) for (c,) in contacts]
-        events = session.execute(
-            select(Event.id, Event.email, Event.phone_number)
-        ).all()
-        blocked = session.scalar(text("SELECT count(*) FROM blocked_value"))
-        suppressed = session.scalar(select(func.count()).select_from(SuppressedValue))
-        return rows, [tuple(e) for e in events], blocked or 0, suppressed or 0
-
-
 def check_table(app: Flask) -> None:
     with app.app_context():
         rows = live_rows(db.session())
         assert_invariants(rows, detached=True)
         assert_ledger_explains(rows, ledger_events(db.session()))
-
-
-def view(
-    primary: int, emails: list[str], phones: list[str], secondaries: list[int]
-) -> dict[str, Any]:
-    return {
-        "primaryContactId": primary,
-        "primaryContatctId": primary,
-        "emails": emails,
-        "phoneNumbers": phones,
-        "secondaryContactIds": secondaries,
-    }
 
 
 def test_detaching_the_shared_phone_splits_what_only_it_joined(

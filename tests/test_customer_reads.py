@@ -5,6 +5,8 @@ from flask.testing import FlaskClient
 
 from validation import MAX_ID
 
+pytestmark = pytest.mark.quick
+
 
 # One past the largest id of a PostgreSQL INTEGER column, which refuses it as
 # a parameter, and one past 64 bits, which SQLite cannot even bind.

@@ -2,123 +2,34 @@
 request sequences, applied to an in-memory table, answer exactly as the
 reference model and leave a ledger whose replay is the table."""
 
-from collections.abc import Iterable
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from invariants import LedgerEvent, Row, assert_invariants, assert_ledger_explains
+from invariants import assert_invariants, assert_ledger_explains
 from reconcile import (
     NEW_ROW,
     Decision,
-    Event,
     EventType,
     Limits,
     Member,
-    NewRow,
     Outcome,
-    Partners,
     decide,
     views,
 )
-from test_properties import EMAILS, PHONES, LimitedModel, ReferenceModel
+from reference_model import (
+    EMAILS,
+    PHONES,
+    START,
+    LimitedModel,
+    ReferenceModel,
+    Table,
+    examples,
+)
 
-START = datetime(2026, 11, 30, tzinfo=UTC)
-
-
-class Table:
-    """Contact rows and ledger events in memory, changed as store.apply_batch would."""
-
-    def __init__(self, limits: Limits | None = None) -> None:
-        self.rows: dict[int, Member] = {}
-        self.events: list[LedgerEvent] = []
-        self.merged: set[tuple[str | None, str | None]] = set()
-        self.clock = START
-        self.limits = limits
-        self.next_id = 1
-
-    def partners(self, email: str | None, phone: str | None) -> Partners:
-        return Partners(
-            phones_of_email=frozenset(p for e, p in self.merged if e == email and p),
-            emails_of_phone=frozenset(e for e, p in self.merged if p == phone and e),
-        )
-
-    def touched(self, email: str | None, phone: str | None) -> list[Member]:
-        hits = {
-            row.customer_id
-            for row in self.rows.values()
-            if (email is not None and row.email == email)
-            or (phone is not None and row.phone_number == phone)
-        }
-        return [row for row in self.rows.values() if row.customer_id in hits]
-
-    def identify(self, email: str | None, phone: str | None) -> Decision:
-        self.clock += timedelta(seconds=1)
-        decision = decide(
-            self.touched(email, phone),
-            email=email,
-            phone_number=phone,
-            now=self.clock,
-            limits=self.limits,
-            partners=self.partners(email, phone),
-        )
-        self.apply(decision)
-        return decision
-
-    def apply(self, decision: Decision) -> None:
-        for row_id in decision.relink:
-            self.rows[row_id] = replace(
-                self.rows[row_id],
-                linked_id=decision.primary_id,
-                link_precedence="secondary",
-            )
-        if decision.promote is not None:
-            self.rows[decision.promote] = replace(
-                self.rows[decision.promote], linked_id=None, link_precedence="primary"
-            )
-        new_id = None
-        if decision.insert is not None:
-            new_id = self.next_id
-            self.next_id += 1
-            self.rows[new_id] = member(new_id, decision.insert)
-        identity, events = decision.settle(new_id)
-        self.record(events)
-
-    def record(self, events: Iterable[Event]) -> None:
-        for event in events:
-            if event.type is EventType.MERGED:
-                self.merged.add((event.email, event.phone_number))
-            self.events.append(
-                LedgerEvent(
-                    len(self.events) + 1,
-                    event.type.value,
-                    event.customer_id,
-                    list(event.contact_ids),
-                    event.absorbed_customer_id,
-                )
-            )
-
-    def live(self) -> list[Row]:
-        return [
-            Row(
-                r.id,
-                r.email,
-                r.phone_number,
-                r.linked_id,
-                r.link_precedence,
-                r.created_at,
-            )
-            for r in sorted(self.rows.values(), key=lambda r: r.id)
-        ]
-
-
-def member(new_id: int, row: NewRow) -> Member:
-    precedence = "primary" if row.linked_id is None else "secondary"
-    return Member(
-        new_id, row.email, row.phone_number, row.linked_id, precedence, row.created_at
-    )
+pytestmark = pytest.mark.quick
 
 
 def contact(decision: Decision, new_id: int | None) -> dict[str, object]:
@@ -141,7 +52,7 @@ requests_strategy = st.lists(
 )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(requests=requests_strategy)
 def test_decisions_answer_like_the_reference_model_and_the_ledger_replays(
     requests: list[tuple[str | None, str | None]],
@@ -228,7 +139,7 @@ def test_views_show_each_customer_once_in_ascending_primary_order() -> None:
     assert [(v.primary_id, v.secondary_ids) for v in found] == [(1, [3]), (2, [])]
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=examples(3000), deadline=None)
 @given(
     requests=requests_strategy,
     max_values=st.integers(1, 6),

@@ -1,49 +1,22 @@
 """The docs page in headless Chromium: it renders the identify operation, takes
 an API key, and "Try it out" gets a contact from the running service."""
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
 
+from browser import chromium
 from live import live_service
-
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-# Chromium's own network traffic would be refused on a closed network.
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        reason = (
-            "no chromium and chromedriver (Debian: apt-get install chromium-driver)"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + "; CI=true: the browser test must run")
-        pytest.skip(reason)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chromium'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = chromium(tmp_path / "chromium")
     try:
         yield driver
     finally:

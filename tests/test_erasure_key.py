@@ -14,9 +14,8 @@ from sqlalchemy import func, select
 from app import create_app
 from conftest import gunicorn
 from guard import Guard
-from live import free_port
+from live import free_port, start_gunicorn
 from models import Contact, ErasureKeyCheck, SuppressedValue, db
-from test_startup import start_gunicorn
 
 KEY = "tests-erasure-key-0123"
 OTHER_KEY = "another-erasure-key-4567"

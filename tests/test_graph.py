@@ -9,8 +9,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import insert
 
 import graph
+from costs import instructions, seed_cluster
 from models import LegacyLink, db
-from test_cluster_cost import instructions, seed_cluster
 
 
 def identify(client: FlaskClient, email: str | None, phone: str | None) -> None:

@@ -11,11 +11,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 import guard
+from answers import assert_problem, sample
 from guard import builtin_rule
 from models import Contact, Event, db
 from reconcile import EMAIL, PHONE_NUMBER, Ignored, Limits
 from settings import ConfigurationError
-from test_http import assert_problem
+
+pytestmark = pytest.mark.quick
 
 
 def post(client: FlaskClient, email: str | None, phone: str | None) -> Any:
@@ -496,7 +498,6 @@ def test_ignored_values_and_refused_links_are_counted(
     app: Flask, client: FlaskClient
 ) -> None:
     def metric(name: str, **labels: str) -> float:
-        from test_metrics import sample
 
         return sample(client.get("/metrics").get_data(as_text=True), name, **labels)
 

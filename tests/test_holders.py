@@ -9,9 +9,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from answers import assert_problem, post, state, view
 from guard import Guard
-from test_corrections import post, state, view
-from test_http import assert_problem
+
+pytestmark = pytest.mark.quick
 
 PLACEHOLDER = "0000000000"
 MARTY = "marty@hillvalley.edu"

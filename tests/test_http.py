@@ -8,8 +8,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, text
 
+from answers import assert_problem
 from app import create_app
 from models import Contact, db
+
+pytestmark = pytest.mark.quick
 
 
 def contact_count(app: Flask) -> int:
@@ -22,16 +25,6 @@ def identify(client: FlaskClient, **body: Any) -> dict[str, Any]:
     assert response.status_code == 200, response.get_json()
     contact: dict[str, Any] = response.get_json()["contact"]
     return contact
-
-
-def assert_problem(response: Any, status: int) -> None:
-    assert response.status_code == status
-    assert response.mimetype == "application/problem+json"
-    document = response.get_json()
-    assert document["status"] == status
-    assert document["title"]
-    assert document["detail"]
-    assert "Traceback" not in response.get_data(as_text=True)
 
 
 def test_identify_answers_with_the_consolidated_contact(client: FlaskClient) -> None:

@@ -35,7 +35,14 @@ from invariants import (
 from live import free_port
 from models import db
 from reconcile import Limits
-from test_properties import EMAILS, PHONES, LimitedModel, ModelRow, ReferenceModel
+from reference_model import (
+    EMAILS,
+    PHONES,
+    LimitedModel,
+    ModelRow,
+    ReferenceModel,
+    examples,
+)
 
 BLOCKED_PHONE = "0000000"
 # Far in the past: older than every row /identify creates during the test.
@@ -197,7 +204,7 @@ line_strategy = st.tuples(
 
 
 @settings(
-    max_examples=40,
+    max_examples=examples(40),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

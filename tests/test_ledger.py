@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Connection, Engine, create_engine, func, select, text, update
 
 from conftest import ROOT, postgres_schema
+from engines import only_on
 from invariants import assert_ledger_explains, ledger_events, live_rows
 from ledger import LEDGER_LOCK
 from models import Contact, Event, db
@@ -289,8 +290,6 @@ def a_writer_held_before_commit(
     commits that connection to let the request finish."""
     with app.app_context():
         engine = db.engine
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer at a time: no event is ever in flight")
     with engine.connect() as setup:
         setup.exec_driver_sql(
             "CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS"
@@ -328,6 +327,7 @@ def committed(engine: Engine) -> list[tuple[int, int]]:
         return [(row.id, row.customer_id) for row in rows]
 
 
+@only_on("postgresql")
 def test_a_writer_commits_while_another_writers_event_is_in_flight_on_postgresql(
     app: Flask, client: FlaskClient
 ) -> None:
@@ -348,6 +348,7 @@ def test_a_writer_commits_while_another_writers_event_is_in_flight_on_postgresql
     assert seen_meanwhile == [(2, 2)]
 
 
+@only_on("postgresql")
 def test_the_feed_never_shows_an_event_before_a_smaller_id_in_flight_on_postgresql(
     app: Flask, client: FlaskClient
 ) -> None:

@@ -8,18 +8,10 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 import writes
+from answers import sample
 from live import live_service
 from reconcile import Identity, Outcome
 from writes import Served
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of a metrics page; 0 when it is absent."""
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and found.labels == labels:
-                return found.value
-    return 0.0
 
 
 def metric(client: FlaskClient, name: str, **labels: str) -> float:

@@ -2,11 +2,9 @@
 model of the contract's rules, the table keeps every invariant, and replaying
 the ledger rebuilds the table's customers."""
 
-import copy
-import itertools
-from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
@@ -23,201 +21,9 @@ from invariants import (
 )
 from models import Event, db
 from reconcile import Limits
+from reference_model import EMAILS, PHONES, LimitedModel, ReferenceModel, examples
 
-EMAILS = ["lorraine@hillvalley.edu", "mcfly@hillvalley.edu", "doc@fluxkart.com"]
-PHONES = ["123456", "919191", "717171", "5550000"]
-
-
-@dataclass
-class ModelRow:
-    id: int
-    email: str | None
-    phone: str | None
-    linked_id: int | None = None
-
-
-@dataclass
-class ReferenceModel:
-    """The contract's rules over a list, written to be obviously right, not fast.
-    Rows are created in id order, so the oldest row is the lowest id, and the
-    list stays in id order. `merged` holds the (email, phone) of every merge
-    whose two values have not been forgotten since."""
-
-    rows: list[ModelRow] = field(default_factory=list)
-    merged: set[tuple[str, str]] = field(default_factory=set)
-    next_id: int = 1
-
-    def identify(self, email: str | None, phone: str | None) -> dict[str, Any]:
-        matched = [
-            row
-            for row in self.rows
-            if (email is not None and row.email == email)
-            or (phone is not None and row.phone == phone)
-        ]
-        primaries = sorted({row.linked_id or row.id for row in matched})
-        if not primaries:
-            return self.view(self.add(email, phone, None))
-        oldest, *newer = primaries
-        if newer:
-            self.merged.add((email, phone))  # type: ignore[arg-type]
-        for row in self.rows:
-            if row.id in newer or row.linked_id in newer:
-                row.linked_id = oldest
-        cluster = self.cluster(oldest)
-        if (email is not None and email not in [r.email for r in cluster]) or (
-            phone is not None and phone not in [r.phone for r in cluster]
-        ):
-            self.add(email, phone, oldest)
-        return self.view(oldest)
-
-    def add(self, email: str | None, phone: str | None, linked_id: int | None) -> int:
-        self.rows.append(ModelRow(self.next_id, email, phone, linked_id))
-        self.next_id += 1
-        return self.next_id - 1
-
-    def customer_of(self, contact_id: int) -> list[ModelRow]:
-        """The rows of the customer of `contact_id`; LookupError if none."""
-        (row,) = [r for r in self.rows if r.id == contact_id] or [None]
-        if row is None:
-            raise LookupError(contact_id)
-        return self.cluster(row.linked_id or row.id)
-
-    def detach(self, contact_id: int, kind: str, value: str) -> list[dict[str, Any]]:
-        """Take the value away, then regroup what remains by shared values and
-        merges whose two values remain. ValueError if the customer lacks it."""
-        members = self.customer_of(contact_id)
-        if value not in [getattr(row, kind) for row in members]:
-            raise ValueError(value)
-        for row in members:
-            if getattr(row, kind) == value:
-                other = row.phone if kind == "email" else row.email
-                if other is None:
-                    self.rows.remove(row)
-                else:
-                    setattr(row, kind, None)
-        self.forget(kind, value)
-        groups = [[row] for row in members if row in self.rows]
-        joined = True
-        while joined:
-            joined = False
-            for a, b in itertools.combinations(groups, 2):
-                if any(self.joins(x, y) for x in a for y in b):
-                    groups.remove(b)
-                    a.extend(b)
-                    joined = True
-                    break
-        for group in groups:
-            primary = min(row.id for row in group)
-            for row in group:
-                row.linked_id = None if row.id == primary else primary
-        return [
-            self.view(min(r.id for r in group))
-            for group in sorted(groups, key=lambda g: min(r.id for r in g))
-        ]
-
-    def joins(self, x: ModelRow, y: ModelRow) -> bool:
-        return (
-            (x.email is not None and x.email == y.email)
-            or (x.phone is not None and x.phone == y.phone)
-            or (x.email, y.phone) in self.merged
-            or (y.email, x.phone) in self.merged
-        )
-
-    def erase(self, contact_id: int) -> tuple[list[int], set[tuple[str, str]]]:
-        """Delete the customer's rows; their ids and the values forgotten."""
-        members = self.customer_of(contact_id)
-        values = set()
-        for row in members:
-            self.rows.remove(row)
-            for kind in ("email", "phone"):
-                if getattr(row, kind) is not None:
-                    values.add((kind, getattr(row, kind)))
-                    self.forget(kind, getattr(row, kind))
-        return [row.id for row in members], values
-
-    def forget(self, kind: str, value: str) -> None:
-        index = 0 if kind == "email" else 1
-        self.merged = {pair for pair in self.merged if pair[index] != value}
-
-    def cluster(self, primary_id: int) -> list[ModelRow]:
-        return [r for r in self.rows if primary_id in (r.id, r.linked_id)]
-
-    def view(self, primary_id: int) -> dict[str, Any]:
-        cluster = self.cluster(primary_id)
-        primary = cluster[0]
-        emails: list[str] = []
-        phones: list[str] = []
-        for row in cluster:
-            if row.email is not None and row.email not in emails:
-                emails.append(row.email)
-            if row.phone is not None and row.phone not in phones:
-                phones.append(row.phone)
-        return {
-            "primaryContactId": primary.id,
-            "primaryContatctId": primary.id,
-            "emails": emails,
-            "phoneNumbers": phones,
-            "secondaryContactIds": [row.id for row in cluster[1:]],
-        }
-
-
-class LimitedModel:
-    """The reference model with the limits, written from the contract's words:
-    a request that would give a customer more than max_values values, or a
-    value more than max_partners partners (in rows or merges), is served as
-    if sent without its lower-priority value, and says which limit it met
-    (the values one when both would break)."""
-
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
-        self.model = ReferenceModel()
-
-    def identify(
-        self, email: str | None, phone: str | None
-    ) -> tuple[dict[str, object], list[dict[str, str]]]:
-        trial = copy.deepcopy(self.model)
-        answer = trial.identify(email, phone)
-        broken = None
-        if email is not None and phone is not None:
-            broken = self.breaks(trial, email, phone)
-        if broken is None:
-            self.model = trial
-            return answer, []
-        dropped = self.limits.priority[1]
-        kept_email = None if dropped == "email" else email
-        kept_phone = None if dropped == "phoneNumber" else phone
-        answer = self.model.identify(kept_email, kept_phone)
-        return answer, [{"field": dropped, "reason": "limit", "limit": broken}]
-
-    @staticmethod
-    def primaries(model: ReferenceModel) -> int:
-        return len({row.linked_id or row.id for row in model.rows})
-
-    def breaks(self, trial: ReferenceModel, email: str, phone: str) -> str | None:
-        """The name of the limit `trial` (the model after the request) breaks."""
-        merged = self.primaries(trial) < self.primaries(self.model)
-        if not merged and len(trial.rows) == len(self.model.rows):
-            return None
-        cluster = next(
-            r.linked_id or r.id
-            for r in trial.rows
-            if r.email == email or r.phone == phone
-        )
-        members = trial.cluster(cluster)
-        values = {r.email for r in members} | {r.phone for r in members}
-        if len(values - {None}) > self.limits.max_values:
-            return "MAX_VALUES_PER_CUSTOMER"
-        rows = self.model.rows
-        phones = {r.phone for r in rows if r.email == email and r.phone}
-        phones |= {p for e, p in self.model.merged if e == email}
-        emails = {r.email for r in rows if r.phone == phone and r.email}
-        emails |= {e for e, p in self.model.merged if p == phone}
-        limit = self.limits.max_partners
-        if (phone not in phones and len(phones) >= limit) or (
-            email not in emails and len(emails) >= limit
-        ):
-            return "MAX_PARTNERS_PER_VALUE"
-        return None
+pytestmark = pytest.mark.quick
 
 
 def assert_histories_show_only_held_values(
@@ -255,7 +61,7 @@ requests_strategy = st.lists(
 
 
 @settings(
-    max_examples=120,
+    max_examples=examples(120),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -287,7 +93,7 @@ BLOCKED_PHONE = "0000000"
 
 
 @settings(
-    max_examples=60,
+    max_examples=examples(60),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -382,7 +188,7 @@ def identify_step(
 
 
 @settings(
-    max_examples=80,
+    max_examples=examples(80),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -470,7 +276,7 @@ def test_detaches_and_erasures_between_identifies_answer_like_the_model(
 
 
 @settings(
-    max_examples=30,
+    max_examples=examples(30),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

@@ -10,8 +10,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
+from answers import assert_problem
 from models import Contact, Event, db
-from test_http import assert_problem
+
+pytestmark = pytest.mark.quick
 
 
 def post(client: FlaskClient, email: str | None, phone: str | None) -> Any:

@@ -9,9 +9,12 @@ from sqlalchemy import Connection, Row, func, select, update
 
 import reads
 import writes
+from engines import only_on
 from invariants import assert_invariants, live_rows
 from models import Contact
 from reconcile import Identity, Outcome, decide
+
+pytestmark = pytest.mark.quick
 
 
 def identify(
@@ -337,11 +340,10 @@ def test_a_new_secondary_is_never_older_than_its_primary(
     assert_invariants(live_rows(connection))
 
 
+@only_on("sqlite")
 def test_cluster_lookup_reads_indexes_not_the_whole_table(
     connection: Connection,
 ) -> None:
-    if connection.dialect.name != "sqlite":
-        pytest.skip("asserted on SQLite, whose plan does not depend on table size")
     driver = connection.connection.driver_connection
     sent: list[str] = []
     driver.set_trace_callback(sent.append)

@@ -1,30 +1,15 @@
 """Settings the service refuses to start with, and what it starts with."""
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from app import create_app
 from conftest import ROOT, gunicorn
-from live import free_port
+from live import free_port, start_gunicorn
 from models import db
 from settings import ConfigurationError, database_pool_size, database_url
-
-
-def start_gunicorn(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run gunicorn as production does until it exits on its own (or 30 s)."""
-    return subprocess.run(
-        [sys.executable, "-m", "gunicorn", "app:app"],
-        cwd=ROOT,
-        env={**os.environ, "PORT": str(free_port()), **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 @pytest.mark.parametrize(

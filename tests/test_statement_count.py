@@ -17,6 +17,8 @@ from sqlalchemy import event
 
 from models import db
 
+pytestmark = pytest.mark.quick
+
 
 @pytest.fixture
 def statements(app: Flask) -> Iterator[list[str]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import requests
 from sqlalchemy import Connection, create_engine, text
 
@@ -20,6 +21,10 @@ import locks
 from conftest import gunicorn, migrate
 from live import free_port
 from models import IDLE_IN_TRANSACTION_TIMEOUT, prepare_engine
+
+# Tests here bound how long an answer or a wait takes: they run one after
+# another on one xdist worker, beside test_abuse's, not beside each other.
+pytestmark = pytest.mark.xdist_group("serial")
 
 # The advisory lock every PostgreSQL writer took, shared (a retry exclusively),
 # before writers stopped sharing any lock: the issue's repro holds it.
@@ -58,9 +63,19 @@ def identify(base_url: str, body: dict[str, Any]) -> tuple[int, float]:
     return status, time.monotonic() - started
 
 
-def waiting_for_a_lock(connection: Connection) -> bool:
+def waiting_for_the_lock(connection: Connection, key: int) -> bool:
+    """A session waits for the advisory lock `key` (its 64 bits are
+    pg_locks' classid and objid); waits of tests running beside this one,
+    for other locks, do not count."""
     return bool(
-        connection.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+        connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                " AND locktype = 'advisory' AND objsubid = 1"
+                " AND (classid::bigint << 32 | objid::bigint) = :key"
+            ),
+            {"key": key},
+        )
     )
 
 
@@ -155,20 +170,22 @@ def test_the_server_ends_a_transaction_left_idle_by_a_frozen_worker(
         engine.connect() as observer,
     ):
         (worker,) = gunicorn_workers(frozen_port)
-        holder.exec_driver_sql(
-            f"BEGIN; SELECT pg_advisory_xact_lock({locks.lock_key('email', email)})"
-        )
+        key = locks.lock_key("email", email)
+        holder.exec_driver_sql(f"BEGIN; SELECT pg_advisory_xact_lock({key})")
         frozen: dict[str, tuple[int, float]] = {}
         thread = threading.Thread(
             target=lambda: frozen.update(answer=identify(frozen_url, {"email": email}))
         )
         thread.start()
-        wait_until(lambda: waiting_for_a_lock(observer), "the worker never waited")
+        wait_until(
+            lambda: waiting_for_the_lock(observer, key), "the worker never waited"
+        )
         os.kill(worker, signal.SIGSTOP)
         try:
             holder.exec_driver_sql("ROLLBACK")
             wait_until(
-                lambda: not waiting_for_a_lock(observer), "the lock was not granted"
+                lambda: not waiting_for_the_lock(observer, key),
+                "the lock was not granted",
             )
             status, seconds = identify(other_url, {"email": email})
         finally:

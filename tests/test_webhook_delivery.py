@@ -14,16 +14,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from conftest import ROOT
+from engines import only_on
 from live import free_port
 from models import WebhookDelivery, db
-from receiver import Received, receiver
-from test_webhooks import KEY, identify, merged
+from receiver import KEY, Received, identify, merged, receiver
 
 pytest_plugins = ["test_webhooks"]
 
@@ -221,11 +220,10 @@ def test_a_receiver_that_does_not_answer_never_delays_another_endpoint(
     assert [a["outcome"] for a in attempts(local, held)] == ["delivered"] * 3
 
 
+@only_on("postgresql")
 def test_two_workers_on_postgresql_deliver_each_event_once_never_concurrently(
     app: Flask, database_url: str, local: FlaskClient
 ) -> None:
-    if not database_url.startswith("postgresql"):
-        pytest.skip("several workers run on PostgreSQL only (SQLite: one)")
     with receiver() as hook:
         first = register(local, f"{hook.url}/first")
         second = register(local, f"{hook.url}/second")
@@ -243,11 +241,10 @@ def test_two_workers_on_postgresql_deliver_each_event_once_never_concurrently(
     assert all(r.verified_by for r in seen)
 
 
+@only_on("sqlite")
 def test_a_second_worker_on_one_sqlite_file_is_refused(
     database_url: str, local: FlaskClient
 ) -> None:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL runs several workers")
     with worker(database_url):
         time.sleep(1)
         second = subprocess.run(
@@ -425,13 +422,12 @@ def test_the_worker_does_not_start_without_the_secret_key(database_url: str) -> 
     assert "WEBHOOK_SECRET_KEY is not set" in refused.stderr
 
 
+@only_on("postgresql")
 def test_deliveries_go_on_after_the_database_drops_the_workers_connections(
     app: Flask, database_url: str, local: FlaskClient
 ) -> None:
     """PostgreSQL restarting, as the worker sees it: every one of its
     connections ended by the server (pg_terminate_backend)."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("a SQLite file has no server to lose")
     name = f"webhooks_{os.getpid()}"
     with receiver() as hook:
         endpoint = register(local, hook.url)

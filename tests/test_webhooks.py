@@ -17,15 +17,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, insert, select, text
 
 import delivery
+from answers import assert_problem
 from app import create_app
 from conftest import empty_database, gunicorn
 from live import free_port
 from models import WebhookAttempt, WebhookEndpoint, db
-from receiver import receiver
-from test_http import assert_problem
+from receiver import KEY, identify, merged, receiver
 from webhooks import SecretBox
-
-KEY = "test-webhook-secret-key-of-at-least-32-characters"
 
 
 @pytest.fixture
@@ -52,19 +50,6 @@ def local(hooks: Flask) -> FlaskClient:
     """A client of the app with private receivers allowed."""
     hooks.config["WEBHOOK_ALLOW_PRIVATE"] = True
     return hooks.test_client()
-
-
-def identify(client: FlaskClient, email: str | None, phone: str | None) -> Any:
-    response = client.post("/identify", json={"email": email, "phoneNumber": phone})
-    assert response.status_code == 200
-    return response.get_json()["contact"]
-
-
-def merged(client: FlaskClient) -> None:
-    """created, created, merged: events 1, 2 and 3."""
-    identify(client, "george@hillvalley.edu", "919191")
-    identify(client, "biffsucks@hillvalley.edu", "717171")
-    identify(client, "george@hillvalley.edu", "717171")
 
 
 def endpoints(app: Flask) -> int:
