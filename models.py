@@ -115,8 +115,11 @@ class Event(Base):
             )
             for column in ("email", "phone_number")
         ),
-        # `types=` on the feed, and the webhook worker's reads (migration 0009).
-        Index("ix_event_type_id", "type", "id"),
+        # `types=` on the feed, and the webhook worker's reads (migration 0009):
+        # id first, so that no read by type alone can take it. Led by the type,
+        # PostgreSQL read an email's merge partners through it (every merge
+        # event) when its statistics predated the merges.
+        Index("ix_event_id_type", "id", "type"),
         {"sqlite_autoincrement": True},
     )
 

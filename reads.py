@@ -462,9 +462,9 @@ def feed(
             connection.execute(query.order_by(EventRow.id).limit(limit + 1)).all(),
             limit,
         )
-    # A page of each type, read from ix_event_type_id in id order, then
-    # merged: every type costs at most a page, however many events of the
-    # types lie after `after` (one IN over the types read them all, to sort).
+    # A page of each type, read from ix_event_id_type in id order (the type
+    # checked in the index, not in the table), then merged: one IN over the
+    # types would read every matching event after `after`, to sort them.
     pages = [
         select(*_EVENT_COLUMNS)
         .where(EventRow.type == kind, *bounds)

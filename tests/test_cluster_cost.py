@@ -97,7 +97,7 @@ def history_work(app: Flask, size: int) -> int:
 
 
 def explain_history(connection: Connection, customer: int) -> Any:
-    query = reads._HISTORY["postgresql"].compile(dialect=connection.dialect)
+    query = reads._HISTORY["postgresql", False].compile(dialect=connection.dialect)
     (explained,) = connection.exec_driver_sql(
         f"EXPLAIN (ANALYZE, FORMAT JSON) {query}",
         {"contact_id": customer, "after": 0, "limit": 101},

@@ -16,7 +16,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_event_type_id", "event", ["type", "id"])
+    op.create_index("ix_event_id_type", "event", ["id", "type"])
     op.create_table(
         "webhook_endpoint",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -88,4 +88,4 @@ def downgrade() -> None:
     op.drop_table("webhook_attempt")
     op.drop_table("webhook_delivery")
     op.drop_table("webhook_endpoint")
-    op.drop_index("ix_event_type_id", table_name="event")
+    op.drop_index("ix_event_id_type", table_name="event")
