@@ -545,7 +545,7 @@ def _read_clusters(connection: Connection, values: _Values) -> list[Member]:
 
 def _utc(value: str) -> datetime:
     """A timestamp as SQLAlchemy's DateTime stores it on SQLite."""
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return datetime.fromisoformat(value + "+00:00")
 
 
 def _read_screen(
