@@ -84,7 +84,12 @@ def _pages(connection: Connection) -> Iterator[list[str]]:
             if not primaries:
                 break
             after = primaries[-1]
-            ids: Any = json.dumps(primaries) if sqlite else primaries
+            # One text either way: psycopg would build the array in Python.
+            ids = (
+                json.dumps(primaries)
+                if sqlite
+                else "{" + ",".join(map(str, primaries)) + "}"
+            )
             found = _fetch(connection, sql["rows"], (ids, ids))
             rows = [
                 Member(i, email, phone, linked, link, _utc(at) if sqlite else at)
@@ -122,4 +127,4 @@ def _text(at: datetime) -> str:
 
 
 def _utc(value: str) -> datetime:
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return datetime.fromisoformat(value + "+00:00")

@@ -306,7 +306,7 @@ def _line(record: str) -> Line:
         int(number),
         email,
         phone,
-        None if time == _NO_TIME else datetime.fromisoformat(time).replace(tzinfo=UTC),
+        None if time == _NO_TIME else datetime.fromisoformat(time + "+00:00"),
     )
 
 

@@ -9,9 +9,11 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import DOT_ATOM_TEXT
 from werkzeug.datastructures import MultiDict
 
 from reconcile import EventType
@@ -65,9 +67,37 @@ def trim_email(value: Any) -> str | None:
     return email
 
 
+# An address the library accepts as it is: a dot-atom of at most 64 ASCII
+# characters, an @, a domain of ASCII letters, digits, dots and hyphens it
+# accepts unchanged, 254 characters in all.
+_PLAIN_DOMAIN = re.compile(r"[a-z0-9.-]+")
+_MAX_LOCAL_PART = 64
+
+
+@lru_cache(maxsize=1 << 12)
+def _plain_domain(domain: str) -> bool:
+    """Whether the library accepts `domain` after an @ and leaves it as it is:
+    its check of a domain (IDNA) costs five times its check of the rest."""
+    try:
+        checked = validate_email(f"a@{domain}", check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return checked.domain == domain and checked.ascii_domain == domain
+
+
 def check_email(email: str) -> str:
     """The normalised form of a trimmed, lower-cased email whose syntax a
     validation library accepts (no DNS look-up). Raises InvalidInput."""
+    local, at, domain = email.rpartition("@")
+    if (
+        at
+        and len(email) <= MAX_EMAIL_LENGTH
+        and len(local) <= _MAX_LOCAL_PART
+        and DOT_ATOM_TEXT.match(local)
+        and _PLAIN_DOMAIN.fullmatch(domain)
+        and _plain_domain(domain)
+    ):
+        return email.lower()
     try:
         checked = validate_email(email, check_deliverability=False)
     except EmailNotValidError as error:
