@@ -557,10 +557,10 @@ def start_import(database_url: str, path: Path, batch: int) -> subprocess.Popen[
 def test_an_import_stopped_midway_and_run_again_ends_as_one_uninterrupted_run(
     app: Flask, database_url: str, tmp_path: Path, stop: signal.Signals
 ) -> None:
-    lines = order_lines(2000, seed=7)
+    lines = order_lines(6000, seed=7)
     path = tmp_path / "orders.csv"
     write_file(path, "csv", lines)
-    process = start_import(database_url, path, batch=3)
+    process = start_import(database_url, path, batch=2)
     deadline = time.monotonic() + 60
     while applied_lines(database_url) == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
