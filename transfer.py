@@ -152,9 +152,17 @@ def import_command(
 
         try:
             with db.engine.connect() as connection:
-                tally, before = importing.import_sorted(
-                    connection, lines, guard=guard, batch_size=batch_size, done=done
-                )
+                try:
+                    tally, before = importing.import_sorted(
+                        connection, lines, guard=guard, batch_size=batch_size, done=done
+                    )
+                except KeyboardInterrupt:
+                    # Stopped in the middle of a statement, the connection
+                    # cannot be rolled back on its way back to the pool (the
+                    # driver refuses a second command): close it instead; the
+                    # server rolls the batch back.
+                    connection.invalidate()
+                    raise
         except KeyboardInterrupt:
             raise click.ClickException(
                 f"Interrupted after {applying.count:,} of {lines.lines:,} lines:"
