@@ -3,9 +3,11 @@ phone, screened), POST /customers/holders (by a value, blocked ones too),
 GET /customers/{id}, GET /customers/{id}/history (its events) and
 GET /customers/{id}/graph (its rows, values and evidence)."""
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Blueprint, current_app, request
+from sqlalchemy import Connection
 
 import graph
 import observability
@@ -19,6 +21,8 @@ from validation import (
     parse_page,
     parse_types,
 )
+
+T = TypeVar("T")
 
 customers_api = Blueprint("customers", __name__)
 
@@ -54,12 +58,9 @@ def customer_holders() -> dict[str, Any]:
 
 @customers_api.get("/customers/<int:contact_id>")
 def get_customer(contact_id: int) -> dict[str, Any]:
-    if contact_id > MAX_ID:
-        raise no_contact(contact_id)
-    with connect() as connection:
-        found = reads.customer(connection, contact_id)
-    if found is None:
-        raise no_contact(contact_id)
+    found = _of_customer(
+        contact_id, lambda connection: reads.customer(connection, contact_id)
+    )
     observability.record_customers([found])
     return {"contact": contact_json(found)}
 
@@ -68,24 +69,31 @@ def get_customer(contact_id: int) -> dict[str, Any]:
 def customer_history(contact_id: int) -> dict[str, Any]:
     after, limit = parse_page(request.args)
     types = parse_types(request.args)
-    if contact_id > MAX_ID:
-        raise no_contact(contact_id)
-    with connect() as connection:
-        page = reads.history(
+    page = _of_customer(
+        contact_id,
+        lambda connection: reads.history(
             connection, contact_id, after=after, limit=limit, types=types
-        )
-    if page is None:
-        raise no_contact(contact_id)
+        ),
+    )
     return {"events": page.events, "next": page.next}
 
 
 @customers_api.get("/customers/<int:contact_id>/graph")
 def customer_graph(contact_id: int) -> dict[str, Any]:
     """The customer's rows, values and evidence, its bridges marked."""
+    found = _of_customer(
+        contact_id, lambda connection: graph.read(connection, contact_id)
+    )
+    return graph.document(found)
+
+
+def _of_customer(contact_id: int, read: Callable[[Connection], T | None]) -> T:
+    """What `read` finds of the customer of live contact `contact_id`: a 404
+    when it finds nothing, or when the id is past every stored id."""
     if contact_id > MAX_ID:
         raise no_contact(contact_id)
     with connect() as connection:
-        found = graph.read(connection, contact_id)
+        found = read(connection)
     if found is None:
         raise no_contact(contact_id)
-    return graph.document(found)
+    return found
