@@ -4,6 +4,7 @@ about one customer in five giving, at one of its orders, the phone of an
 earlier customer (a household, a shared phone): joined later."""
 
 import csv
+import json
 import random
 import sys
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,28 @@ def write_orders(path: Path, lines: int, seed: int = 1) -> None:
                     ]
                 )
                 written += 1
+
+
+def write_bodies(orders: Path, bodies: Path) -> None:
+    """Write the /identify body of each line of `orders` to `bodies`, one
+    JSON object a line, in the order the import applies the lines: by
+    createdAt, file order breaking ties (write_orders gives every createdAt
+    the same width and offset, so their text sorts as their time)."""
+    with orders.open(newline="", encoding="utf-8") as source:
+        reader = csv.reader(source)
+        header = next(reader)
+        email, phone, created = (
+            header.index(name) for name in ("email", "phoneNumber", "createdAt")
+        )
+        rows = sorted(
+            (row[created], number, row[email], row[phone])
+            for number, row in enumerate(reader)
+        )
+    with bodies.open("w", encoding="utf-8") as out:
+        for _, _, address, phone_number in rows:
+            out.write(
+                json.dumps({"email": address, "phoneNumber": phone_number}) + "\n"
+            )
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """The series the bench knows and the current report built from them.
 
 Each series is a `Series`: a name (what BENCH_SERIES lists), a title, the
-dataclass of one of its records, the function that measures it, the one
-that renders its section and, where a picture says more than the table,
-the one that draws its chart. A measurement appends an `Entry` (the
-records of one series at one commit) to the history, BENCH_OUT's .json;
-the report, BENCH_OUT, holds the latest entry of every series, so that
-running one series replaces that series' section only."""
+dataclass of one of its records (or a function from a record's fields to
+the dataclass they are, for a series of several kinds), the function that
+measures it, the one that renders its section and, where a picture says
+more than the table, the one that draws its chart. A measurement appends
+an `Entry` (the records of one series at one commit) to the history,
+BENCH_OUT's .json; the report, BENCH_OUT, holds the latest entry of every
+series, so that running one series replaces that series' section only."""
 
 import json
 import os
@@ -21,7 +22,7 @@ import plots
 from delivery_bench import WebhookRun, webhook_report, webhook_series
 from graph_series import GraphRun, graph_report, graph_series
 from harness import Measured, Settings
-from imports import ImportRun, import_report, import_series
+from imports import import_record, import_section, import_series
 from matrix import Run, matrix_series
 from report import headline, machine, matrix_section
 from series import (
@@ -55,7 +56,7 @@ class Entry:
     facts: dict[str, Any]
     records: list[dict[str, Any]]
 
-    def runs(self, record: type) -> list[Any]:
+    def runs(self, record: Callable[..., Any]) -> list[Any]:
         return [record(**fields) for fields in self.records]
 
 
@@ -63,7 +64,7 @@ class Entry:
 class Series:
     name: str
     title: str
-    record: type
+    record: Callable[..., Any]
     run: Callable[[Settings], Measured]
     section: Callable[[Entry, list[Any]], list[str]]
     chart: Callable[[list[Any], Path], None] | None = None
@@ -135,9 +136,9 @@ SERIES = (
     Series(
         "import",
         "Import and export",
-        ImportRun,
+        import_record,
         records(import_series),
-        table(import_report),
+        import_section,
     ),
 )
 NAMES = ",".join(series.name for series in SERIES)

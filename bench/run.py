@@ -52,10 +52,13 @@ Settings, all from the environment:
                                         the large detach (detach_series), the
                                         graph of a customer (bench/graph_series.py),
                                         the webhook worker (delivery_bench.py) and
-                                        the import and export (imports.py)
+                                        the import and export, beside the same
+                                        lines through /identify (imports.py)
   BENCH_CLUSTER_ROWS 1,100,1000,2000,5000  rows of the one cluster of that series
   BENCH_IMPORT_LINES 1000000            order lines of the import series
   BENCH_IMPORT_SEEDED 1000000           contacts seeded before its second import
+  BENCH_IMPORT_MEMORY_LINES 5000000     order lines imported into an empty SQLite
+                                        database last, for its peak memory (0: skipped)
 Only ever loads 127.0.0.1.
 
 Each series measured appends an entry to the history (BENCH_OUT's .json);

@@ -1,6 +1,9 @@
 """The bench's harness (bench/): the yardstick it serves, the references'
-settings, and how it pairs, shares out and counts its runs."""
+settings, how it pairs, shares out and counts its runs, and the import
+series' lines sent to /identify."""
 
+import io
+import json
 import os
 import shutil
 import sqlite3
@@ -8,8 +11,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +219,7 @@ def entries_of_every_series(commit: str) -> list[Any]:
     from delivery_bench import WebhookRun
     from graph_series import GraphRun
     from harness import Measured, Settings
-    from imports import ImportRun
+    from imports import IdentifyRun, ImportRun, MemoryRun
     from registry import SERIES, entry
     from series import ClusterRun, Flood, LargeDetach
 
@@ -278,7 +284,38 @@ def entries_of_every_series(commit: str) -> list[Any]:
             ]
         ),
         "import": Measured(
-            [ImportRun("sqlite", 0, 1000, 0.1, 10000.0, 100.0, 400, 0.01, 40000.0)]
+            [
+                ImportRun(
+                    "sqlite",
+                    0,
+                    1000,
+                    0.1,
+                    10000.0,
+                    100.0,
+                    400,
+                    0.01,
+                    40000.0,
+                    600,
+                    60000.0,
+                ),
+                *(
+                    IdentifyRun(
+                        "sqlite",
+                        repeat,
+                        first,
+                        100,
+                        1.0,
+                        rps,
+                        5.0,
+                        20.0,
+                        0,
+                        0,
+                        first + 108,
+                    )
+                    for repeat, first, rps in ((0, 200, 400.0), (1, 308, 500.0))
+                ),
+                MemoryRun("sqlite", 5000000, 500.0, 10000.0, 310.5),
+            ]
         ),
     }
     started = datetime(2026, 12, 4, 20, 43, tzinfo=UTC)
@@ -390,3 +427,163 @@ def test_a_customer_added_beside_the_seeded_ones_is_one_primary_with_its_rows_li
         ("secondary", primary),
     ]
     assert rows[0].id == primary
+
+
+def test_the_import_section_shows_contacts_exported_identify_and_the_large_file(
+    tmp_path: Path,
+) -> None:
+    from registry import render
+
+    text = render(entries_of_every_series("abc1234"), tmp_path / "BENCHMARKS.md")
+    section = text[text.index("\n## Import and export\n") :]
+    row = "| sqlite | 0 | 1,000 | 0.1 | 10,000.0 | 100.0 | 400 | 600 | 0.01 | 40,000.0"
+    assert f"{row} | 60,000.0 |" in section
+    assert "export >= 50,000 contacts/s: 60,000.0, met" in section
+    # The median of 400 and 500 lines/s; 10,000 / 450.
+    assert (
+        "| sqlite | 200 to 416 | 450 | 5.0 | 20.0 | 0 | 10,000.0 | x22.2 |" in section
+    )
+    assert "- sqlite: the import >= 20 x /identify: x22.2, met" in section
+    assert "| sqlite | 5,000,000 | 500.0 | 10,000.0 | 310.5 |" in section
+    assert "- sqlite, 5,000,000 lines: peak RSS < 300 MB: 310.5 MB, NOT met" in section
+
+
+def test_an_import_entry_from_before_contacts_and_identify_were_measured_still_renders(
+    tmp_path: Path,
+) -> None:
+    from registry import render
+
+    [imported] = [e for e in entries_of_every_series("abc1234") if e.series == "import"]
+    older = {
+        "database": "sqlite",
+        "seeded": 0,
+        "lines": 1000000,
+        "seconds": 92.31,
+        "lines_per_s": 10833,
+        "peak_rss_mb": 155.1,
+        "exported": 279673,
+        "export_seconds": 4.38,
+        "customers_per_s": 63925,
+    }
+    text = render([replace(imported, records=[older])], tmp_path / "BENCHMARKS.md")
+    section = text[text.index("\n## Import and export\n") :]
+    assert "| 155.1 | 279,673 | not counted | 4.38 | 63,925 | not counted |" in section
+    verdict = "- sqlite, 1,000,000 lines into 0 contacts: >= 25,000 lines/s: 10,833"
+    assert f"{verdict}, NOT met; peak RSS < 300 MB: 155.1 MB, met\n" in section
+    assert "/identify lines/s" not in section
+    assert "BENCH_IMPORT_MEMORY_LINES" not in section
+
+
+def test_the_identify_bodies_are_the_files_values_in_the_order_the_import_applies_them(
+    tmp_path: Path,
+) -> None:
+    from orders import write_bodies
+
+    from import_lines import read_sorted
+
+    orders = tmp_path / "orders.csv"
+    orders.write_text(
+        "orderId,email,phoneNumber,createdAt,total\n"
+        "1,d@shop.example.com,+44 7000000004,2023-05-01T10:00:00Z,5.00\n"
+        "2,b@shop.example.com,+44 7000000002,2021-02-01T10:00:00Z,5.00\n"
+        "3,c@shop.example.com,+44 7000000003,2023-05-01T10:00:00Z,5.00\n"
+        "4,a@shop.example.com,+44 7000000001,2022-01-01T10:00:00Z,5.00\n"
+    )
+    bodies = tmp_path / "bodies.ndjson"
+    write_bodies(orders, bodies)
+    sent = [json.loads(line) for line in bodies.read_text().splitlines()]
+    with ExitStack() as stack:
+        applied = [
+            line.email for line in read_sorted(orders, "csv", io.StringIO(), stack)
+        ]
+    assert (
+        [body["email"] for body in sent]
+        == applied
+        == [
+            "b@shop.example.com",
+            "a@shop.example.com",
+            "d@shop.example.com",
+            "c@shop.example.com",
+        ]
+    )
+    assert sent[0] == {"email": "b@shop.example.com", "phoneNumber": "+44 7000000002"}
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """wrk's server: keeps the body of every POST; answers 200 to it and to
+    a GET, as the service's /health."""
+
+    protocol_version = "HTTP/1.1"
+    received: list[str]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append(body.decode())
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[str]]]:
+    received: list[str] = []
+    handler = type("Handler", (Receiver,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def bodies_file(tmp_path: Path, count: int) -> list[str]:
+    lines = [
+        json.dumps({"email": f"n{n}@example.com", "phoneNumber": None})
+        for n in range(count)
+    ]
+    (tmp_path / "bodies.ndjson").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_wrk_script_sends_each_line_once_from_the_first_asked_to_the_end(
+    tmp_path: Path, receiver: tuple[str, list[str]], threads: int
+) -> None:
+    from harness import Settings, run_wrk
+
+    url, received = receiver
+    lines = bodies_file(tmp_path, 40)
+    settings = replace(Settings.from_env(), duration=1, threads=threads)
+    result = run_wrk(
+        settings, "lines.lua", url, [tmp_path / "bodies.ndjson", 5, threads]
+    )
+    assert sorted(received) == sorted(lines[5:])
+    assert (result["next_line"], result["non_2xx"]) == (40, 0)
+
+
+def test_a_wrk_run_carries_on_where_the_last_stopped_sending_no_line_twice(
+    tmp_path: Path, receiver: tuple[str, list[str]]
+) -> None:
+    from harness import Settings, run_wrk
+
+    url, received = receiver
+    lines = bodies_file(tmp_path, 200_000)
+    settings = replace(Settings.from_env(), duration=1)
+    first = run_wrk(settings, "lines.lua", url, [tmp_path / "bodies.ndjson", 0, 1])
+    sent_first = list(received)
+    second = run_wrk(
+        settings, "lines.lua", url, [tmp_path / "bodies.ndjson", first["next_line"], 1]
+    )
+    sent_second = received[len(sent_first) :]
+    assert 0 < first["next_line"] < second["next_line"] < len(lines)
+    assert set(sent_first) <= set(lines[: first["next_line"]])
+    assert set(sent_second) <= set(lines[first["next_line"] : second["next_line"]])
+    assert len(set(received)) == len(received) >= first["requests"] + second["requests"]
