@@ -103,7 +103,7 @@ def import_series(settings: Settings) -> list[ImportRun | IdentifyRun | MemoryRu
     lines = int(env("BENCH_IMPORT_LINES", "1000000"))
     seeded_sizes = (0, int(env("BENCH_IMPORT_SEEDED", "1000000")))
     path = orders_file(lines)
-    bodies = path.with_suffix(".ndjson")
+    bodies = path.with_name(f"identify-{lines}.ndjson")
     if not bodies.exists() or bodies.stat().st_mtime < path.stat().st_mtime:
         log(f"sorting {lines:,} order lines into /identify bodies")
         write_bodies(path, bodies)
