@@ -91,6 +91,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"BENCH_SERIES: no series {', '.join(sorted(unknown))}")
     (BENCH / ".data").mkdir(exist_ok=True)
+    # Made before measuring: a history that cannot be saved would lose the run.
+    settings.out.parent.mkdir(parents=True, exist_ok=True)
     measured = commit()
     failed = []
     for series in SERIES:
