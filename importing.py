@@ -51,6 +51,11 @@ from reconcile import (
 _FIRST_NEW = 2**31
 
 
+# A line's email and phone through the built-in blocklist, and the values it
+# dropped.
+Screened = tuple[str | None, str | None, tuple[Ignored, ...]]
+
+
 class AnotherRun(Exception):
     """Another run of the same file moved its progress meanwhile."""
 
@@ -160,7 +165,8 @@ class Clusters:
 
     def apply(self, decision: Decision, new_id: int | None) -> list[Event]:
         """Change the rows as store.apply changes the table; return the
-        decision's events with `new_id` for the inserted row."""
+        decision's events naming the rows the batch inserts, `new_id` among
+        them, by the pipeline's placeholders (_placeholders)."""
         primary_id = decision.primary_id
         if primary_id == NEW_ROW and new_id is not None:
             primary_id = new_id
@@ -182,10 +188,8 @@ class Clusters:
             self._move(decision.promote, None)
         for row_id in decision.relink:
             self._move(row_id, primary_id)
-        events = [
-            event if new_id is None else event.settle({NEW_ROW: new_id})
-            for event in decision.events
-        ]
+        name = _placeholders(new_id)
+        events = [event.renamed(name) for event in decision.events]
         for event in events:
             if event.type is EventType.MERGED:
                 self._merged(event.email, event.phone_number)
@@ -216,6 +220,20 @@ class Clusters:
             self.emails_of_phone.setdefault(phone_number, set()).add(email)
 
 
+def _placeholders(new_id: int | None) -> Callable[[int], int]:
+    """The pipeline's name of each id of a decision: its inserted row
+    (NEW_ROW) is `new_id`, and each row the batch inserts is the placeholder
+    of its position among them (_FIRST_NEW onwards, in order); a row read
+    keeps its id."""
+
+    def name(row_id: int) -> int:
+        if row_id == NEW_ROW and new_id is not None:
+            row_id = new_id
+        return placeholder(row_id - _FIRST_NEW) if row_id >= _FIRST_NEW else row_id
+
+    return name
+
+
 @dataclass
 class Folded:
     """A batch decided: the rows as they end, the events in order, and the
@@ -226,24 +244,31 @@ class Folded:
     tally: Tally
 
 
-def fold(read: Read, lines: Iterable[Line], *, guard: Guard, now: datetime) -> Folded:
+def fold(
+    read: Read,
+    lines: Iterable[Line],
+    screened: Iterable[Screened],
+    *,
+    guard: Guard,
+    now: datetime,
+) -> Folded:
     """Decide each line as identify would, from `read` as the lines before it
-    changed it: the built-in blocklist, then the shop's blocked values and
-    the suppressed ones, then reconcile.decide with the limits and merge
-    partners. A line without createdAt is created at `now`. Pure."""
+    changed it: the built-in blocklist (`screened`, the lines' values through
+    it, by _values), then the shop's blocked values and the suppressed ones,
+    then reconcile.decide with the limits and merge partners. A line without
+    createdAt is created at `now`. Pure."""
     clusters = Clusters(read)
     events: list[Event] = []
     tally = Tally()
     next_id = _FIRST_NEW
-    for line in lines:
-        email, phone_number, ignored = _screen(guard, line.email, line.phone_number)
+    for line, (email, phone_number, ignored) in zip(lines, screened, strict=True):
         for kind, value in ((EMAIL, email), (PHONE_NUMBER, phone_number)):
             if value is None:
                 continue
             if (kind, value) in read.blocked:
-                ignored.append(Ignored(kind, "blocked"))
-            elif guard.digest(kind, value) in read.suppressed:
-                ignored.append(Ignored(kind, "suppressed"))
+                ignored = (*ignored, Ignored(kind, "blocked"))
+            elif read.suppressed and guard.digest(kind, value) in read.suppressed:
+                ignored = (*ignored, Ignored(kind, "suppressed"))
             else:
                 continue
             if kind == EMAIL:
@@ -258,7 +283,8 @@ def fold(read: Read, lines: Iterable[Line], *, guard: Guard, now: datetime) -> F
             # Rule 3 with nothing to hand over: decide() would change nothing
             # (most lines of an order history: a customer's next order).
             tally.unchanged += 1
-            tally.ignored.update(each.reason for each in ignored)
+            if ignored:
+                tally.ignored.update(each.reason for each in ignored)
             continue
         both = email is not None and phone_number is not None
         decision = decide(
@@ -288,22 +314,18 @@ def _builtin(field: str, value: str) -> bool:
     return builtin_rule(field, value) is not None
 
 
-def _screen(
-    guard: Guard, email: str | None, phone_number: str | None
-) -> tuple[str | None, str | None, list[Ignored]]:
+def _screen(guard: Guard, email: str | None, phone_number: str | None) -> Screened:
     """guard.screen, each value's verdict remembered: a customer's values come
     back at each of its orders."""
-    ignored = []
-    if guard.builtin and email is not None and _builtin(EMAIL, email):
+    if not guard.builtin:
+        return email, phone_number, ()
+    ignored: tuple[Ignored, ...] = ()
+    if email is not None and _builtin(EMAIL, email):
         email = None
-        ignored.append(Ignored(EMAIL, "blocked"))
-    if (
-        guard.builtin
-        and phone_number is not None
-        and _builtin(PHONE_NUMBER, phone_number)
-    ):
+        ignored = (Ignored(EMAIL, "blocked"),)
+    if phone_number is not None and _builtin(PHONE_NUMBER, phone_number):
         phone_number = None
-        ignored.append(Ignored(PHONE_NUMBER, "blocked"))
+        ignored = (*ignored, Ignored(PHONE_NUMBER, "blocked"))
     return email, phone_number, ignored
 
 
@@ -354,7 +376,9 @@ def apply_batch(
             # writes alone.
             version = locks.data_version(connection)
             read = _read(connection, values, guard)
-            folded = fold(read, lines, guard=guard, now=datetime.now(UTC))
+            folded = fold(
+                read, lines, values.screened, guard=guard, now=datetime.now(UTC)
+            )
             locks.begin_immediate(connection)
             locked = time.monotonic()
             if locks.data_version(connection) != version:
@@ -366,7 +390,9 @@ def apply_batch(
         return _Found(read, folded)
 
     def rule(found: _Found, now: datetime) -> Folded:
-        return found.folded or fold(found.read, lines, guard=guard, now=now)
+        return found.folded or fold(
+            found.read, lines, values.screened, guard=guard, now=now
+        )
 
     def apply(folded: Folded, now: datetime) -> writes.AppliedBatch:
         done = writes.apply_batch(connection, _batch(folded), now=now)
@@ -421,7 +447,7 @@ def _batch(folded: Folded) -> Batch:
         relink=tuple(
             (row.id, name(row.linked_id)) for row in moved if row.linked_id is not None
         ),
-        events=tuple(event.settle(named) for event in folded.events),
+        events=tuple(folded.events),
     )
 
 
@@ -439,14 +465,16 @@ class _Values:
     emails: list[str]
     phones: list[str]
     digests: list[str]
+    screened: list[Screened]
 
 
 def _values(lines: Sequence[Line], guard: Guard) -> _Values:
-    """The batch's emails and phones, but those the built-in rules drop."""
+    """The batch's emails and phones, but those the built-in rules drop, and
+    each line's values screened so (fold)."""
     emails: set[str] = set()
     phones: set[str] = set()
-    for line in lines:
-        email, phone_number, _ = _screen(guard, line.email, line.phone_number)
+    screened = [_screen(guard, line.email, line.phone_number) for line in lines]
+    for email, phone_number, _ in screened:
         if email is not None:
             emails.add(email)
         if phone_number is not None:
@@ -455,7 +483,10 @@ def _values(lines: Sequence[Line], guard: Guard) -> _Values:
         guard.digest(PHONE_NUMBER, phone) for phone in phones
     ]
     return _Values(
-        sorted(emails), sorted(phones), [each for each in digests if each is not None]
+        sorted(emails),
+        sorted(phones),
+        [each for each in digests if each is not None],
+        screened,
     )
 
 
