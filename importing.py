@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
@@ -49,6 +49,7 @@ from reconcile import (
 # createdAt goes to the older row as it does in the table (reconcile.oldest);
 # the pipeline's placeholders (reconcile.placeholder) when it is applied.
 _FIRST_NEW = 2**31
+K = TypeVar("K")
 
 
 # A line's email and phone through the built-in blocklist, and the values it
@@ -114,9 +115,15 @@ class Read:
 
 class Clusters:
     """The rows a batch reads, changed in memory as store.apply changes the
-    table, so that each line is decided from what the lines before it left."""
+    table, so that each line is decided from what the lines before it left;
+    with the flags and merge partners of the values read (`emails`,
+    `phones`)."""
 
-    def __init__(self, read: Read) -> None:
+    def __init__(self) -> None:
+        self.emails: set[str] = set()
+        self.phones: set[str] = set()
+        self.blocked: set[tuple[str, str]] = set()
+        self.suppressed: set[str] = set()
         self.rows: dict[int, Member] = {}
         self.customers: dict[int, set[int]] = {}
         self.by_email: dict[str, set[int]] = {}
@@ -125,10 +132,56 @@ class Clusters:
         self.emails_of_phone: dict[str, set[str]] = {}
         self.moved: set[int] = set()
         self.inserted: list[int] = []
+
+    def unseen(self, values: "_Values", guard: Guard) -> "_Values":
+        """The values of `values` not read yet."""
+        return _values_of(
+            [email for email in values.emails if email not in self.emails],
+            [phone for phone in values.phones if phone not in self.phones],
+            values.screened,
+            guard,
+        )
+
+    def extend(self, read: Read, values: "_Values") -> "Clusters":
+        """Add what was read for `values`. A row already here is as the
+        table holds it (these clusters are whole, and change only as the
+        table does)."""
+        self.emails.update(values.emails)
+        self.phones.update(values.phones)
+        self.blocked |= read.blocked
+        self.suppressed |= read.suppressed
         for row in read.rows:
-            self._add(row)
+            if row.id not in self.rows:
+                self._add(row)
         for email, phone in read.merged:
             self._merged(email, phone)
+        return self
+
+    def committed(self, ids: dict[int, int]) -> None:
+        """The batch was written: its rows take their real ids (`ids`, by
+        placeholder), and the next batch starts from them."""
+        real = {
+            row_id: ids[placeholder(position)]
+            for position, row_id in enumerate(self.inserted)
+        }
+        changed = set(real)
+        for row_id in real:
+            changed.update(self.customers.get(row_id, ()))
+        rows = [self._remove(row_id) for row_id in changed]
+        for row in rows:
+            linked_id = row.linked_id
+            self._add(
+                Member(
+                    real.get(row.id, row.id),
+                    row.email,
+                    row.phone_number,
+                    None if linked_id is None else real.get(linked_id, linked_id),
+                    row.link_precedence,
+                    row.created_at,
+                )
+            )
+        self.moved = set()
+        self.inserted = []
 
     def touched(self, email: str | None, phone_number: str | None) -> list[Member]:
         """Every row of every customer holding the email or the phone,
@@ -203,6 +256,15 @@ class Clusters:
         if row.phone_number is not None:
             self.by_phone.setdefault(row.phone_number, set()).add(row.id)
 
+    def _remove(self, row_id: int) -> Member:
+        row = self.rows.pop(row_id)
+        _discard(self.customers, row.customer_id, row_id)
+        if row.email is not None:
+            _discard(self.by_email, row.email, row_id)
+        if row.phone_number is not None:
+            _discard(self.by_phone, row.phone_number, row_id)
+        return row
+
     def _move(self, row_id: int, primary_id: int | None) -> None:
         row = self.rows[row_id]
         self.customers[row.customer_id].discard(row_id)
@@ -218,6 +280,13 @@ class Clusters:
         if email is not None and phone_number is not None:
             self.phones_of_email.setdefault(email, set()).add(phone_number)
             self.emails_of_phone.setdefault(phone_number, set()).add(email)
+
+
+def _discard(index: dict[K, set[int]], key: K, row_id: int) -> None:
+    holders = index[key]
+    holders.discard(row_id)
+    if not holders:
+        del index[key]
 
 
 def _placeholders(new_id: int | None) -> Callable[[int], int]:
@@ -245,29 +314,30 @@ class Folded:
 
 
 def fold(
-    read: Read,
+    clusters: Clusters,
     lines: Iterable[Line],
     screened: Iterable[Screened],
     *,
     guard: Guard,
     now: datetime,
 ) -> Folded:
-    """Decide each line as identify would, from `read` as the lines before it
-    changed it: the built-in blocklist (`screened`, the lines' values through
-    it, by _values), then the shop's blocked values and the suppressed ones,
-    then reconcile.decide with the limits and merge partners. A line without
-    createdAt is created at `now`. Pure."""
-    clusters = Clusters(read)
+    """Decide each line as identify would, from `clusters` (which hold every
+    value of the lines) as the lines before it changed them: the built-in
+    blocklist (`screened`, the lines' values through it, by _values), then
+    the shop's blocked values and the suppressed ones, then reconcile.decide
+    with the limits and merge partners. A line without createdAt is created
+    at `now`. No connection: `clusters` change as the table will."""
     events: list[Event] = []
     tally = Tally()
     next_id = _FIRST_NEW
+    suppressed = clusters.suppressed
     for line, (email, phone_number, ignored) in zip(lines, screened, strict=True):
         for kind, value in ((EMAIL, email), (PHONE_NUMBER, phone_number)):
             if value is None:
                 continue
-            if (kind, value) in read.blocked:
+            if (kind, value) in clusters.blocked:
                 ignored = (*ignored, Ignored(kind, "blocked"))
-            elif read.suppressed and guard.digest(kind, value) in read.suppressed:
+            elif suppressed and guard.digest(kind, value) in suppressed:
                 ignored = (*ignored, Ignored(kind, "suppressed"))
             else:
                 continue
@@ -345,8 +415,45 @@ class _Found:
     on SQLite, the batch already decided from them when no other writer
     committed between that read and the write lock."""
 
-    read: Read
+    clusters: Clusters
     folded: Folded | None
+
+
+class Kept:
+    """SQLite: the clusters as the last batch committed them, for the next
+    batch to read only the values they lack, while no other connection
+    commits (PRAGMA data_version, on the same driver connection: it counts
+    the commits of the others). A batch takes them, and they are kept again
+    only once it commits; from MAX_ROWS rows on they are dropped (memory
+    stays bounded)."""
+
+    MAX_ROWS = 100_000
+
+    def __init__(self) -> None:
+        self.clusters: Clusters | None = None
+        self.version: tuple[object, int | None] | None = None
+
+    def take(self, connection: Connection, version: int | None) -> Clusters:
+        """The clusters kept, if nothing was committed since; else none."""
+        clusters, self.clusters = self.clusters, None
+        if clusters is None or self.version != (locks.driver(connection), version):
+            return Clusters()
+        return clusters
+
+    def keep(
+        self,
+        connection: Connection,
+        version: int | None,
+        clusters: Clusters,
+        ids: dict[int, int],
+    ) -> None:
+        """`clusters`, committed with the real ids `ids` (by placeholder), as
+        the table is at `version`."""
+        if len(clusters.rows) >= self.MAX_ROWS:
+            return
+        clusters.committed(ids)
+        self.clusters = clusters
+        self.version = (locks.driver(connection), version)
 
 
 def apply_batch(
@@ -355,43 +462,52 @@ def apply_batch(
     progress: Progress,
     *,
     guard: Guard,
+    kept: Kept,
     attempts: int = 5,
 ) -> Tally:
     """Apply `lines`, the next ones of the file after `progress.applied`,
     through the write pipeline (writes.write): one transaction under
     identify's locks, the rows and events of every line, and the file's
-    progress moved past them; committed. Returns their tally. Retried after
+    progress moved past them; committed. Decided from the clusters `kept`
+    by the batch before, on SQLite. Returns their tally. Retried after
     a lost race (a PostgreSQL deadlock); raises LostRace when every attempt
     lost, and AnotherRun when the file's progress is not where `progress`
     says."""
     values = _values(lines, guard)
     locked = time.monotonic()
+    version = None
 
     def lock_and_read() -> _Found:
-        nonlocal locked
+        nonlocal locked, version
         folded = None
         if connection.dialect.name == "sqlite":
             # Decided before the write lock, and again under it only if
             # another writer committed meanwhile: the lock is held for the
             # writes alone.
-            version = locks.data_version(connection)
-            read = _read(connection, values, guard)
+            before = locks.data_version(connection)
+            clusters = kept.take(connection, before)
+            clusters.extend(
+                _read(connection, clusters.unseen(values, guard), guard), values
+            )
             folded = fold(
-                read, lines, values.screened, guard=guard, now=datetime.now(UTC)
+                clusters, lines, values.screened, guard=guard, now=datetime.now(UTC)
             )
             locks.begin_immediate(connection)
             locked = time.monotonic()
-            if locks.data_version(connection) != version:
-                read, folded = _read(connection, values, guard), None
+            version = locks.data_version(connection)
+            if version != before:
+                clusters = Clusters().extend(_read(connection, values, guard), values)
+                folded = None
         else:
             locked = time.monotonic()
             read = _lock_postgresql(connection, values, guard, progress.sha256)
+            clusters = Clusters().extend(read, values)
         _check_progress(connection, progress)
-        return _Found(read, folded)
+        return _Found(clusters, folded)
 
     def rule(found: _Found, now: datetime) -> Folded:
         return found.folded or fold(
-            found.read, lines, values.screened, guard=guard, now=now
+            found.clusters, lines, values.screened, guard=guard, now=now
         )
 
     def apply(folded: Folded, now: datetime) -> writes.AppliedBatch:
@@ -411,7 +527,9 @@ def apply_batch(
     written, _ = writes.retrying(
         connection, lambda: writes.write(connection, plan), attempts
     )
-    assert written.decision is not None
+    assert written.decision is not None and written.applied is not None
+    if connection.dialect.name == "sqlite":
+        kept.keep(connection, version, written.decision.clusters, written.applied.ids)
     tally = written.decision.tally
     tally.longest_lock = time.monotonic() - locked
     return tally
@@ -479,14 +597,17 @@ def _values(lines: Sequence[Line], guard: Guard) -> _Values:
             emails.add(email)
         if phone_number is not None:
             phones.add(phone_number)
+    return _values_of(sorted(emails), sorted(phones), screened, guard)
+
+
+def _values_of(
+    emails: list[str], phones: list[str], screened: list[Screened], guard: Guard
+) -> _Values:
     digests = [guard.digest(EMAIL, email) for email in emails] + [
         guard.digest(PHONE_NUMBER, phone) for phone in phones
     ]
     return _Values(
-        sorted(emails),
-        sorted(phones),
-        [each for each in digests if each is not None],
-        screened,
+        emails, phones, [each for each in digests if each is not None], screened
     )
 
 
@@ -540,6 +661,8 @@ def _clusters_sql(connection: Connection) -> str:
 
 
 def _read(connection: Connection, values: _Values, guard: Guard) -> Read:
+    if not values.emails and not values.phones:
+        return Read([], set(), set(), [])
     return Read(
         _read_clusters(connection, values),
         *_read_screen(connection, values, guard),
@@ -702,19 +825,20 @@ def import_sorted(
     tally = Tally()
     progress = Progress(lines.sha256, lines.lines, start)
     statistics = _Statistics(connection)
+    kept = Kept()
     batch: list[Line] = []
     for index, line in enumerate(lines):
         if index < start:
             continue
         batch.append(line)
         if len(batch) == batch_size:
-            tally.add(apply_batch(connection, batch, progress, guard=guard))
+            tally.add(apply_batch(connection, batch, progress, guard=guard, kept=kept))
             progress = replace(progress, applied=progress.applied + len(batch))
             done(len(batch))
             statistics.grown(tally.created + tally.added)
             batch = []
     if batch:
-        tally.add(apply_batch(connection, batch, progress, guard=guard))
+        tally.add(apply_batch(connection, batch, progress, guard=guard, kept=kept))
         done(len(batch))
     statistics.grown(tally.created + tally.added, last=True)
     return tally, start
