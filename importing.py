@@ -10,6 +10,7 @@ statements; folds reconcile.decide over its lines in memory, each line
 seeing what the lines before it changed; then the pipeline writes the
 rows, links and events in bulk (a reconcile.Batch) and commits."""
 
+import gc
 import json
 import time
 from collections import Counter
@@ -819,7 +820,12 @@ def import_sorted(
     """Apply the file's sorted lines that no earlier run committed, in
     batches of `batch_size` (apply_batch); `done` is told each batch's size,
     and, first, how many lines earlier runs committed. Returns the tally of
-    this run and that number."""
+    this run and that number.
+
+    What is alive after each batch (the app, the clusters kept) is left out
+    of the cyclic garbage collector's full passes (gc.freeze) until the
+    import ends: none of it is garbage, and each pass went through all of it
+    again, a tenth of an import's time."""
     start = applied(connection, lines.sha256)
     done(start)
     tally = Tally()
@@ -827,19 +833,25 @@ def import_sorted(
     statistics = _Statistics(connection)
     kept = Kept()
     batch: list[Line] = []
-    for index, line in enumerate(lines):
-        if index < start:
-            continue
-        batch.append(line)
-        if len(batch) == batch_size:
+    try:
+        for index, line in enumerate(lines):
+            if index < start:
+                continue
+            batch.append(line)
+            if len(batch) == batch_size:
+                tally.add(
+                    apply_batch(connection, batch, progress, guard=guard, kept=kept)
+                )
+                progress = replace(progress, applied=progress.applied + len(batch))
+                done(len(batch))
+                statistics.grown(tally.created + tally.added)
+                batch = []
+                gc.freeze()
+        if batch:
             tally.add(apply_batch(connection, batch, progress, guard=guard, kept=kept))
-            progress = replace(progress, applied=progress.applied + len(batch))
             done(len(batch))
-            statistics.grown(tally.created + tally.added)
-            batch = []
-    if batch:
-        tally.add(apply_batch(connection, batch, progress, guard=guard, kept=kept))
-        done(len(batch))
+    finally:
+        gc.unfreeze()
     statistics.grown(tally.created + tally.added, last=True)
     return tally, start
 
