@@ -127,8 +127,10 @@ class Clusters:
         self.suppressed: set[str] = set()
         self.rows: dict[int, Member] = {}
         self.customers: dict[int, set[int]] = {}
-        self.by_email: dict[str, set[int]] = {}
-        self.by_phone: dict[str, set[int]] = {}
+        # The rows holding each value: a tuple, as most values have one row
+        # and a set takes four times the memory (Kept).
+        self.by_email: dict[str, tuple[int, ...]] = {}
+        self.by_phone: dict[str, tuple[int, ...]] = {}
         self.phones_of_email: dict[str, set[str]] = {}
         self.emails_of_phone: dict[str, set[str]] = {}
         self.moved: set[int] = set()
@@ -187,9 +189,9 @@ class Clusters:
     def touched(self, email: str | None, phone_number: str | None) -> list[Member]:
         """Every row of every customer holding the email or the phone,
         ascending id (store.read_clusters)."""
-        holders = self.by_email.get(email, set()) if email is not None else set()
+        holders = self.by_email.get(email, ()) if email is not None else ()
         if phone_number is not None:
-            holders = holders | self.by_phone.get(phone_number, set())
+            holders += self.by_phone.get(phone_number, ())
         customers = {self.rows[row_id].customer_id for row_id in holders}
         ids = sorted(i for customer in customers for i in self.customers[customer])
         return [self.rows[row_id] for row_id in ids]
@@ -198,17 +200,21 @@ class Clusters:
         """Whether one customer holds every value given, and its primary is
         a live row (none to hand over: reconcile.decide's rule 3). Each value
         belongs to one customer, so one row holding it says which."""
-        customers = set()
-        for index, value in ((self.by_email, email), (self.by_phone, phone_number)):
-            if value is None:
-                continue
-            holders = index.get(value)
-            if not holders:
+        customer = None
+        if email is not None:
+            holders = self.by_email.get(email)
+            if holders is None:
                 return False
-            customers.add(self.rows[next(iter(holders))].customer_id)
-        if len(customers) != 1:
-            return False
-        primary = self.rows.get(customers.pop())
+            customer = self.rows[holders[0]].customer_id
+        if phone_number is not None:
+            holders = self.by_phone.get(phone_number)
+            if holders is None:
+                return False
+            held_by = self.rows[holders[0]].customer_id
+            if customer is not None and held_by != customer:
+                return False
+            customer = held_by
+        primary = None if customer is None else self.rows.get(customer)
         return primary is not None and primary.linked_id is None
 
     def partners(self, email: str, phone_number: str) -> Partners:
@@ -253,17 +259,25 @@ class Clusters:
         self.rows[row.id] = row
         self.customers.setdefault(row.customer_id, set()).add(row.id)
         if row.email is not None:
-            self.by_email.setdefault(row.email, set()).add(row.id)
+            self.by_email[row.email] = (*self.by_email.get(row.email, ()), row.id)
         if row.phone_number is not None:
-            self.by_phone.setdefault(row.phone_number, set()).add(row.id)
+            held = self.by_phone.get(row.phone_number, ())
+            self.by_phone[row.phone_number] = (*held, row.id)
 
     def _remove(self, row_id: int) -> Member:
         row = self.rows.pop(row_id)
         _discard(self.customers, row.customer_id, row_id)
-        if row.email is not None:
-            _discard(self.by_email, row.email, row_id)
-        if row.phone_number is not None:
-            _discard(self.by_phone, row.phone_number, row_id)
+        for index, value in (
+            (self.by_email, row.email),
+            (self.by_phone, row.phone_number),
+        ):
+            if value is None:
+                continue
+            held = tuple(each for each in index[value] if each != row_id)
+            if held:
+                index[value] = held
+            else:
+                del index[value]
         return row
 
     def _move(self, row_id: int, primary_id: int | None) -> None:

@@ -86,9 +86,10 @@ class Partners:
     emails_of_phone: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
-    """A live contact row as the rules see it."""
+    """A live contact row as the rules see it. (Slots: an import keeps up
+    to 100,000 of them between batches.)"""
 
     id: int
     email: str | None
