@@ -439,8 +439,9 @@ class Kept:
     batch to read only the values they lack, while no other connection
     commits (PRAGMA data_version, on the same driver connection: it counts
     the commits of the others). A batch takes them, and they are kept again
-    only once it commits; from MAX_ROWS rows on they are dropped (memory
-    stays bounded)."""
+    only once it commits; from MAX_ROWS rows, or twice as many values read
+    (values no row holds: blocked ones), they are dropped (memory stays
+    bounded)."""
 
     MAX_ROWS = 100_000
 
@@ -464,7 +465,8 @@ class Kept:
     ) -> None:
         """`clusters`, committed with the real ids `ids` (by placeholder), as
         the table is at `version`."""
-        if len(clusters.rows) >= self.MAX_ROWS:
+        read = len(clusters.emails) + len(clusters.phones)
+        if len(clusters.rows) >= self.MAX_ROWS or read >= 2 * self.MAX_ROWS:
             return
         clusters.committed(ids)
         self.clusters = clusters
