@@ -20,6 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache, partial
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import IO, Any
 
@@ -295,8 +296,14 @@ def _record(line: Line) -> str:
         if line.created_at is None
         else line.created_at.replace(tzinfo=None).isoformat(timespec="microseconds")
     )
-    values = json.dumps([line.email, line.phone_number])
+    values = f"[{_json(line.email)}, {_json(line.phone_number)}]"
     return f"{time}\t{line.number:012d}\t{values}\n"
+
+
+def _json(value: str | None) -> str:
+    """`value` as json.dumps writes it (ASCII), without the encoder's setup
+    for each line."""
+    return "null" if value is None else encode_basestring_ascii(value)
 
 
 def _line(record: str) -> Line:

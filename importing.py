@@ -10,6 +10,7 @@ statements; folds reconcile.decide over its lines in memory, each line
 seeing what the lines before it changed; then the pipeline writes the
 rows, links and events in bulk (a reconcile.Batch) and commits."""
 
+import gc
 import json
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
@@ -49,6 +50,12 @@ from reconcile import (
 # createdAt goes to the older row as it does in the table (reconcile.oldest);
 # the pipeline's placeholders (reconcile.placeholder) when it is applied.
 _FIRST_NEW = 2**31
+K = TypeVar("K")
+
+
+# A line's email and phone through the built-in blocklist, and the values it
+# dropped.
+Screened = tuple[str | None, str | None, tuple[Ignored, ...]]
 
 
 class AnotherRun(Exception):
@@ -109,28 +116,82 @@ class Read:
 
 class Clusters:
     """The rows a batch reads, changed in memory as store.apply changes the
-    table, so that each line is decided from what the lines before it left."""
+    table, so that each line is decided from what the lines before it left;
+    with the flags and merge partners of the values read (`emails`,
+    `phones`)."""
 
-    def __init__(self, read: Read) -> None:
+    def __init__(self) -> None:
+        self.emails: set[str] = set()
+        self.phones: set[str] = set()
+        self.blocked: set[tuple[str, str]] = set()
+        self.suppressed: set[str] = set()
         self.rows: dict[int, Member] = {}
         self.customers: dict[int, set[int]] = {}
-        self.by_email: dict[str, set[int]] = {}
-        self.by_phone: dict[str, set[int]] = {}
+        # The rows holding each value: a tuple, as most values have one row
+        # and a set takes four times the memory (Kept).
+        self.by_email: dict[str, tuple[int, ...]] = {}
+        self.by_phone: dict[str, tuple[int, ...]] = {}
         self.phones_of_email: dict[str, set[str]] = {}
         self.emails_of_phone: dict[str, set[str]] = {}
         self.moved: set[int] = set()
         self.inserted: list[int] = []
+
+    def unseen(self, values: "_Values", guard: Guard) -> "_Values":
+        """The values of `values` not read yet."""
+        return _values_of(
+            [email for email in values.emails if email not in self.emails],
+            [phone for phone in values.phones if phone not in self.phones],
+            values.screened,
+            guard,
+        )
+
+    def extend(self, read: Read, values: "_Values") -> "Clusters":
+        """Add what was read for `values`. A row already here is as the
+        table holds it (these clusters are whole, and change only as the
+        table does)."""
+        self.emails.update(values.emails)
+        self.phones.update(values.phones)
+        self.blocked |= read.blocked
+        self.suppressed |= read.suppressed
         for row in read.rows:
-            self._add(row)
+            if row.id not in self.rows:
+                self._add(row)
         for email, phone in read.merged:
             self._merged(email, phone)
+        return self
+
+    def committed(self, ids: dict[int, int]) -> None:
+        """The batch was written: its rows take their real ids (`ids`, by
+        placeholder), and the next batch starts from them."""
+        real = {
+            row_id: ids[placeholder(position)]
+            for position, row_id in enumerate(self.inserted)
+        }
+        changed = set(real)
+        for row_id in real:
+            changed.update(self.customers.get(row_id, ()))
+        rows = [self._remove(row_id) for row_id in changed]
+        for row in rows:
+            linked_id = row.linked_id
+            self._add(
+                Member(
+                    real.get(row.id, row.id),
+                    row.email,
+                    row.phone_number,
+                    None if linked_id is None else real.get(linked_id, linked_id),
+                    row.link_precedence,
+                    row.created_at,
+                )
+            )
+        self.moved = set()
+        self.inserted = []
 
     def touched(self, email: str | None, phone_number: str | None) -> list[Member]:
         """Every row of every customer holding the email or the phone,
         ascending id (store.read_clusters)."""
-        holders = self.by_email.get(email, set()) if email is not None else set()
+        holders = self.by_email.get(email, ()) if email is not None else ()
         if phone_number is not None:
-            holders = holders | self.by_phone.get(phone_number, set())
+            holders += self.by_phone.get(phone_number, ())
         customers = {self.rows[row_id].customer_id for row_id in holders}
         ids = sorted(i for customer in customers for i in self.customers[customer])
         return [self.rows[row_id] for row_id in ids]
@@ -139,17 +200,21 @@ class Clusters:
         """Whether one customer holds every value given, and its primary is
         a live row (none to hand over: reconcile.decide's rule 3). Each value
         belongs to one customer, so one row holding it says which."""
-        customers = set()
-        for index, value in ((self.by_email, email), (self.by_phone, phone_number)):
-            if value is None:
-                continue
-            holders = index.get(value)
-            if not holders:
+        customer = None
+        if email is not None:
+            holders = self.by_email.get(email)
+            if holders is None:
                 return False
-            customers.add(self.rows[next(iter(holders))].customer_id)
-        if len(customers) != 1:
-            return False
-        primary = self.rows.get(customers.pop())
+            customer = self.rows[holders[0]].customer_id
+        if phone_number is not None:
+            holders = self.by_phone.get(phone_number)
+            if holders is None:
+                return False
+            held_by = self.rows[holders[0]].customer_id
+            if customer is not None and held_by != customer:
+                return False
+            customer = held_by
+        primary = None if customer is None else self.rows.get(customer)
         return primary is not None and primary.linked_id is None
 
     def partners(self, email: str, phone_number: str) -> Partners:
@@ -160,7 +225,8 @@ class Clusters:
 
     def apply(self, decision: Decision, new_id: int | None) -> list[Event]:
         """Change the rows as store.apply changes the table; return the
-        decision's events with `new_id` for the inserted row."""
+        decision's events naming the rows the batch inserts, `new_id` among
+        them, by the pipeline's placeholders (_placeholders)."""
         primary_id = decision.primary_id
         if primary_id == NEW_ROW and new_id is not None:
             primary_id = new_id
@@ -182,10 +248,8 @@ class Clusters:
             self._move(decision.promote, None)
         for row_id in decision.relink:
             self._move(row_id, primary_id)
-        events = [
-            event if new_id is None else event.settle({NEW_ROW: new_id})
-            for event in decision.events
-        ]
+        name = _placeholders(new_id)
+        events = [event.renamed(name) for event in decision.events]
         for event in events:
             if event.type is EventType.MERGED:
                 self._merged(event.email, event.phone_number)
@@ -195,9 +259,26 @@ class Clusters:
         self.rows[row.id] = row
         self.customers.setdefault(row.customer_id, set()).add(row.id)
         if row.email is not None:
-            self.by_email.setdefault(row.email, set()).add(row.id)
+            self.by_email[row.email] = (*self.by_email.get(row.email, ()), row.id)
         if row.phone_number is not None:
-            self.by_phone.setdefault(row.phone_number, set()).add(row.id)
+            held = self.by_phone.get(row.phone_number, ())
+            self.by_phone[row.phone_number] = (*held, row.id)
+
+    def _remove(self, row_id: int) -> Member:
+        row = self.rows.pop(row_id)
+        _discard(self.customers, row.customer_id, row_id)
+        for index, value in (
+            (self.by_email, row.email),
+            (self.by_phone, row.phone_number),
+        ):
+            if value is None:
+                continue
+            held = tuple(each for each in index[value] if each != row_id)
+            if held:
+                index[value] = held
+            else:
+                del index[value]
+        return row
 
     def _move(self, row_id: int, primary_id: int | None) -> None:
         row = self.rows[row_id]
@@ -216,6 +297,27 @@ class Clusters:
             self.emails_of_phone.setdefault(phone_number, set()).add(email)
 
 
+def _discard(index: dict[K, set[int]], key: K, row_id: int) -> None:
+    holders = index[key]
+    holders.discard(row_id)
+    if not holders:
+        del index[key]
+
+
+def _placeholders(new_id: int | None) -> Callable[[int], int]:
+    """The pipeline's name of each id of a decision: its inserted row
+    (NEW_ROW) is `new_id`, and each row the batch inserts is the placeholder
+    of its position among them (_FIRST_NEW onwards, in order); a row read
+    keeps its id."""
+
+    def name(row_id: int) -> int:
+        if row_id == NEW_ROW and new_id is not None:
+            row_id = new_id
+        return placeholder(row_id - _FIRST_NEW) if row_id >= _FIRST_NEW else row_id
+
+    return name
+
+
 @dataclass
 class Folded:
     """A batch decided: the rows as they end, the events in order, and the
@@ -226,24 +328,32 @@ class Folded:
     tally: Tally
 
 
-def fold(read: Read, lines: Iterable[Line], *, guard: Guard, now: datetime) -> Folded:
-    """Decide each line as identify would, from `read` as the lines before it
-    changed it: the built-in blocklist, then the shop's blocked values and
-    the suppressed ones, then reconcile.decide with the limits and merge
-    partners. A line without createdAt is created at `now`. Pure."""
-    clusters = Clusters(read)
+def fold(
+    clusters: Clusters,
+    lines: Iterable[Line],
+    screened: Iterable[Screened],
+    *,
+    guard: Guard,
+    now: datetime,
+) -> Folded:
+    """Decide each line as identify would, from `clusters` (which hold every
+    value of the lines) as the lines before it changed them: the built-in
+    blocklist (`screened`, the lines' values through it, by _values), then
+    the shop's blocked values and the suppressed ones, then reconcile.decide
+    with the limits and merge partners. A line without createdAt is created
+    at `now`. No connection: `clusters` change as the table will."""
     events: list[Event] = []
     tally = Tally()
     next_id = _FIRST_NEW
-    for line in lines:
-        email, phone_number, ignored = _screen(guard, line.email, line.phone_number)
+    suppressed = clusters.suppressed
+    for line, (email, phone_number, ignored) in zip(lines, screened, strict=True):
         for kind, value in ((EMAIL, email), (PHONE_NUMBER, phone_number)):
             if value is None:
                 continue
-            if (kind, value) in read.blocked:
-                ignored.append(Ignored(kind, "blocked"))
-            elif guard.digest(kind, value) in read.suppressed:
-                ignored.append(Ignored(kind, "suppressed"))
+            if (kind, value) in clusters.blocked:
+                ignored = (*ignored, Ignored(kind, "blocked"))
+            elif suppressed and guard.digest(kind, value) in suppressed:
+                ignored = (*ignored, Ignored(kind, "suppressed"))
             else:
                 continue
             if kind == EMAIL:
@@ -258,7 +368,8 @@ def fold(read: Read, lines: Iterable[Line], *, guard: Guard, now: datetime) -> F
             # Rule 3 with nothing to hand over: decide() would change nothing
             # (most lines of an order history: a customer's next order).
             tally.unchanged += 1
-            tally.ignored.update(each.reason for each in ignored)
+            if ignored:
+                tally.ignored.update(each.reason for each in ignored)
             continue
         both = email is not None and phone_number is not None
         decision = decide(
@@ -288,22 +399,18 @@ def _builtin(field: str, value: str) -> bool:
     return builtin_rule(field, value) is not None
 
 
-def _screen(
-    guard: Guard, email: str | None, phone_number: str | None
-) -> tuple[str | None, str | None, list[Ignored]]:
+def _screen(guard: Guard, email: str | None, phone_number: str | None) -> Screened:
     """guard.screen, each value's verdict remembered: a customer's values come
     back at each of its orders."""
-    ignored = []
-    if guard.builtin and email is not None and _builtin(EMAIL, email):
+    if not guard.builtin:
+        return email, phone_number, ()
+    ignored: tuple[Ignored, ...] = ()
+    if email is not None and _builtin(EMAIL, email):
         email = None
-        ignored.append(Ignored(EMAIL, "blocked"))
-    if (
-        guard.builtin
-        and phone_number is not None
-        and _builtin(PHONE_NUMBER, phone_number)
-    ):
+        ignored = (Ignored(EMAIL, "blocked"),)
+    if phone_number is not None and _builtin(PHONE_NUMBER, phone_number):
         phone_number = None
-        ignored.append(Ignored(PHONE_NUMBER, "blocked"))
+        ignored = (*ignored, Ignored(PHONE_NUMBER, "blocked"))
     return email, phone_number, ignored
 
 
@@ -323,8 +430,47 @@ class _Found:
     on SQLite, the batch already decided from them when no other writer
     committed between that read and the write lock."""
 
-    read: Read
+    clusters: Clusters
     folded: Folded | None
+
+
+class Kept:
+    """SQLite: the clusters as the last batch committed them, for the next
+    batch to read only the values they lack, while no other connection
+    commits (PRAGMA data_version, on the same driver connection: it counts
+    the commits of the others). A batch takes them, and they are kept again
+    only once it commits; from MAX_ROWS rows, or twice as many values read
+    (values no row holds: blocked ones), they are dropped (memory stays
+    bounded)."""
+
+    MAX_ROWS = 100_000
+
+    def __init__(self) -> None:
+        self.clusters: Clusters | None = None
+        self.version: tuple[object, int | None] | None = None
+
+    def take(self, connection: Connection, version: int | None) -> Clusters:
+        """The clusters kept, if nothing was committed since; else none."""
+        clusters, self.clusters = self.clusters, None
+        if clusters is None or self.version != (locks.driver(connection), version):
+            return Clusters()
+        return clusters
+
+    def keep(
+        self,
+        connection: Connection,
+        version: int | None,
+        clusters: Clusters,
+        ids: dict[int, int],
+    ) -> None:
+        """`clusters`, committed with the real ids `ids` (by placeholder), as
+        the table is at `version`."""
+        read = len(clusters.emails) + len(clusters.phones)
+        if len(clusters.rows) >= self.MAX_ROWS or read >= 2 * self.MAX_ROWS:
+            return
+        clusters.committed(ids)
+        self.clusters = clusters
+        self.version = (locks.driver(connection), version)
 
 
 def apply_batch(
@@ -333,40 +479,53 @@ def apply_batch(
     progress: Progress,
     *,
     guard: Guard,
+    kept: Kept,
     attempts: int = 5,
 ) -> Tally:
     """Apply `lines`, the next ones of the file after `progress.applied`,
     through the write pipeline (writes.write): one transaction under
     identify's locks, the rows and events of every line, and the file's
-    progress moved past them; committed. Returns their tally. Retried after
+    progress moved past them; committed. Decided from the clusters `kept`
+    by the batch before, on SQLite. Returns their tally. Retried after
     a lost race (a PostgreSQL deadlock); raises LostRace when every attempt
     lost, and AnotherRun when the file's progress is not where `progress`
     says."""
     values = _values(lines, guard)
     locked = time.monotonic()
+    version = None
 
     def lock_and_read() -> _Found:
-        nonlocal locked
+        nonlocal locked, version
         folded = None
         if connection.dialect.name == "sqlite":
             # Decided before the write lock, and again under it only if
             # another writer committed meanwhile: the lock is held for the
             # writes alone.
-            version = locks.data_version(connection)
-            read = _read(connection, values, guard)
-            folded = fold(read, lines, guard=guard, now=datetime.now(UTC))
+            before = locks.data_version(connection)
+            clusters = kept.take(connection, before)
+            clusters.extend(
+                _read(connection, clusters.unseen(values, guard), guard), values
+            )
+            folded = fold(
+                clusters, lines, values.screened, guard=guard, now=datetime.now(UTC)
+            )
             locks.begin_immediate(connection)
             locked = time.monotonic()
-            if locks.data_version(connection) != version:
-                read, folded = _read(connection, values, guard), None
+            version = locks.data_version(connection)
+            if version != before:
+                clusters = Clusters().extend(_read(connection, values, guard), values)
+                folded = None
         else:
             locked = time.monotonic()
             read = _lock_postgresql(connection, values, guard, progress.sha256)
+            clusters = Clusters().extend(read, values)
         _check_progress(connection, progress)
-        return _Found(read, folded)
+        return _Found(clusters, folded)
 
     def rule(found: _Found, now: datetime) -> Folded:
-        return found.folded or fold(found.read, lines, guard=guard, now=now)
+        return found.folded or fold(
+            found.clusters, lines, values.screened, guard=guard, now=now
+        )
 
     def apply(folded: Folded, now: datetime) -> writes.AppliedBatch:
         done = writes.apply_batch(connection, _batch(folded), now=now)
@@ -385,7 +544,9 @@ def apply_batch(
     written, _ = writes.retrying(
         connection, lambda: writes.write(connection, plan), attempts
     )
-    assert written.decision is not None
+    assert written.decision is not None and written.applied is not None
+    if connection.dialect.name == "sqlite":
+        kept.keep(connection, version, written.decision.clusters, written.applied.ids)
     tally = written.decision.tally
     tally.longest_lock = time.monotonic() - locked
     return tally
@@ -421,7 +582,7 @@ def _batch(folded: Folded) -> Batch:
         relink=tuple(
             (row.id, name(row.linked_id)) for row in moved if row.linked_id is not None
         ),
-        events=tuple(event.settle(named) for event in folded.events),
+        events=tuple(folded.events),
     )
 
 
@@ -439,23 +600,31 @@ class _Values:
     emails: list[str]
     phones: list[str]
     digests: list[str]
+    screened: list[Screened]
 
 
 def _values(lines: Sequence[Line], guard: Guard) -> _Values:
-    """The batch's emails and phones, but those the built-in rules drop."""
+    """The batch's emails and phones, but those the built-in rules drop, and
+    each line's values screened so (fold)."""
     emails: set[str] = set()
     phones: set[str] = set()
-    for line in lines:
-        email, phone_number, _ = _screen(guard, line.email, line.phone_number)
+    screened = [_screen(guard, line.email, line.phone_number) for line in lines]
+    for email, phone_number, _ in screened:
         if email is not None:
             emails.add(email)
         if phone_number is not None:
             phones.add(phone_number)
+    return _values_of(sorted(emails), sorted(phones), screened, guard)
+
+
+def _values_of(
+    emails: list[str], phones: list[str], screened: list[Screened], guard: Guard
+) -> _Values:
     digests = [guard.digest(EMAIL, email) for email in emails] + [
         guard.digest(PHONE_NUMBER, phone) for phone in phones
     ]
     return _Values(
-        sorted(emails), sorted(phones), [each for each in digests if each is not None]
+        emails, phones, [each for each in digests if each is not None], screened
     )
 
 
@@ -509,6 +678,8 @@ def _clusters_sql(connection: Connection) -> str:
 
 
 def _read(connection: Connection, values: _Values, guard: Guard) -> Read:
+    if not values.emails and not values.phones:
+        return Read([], set(), set(), [])
     return Read(
         _read_clusters(connection, values),
         *_read_screen(connection, values, guard),
@@ -665,26 +836,38 @@ def import_sorted(
     """Apply the file's sorted lines that no earlier run committed, in
     batches of `batch_size` (apply_batch); `done` is told each batch's size,
     and, first, how many lines earlier runs committed. Returns the tally of
-    this run and that number."""
+    this run and that number.
+
+    What is alive after each batch (the app, the clusters kept) is left out
+    of the cyclic garbage collector's full passes (gc.freeze) until the
+    import ends: none of it is garbage, and each pass went through all of it
+    again, a tenth of an import's time."""
     start = applied(connection, lines.sha256)
     done(start)
     tally = Tally()
     progress = Progress(lines.sha256, lines.lines, start)
     statistics = _Statistics(connection)
+    kept = Kept()
     batch: list[Line] = []
-    for index, line in enumerate(lines):
-        if index < start:
-            continue
-        batch.append(line)
-        if len(batch) == batch_size:
-            tally.add(apply_batch(connection, batch, progress, guard=guard))
-            progress = replace(progress, applied=progress.applied + len(batch))
+    try:
+        for index, line in enumerate(lines):
+            if index < start:
+                continue
+            batch.append(line)
+            if len(batch) == batch_size:
+                tally.add(
+                    apply_batch(connection, batch, progress, guard=guard, kept=kept)
+                )
+                progress = replace(progress, applied=progress.applied + len(batch))
+                done(len(batch))
+                statistics.grown(tally.created + tally.added)
+                batch = []
+                gc.freeze()
+        if batch:
+            tally.add(apply_batch(connection, batch, progress, guard=guard, kept=kept))
             done(len(batch))
-            statistics.grown(tally.created + tally.added)
-            batch = []
-    if batch:
-        tally.add(apply_batch(connection, batch, progress, guard=guard))
-        done(len(batch))
+    finally:
+        gc.unfreeze()
     statistics.grown(tally.created + tally.added, last=True)
     return tally, start
 

@@ -3,7 +3,6 @@ the same transaction as the change (writes.py commits it: on PostgreSQL with
 the message built here). It is read back by customer or as one feed in
 reads.py (docs/api.md: "The ledger")."""
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -67,7 +66,7 @@ _PG_APPEND = (
 )
 _SQLITE_INSERT = (
     f"INSERT INTO event ({', '.join(_COLUMNS)})"
-    f" VALUES ({', '.join(f':{name}' for name in _COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
 # The text SQLAlchemy's DateTime stores on SQLite (UTC, no zone).
 SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
@@ -83,8 +82,9 @@ def append(
     """SQLite: insert `events` in the caller's transaction, straight through
     the driver. (PostgreSQL appends with commit_message().)"""
     stamp = at.astimezone(UTC).strftime(SQLITE_DATETIME)
-    rows = [_values(event, stamp, request_id) for event in events]
-    driver(connection).executemany(_SQLITE_INSERT, rows)
+    driver(connection).executemany(
+        _SQLITE_INSERT, [_row(event, stamp, request_id) for event in events]
+    )
 
 
 def commit_message(
@@ -101,23 +101,30 @@ def commit_message(
     cursor = psycopg.ClientCursor(
         cast(psycopg.Connection[Any], connection.connection.driver_connection)
     )
-    rows = [_values(event, at, request_id) for event in events]
-    arrays = [[row[name] for row in rows] for name in _PG_ARRAYS]
+    rows = [_row(event, at, request_id) for event in events]
+    arrays = [[row[_COLUMNS.index(name)] for row in rows] for name in _PG_ARRAYS]
     return cursor.mogrify(_PG_APPEND, [at, request_id, *arrays])
 
 
-def _values(event: NewEvent, at: Any, request_id: str | None) -> dict[str, Any]:
-    """The event's row by column, with `at` as the driver takes it."""
-    return {
-        "type": event.type.value,
-        "at": at,
-        "request_id": request_id,
-        "customer_id": event.customer_id,
-        "contact_ids": json.dumps(event.contact_ids),
-        "absorbed_customer_id": event.absorbed_customer_id,
-        "previous_customer_id": event.previous_customer_id,
-        "email": event.email,
-        "phone_number": event.phone_number,
-        "reason": event.reason,
-        "limit_name": event.limit_name,
-    }
+def _row(event: NewEvent, at: Any, request_id: str | None) -> tuple[Any, ...]:
+    """The event's row, in _COLUMNS' order, with `at` as the driver takes
+    it: a tuple, as an import appends a million of them."""
+    return (
+        event.type.value,
+        at,
+        request_id,
+        event.customer_id,
+        _ids_json(event.contact_ids),
+        event.absorbed_customer_id,
+        event.previous_customer_id,
+        event.email,
+        event.phone_number,
+        event.reason,
+        event.limit_name,
+    )
+
+
+def _ids_json(ids: tuple[int, ...]) -> str:
+    """The JSON array json.dumps writes for these ids, without its encoder
+    (a tenth of the time)."""
+    return f"[{', '.join(map(str, ids))}]"

@@ -28,9 +28,12 @@ from masking import json_formatter
 from models import db
 from reconcile import EMAIL
 
-# Lines applied per transaction: SQLite's writers, and PostgreSQL's writers
-# of the batch's values, wait for the batch while it writes.
-BATCH_SIZE = 2000
+# Lines applied per transaction, by engine: SQLite's writers, and
+# PostgreSQL's writers of the batch's values, wait for the batch while it
+# writes. SQLite holds its lock for the writes alone (about 0.25 s for
+# 5,000 lines); PostgreSQL holds its locks while the batch is decided too
+# (1.4 s for 5,000 lines).
+BATCH_SIZE = {"sqlite": 5000, "postgresql": 2000}
 # Plain progress lines, when stderr is not a terminal: one every so often.
 _PLAIN_EVERY = 5.0
 
@@ -103,13 +106,12 @@ def _stop_on_sigterm(_: int, __: FrameType | None) -> None:
 @click.option(
     "--batch-size",
     type=click.IntRange(1),
-    default=BATCH_SIZE,
-    show_default=True,
-    help="Lines applied per transaction.",
+    help="Lines applied per transaction (default: 5,000 on SQLite, 2,000 on"
+    " PostgreSQL).",
 )
 @with_appcontext
 def import_command(
-    file: Path, fmt: str | None, rejects: Path | None, batch_size: int
+    file: Path, fmt: str | None, rejects: Path | None, batch_size: int | None
 ) -> None:
     """Import a shop's history: each line of FILE (email, phoneNumber,
     createdAt) as /identify would take it, oldest createdAt first. Run it
@@ -154,7 +156,11 @@ def import_command(
             with db.engine.connect() as connection:
                 try:
                     tally, before = importing.import_sorted(
-                        connection, lines, guard=guard, batch_size=batch_size, done=done
+                        connection,
+                        lines,
+                        guard=guard,
+                        batch_size=batch_size or BATCH_SIZE[connection.dialect.name],
+                        done=done,
                     )
                 except KeyboardInterrupt:
                     # Stopped in the middle of a statement, the connection

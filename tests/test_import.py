@@ -4,6 +4,7 @@ its line's createdAt; bad lines are rejected one by one; a file imported
 twice, or interrupted and run again, is applied once."""
 
 import csv
+import io
 import json
 import os
 import random
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
+import importing
 from conftest import ROOT, empty_database, gunicorn, migrate
 from guard import Guard
+from import_lines import read_sorted
 from invariants import (
     assert_invariants,
     assert_ledger_explains,
@@ -497,6 +501,53 @@ def test_importing_a_file_twice_changes_nothing_the_second_time(
     assert table(app) == first
     assert [event.type for event in first[1]].count("customer.link_refused") == 2
     assert "imported by an earlier run" in result.output
+
+
+def test_a_batch_is_decided_from_what_another_writer_committed_after_the_batch_before(
+    app: Flask, tmp_path: Path
+) -> None:
+    """Between two batches /identify merges the two customers the first one
+    created: the second batch's line joins the merged customer, not the one
+    merged into it (on SQLite a batch starts from the clusters the batch
+    before left only while no other connection commits)."""
+    path = tmp_path / "orders.csv"
+    write_file(
+        path,
+        "csv",
+        [
+            ("a@shop.com", "5550001", TIMES[0]),
+            ("b@shop.com", "5550002", TIMES[0]),
+            ("b@shop.com", "5550003", TIMES[3]),
+        ],
+    )
+    client = app.test_client()
+    batches = []
+
+    def done(count: int) -> None:
+        batches.append(count)
+        if len(batches) == 2:
+            merge = {"email": "a@shop.com", "phoneNumber": "5550002"}
+            assert client.post("/identify", json=merge).status_code == 200
+
+    with app.app_context(), ExitStack() as stack:
+        lines = read_sorted(path, "csv", io.StringIO(), stack)
+        with db.engine.connect() as connection:
+            importing.import_sorted(
+                connection, lines, guard=app.config["GUARD"], batch_size=2, done=done
+            )
+
+    assert batches == [0, 2, 1]
+    rows, events = table(app)
+    assert_invariants(rows)
+    assert_ledger_explains(rows, events)
+    assert views(app) == [
+        {
+            "primaryContactId": 1,
+            "emails": ["a@shop.com", "b@shop.com"],
+            "phoneNumbers": ["5550001", "5550002", "5550003"],
+            "secondaryContactIds": [2, 3],
+        }
+    ]
 
 
 def order_lines(count: int, seed: int) -> list[tuple[str, str, str]]:
