@@ -1,11 +1,15 @@
 """Counting the work of a statement rather than timing it, and the large
 cluster that the cost tests read: shared by the tests that pin a cost."""
 
-from collections.abc import Callable
+import re
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, insert
+import psycopg
+from sqlalchemy import Connection, Engine, event, insert
 
 import locks
 from models import Contact
@@ -59,3 +63,58 @@ def instructions(connection: Connection, work: Callable[[], T]) -> tuple[int, T]
     finally:
         driver.set_progress_handler(None, 1)
     return counted[0], done
+
+
+@contextmanager
+def round_trips(engine: Engine) -> Iterator[list[str]]:
+    """PostgreSQL: every message that the connections of `engine` send and
+    wait for while this is open (what SQLAlchemy executes and what goes
+    straight to the driver alike), by the first word of the first statement
+    in it, in order. Read from libpq's trace of the protocol: a message ends
+    when the server says it is ready for the next one (ReadyForQuery), so a
+    statement sent with several others counts once. A connection's trace is
+    read when it goes back to the pool."""
+    seen: list[str] = []
+    traces: dict[int, Any] = {}
+
+    def trace(dbapi_connection: psycopg.Connection[Any], *_: object) -> None:
+        file = tempfile.TemporaryFile("w+")
+        traces[id(dbapi_connection)] = file
+        dbapi_connection.pgconn.trace(file.fileno())
+        dbapi_connection.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def read(dbapi_connection: psycopg.Connection[Any], *_: object) -> None:
+        file = traces.pop(id(dbapi_connection), None)
+        if file is None:
+            return
+        dbapi_connection.pgconn.untrace()
+        file.seek(0)
+        seen.extend(_messages(file.read()))
+        file.close()
+
+    event.listen(engine, "checkout", trace)
+    event.listen(engine, "checkin", read)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "checkout", trace)
+        event.remove(engine, "checkin", read)
+
+
+# A line of libpq's trace: who sent it (F: this process, B: the server) and
+# the kind of message; for a Query or a Parse, the first word of its text (a
+# statement's text may go on over further lines, which match nothing).
+_TRACED = re.compile(r'^([FB])\t\d+\t(\w+)(?:\t (?:"[^"]*" )?"(\S+))?', re.MULTILINE)
+
+
+def _messages(trace: str) -> Iterator[str]:
+    """The messages of a libpq trace, each by its first statement's first
+    word: the text of a simple Query, or of the first Parse of an extended
+    one, up to the server's ReadyForQuery."""
+    first = None
+    for sender, kind, word in _TRACED.findall(trace):
+        if sender == "F" and kind in {"Query", "Parse"} and first is None:
+            first = word.rstrip(";").upper()
+        elif sender == "B" and kind == "ReadyForQuery" and first is not None:
+            yield first
+            first = None
