@@ -9,7 +9,7 @@ writers of its own identifiers and customers."""
 import hashlib
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import psycopg
@@ -53,47 +53,72 @@ def driver(connection: Connection) -> sqlite3.Connection:
 
 
 def postgresql_sql(statement: ClauseElement) -> str:
-    """`statement` compiled once for PostgreSQL, with its parameters as
-    psycopg's %(name)s, for send()."""
-    dialect = postgresql.dialect(paramstyle="pyformat")  # type: ignore[no-untyped-call]
+    """`statement` compiled once for PostgreSQL as SQLAlchemy would send it
+    through psycopg (parameters as %(name)s), for send()."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     return str(statement.compile(dialect=dialect))
 
 
-def send(
-    connection: Connection, query: str, parameters: Mapping[str, Any] | None = None
-) -> psycopg.ClientCursor[Any]:
-    """PostgreSQL: send `query`, one statement or several, straight to the
-    driver as one message (the parameters are bound into its text, so it may
-    hold several statements; their results follow each other, nextset());
-    the cursor is at the first statement's result. A statement sent so
-    costs about 50 us less of this process's time than through SQLAlchemy.
+# A statement for send(): its text and its parameters (None: none).
+Statement = tuple[str, Mapping[str, Any] | None]
+# What send() returns: the rows of each statement (none for BEGIN and such).
+Rows = list[tuple[Any, ...]]
+
+
+def send(connection: Connection, *statements: Statement) -> list[Rows]:
+    """PostgreSQL: send `statements` straight to the driver as one message
+    and return the rows of each, at a cost to this process of about 50 us a
+    statement less than through SQLAlchemy.
+
+    One statement alone has its parameters bound by the server, so psycopg
+    prepares it on the connection after a few runs, as it did through
+    SQLAlchemy (planning the cluster read costs the server more than running
+    it). Several have their parameters written into one text (psycopg's
+    ClientCursor), the one way to send them in one simple query, and are
+    planned on every run. (psycopg's pipeline mode would send prepared
+    statements together, but ends with a Flush message after the Sync,
+    which disarms the server's idle_in_transaction_session_timeout until the
+    next message: a worker frozen right after would hold its locks.)
 
     What goes wrong comes out as from SQLAlchemy, for writes.retrying(): a
     DBAPIError around the driver's error, with the connection invalidated
     when the server is gone (or the process is stopped mid-message, as
     SQLAlchemy does). SQLAlchemy's transaction is begun first (it sends
-    nothing), so that its rollback() ends whatever the message began."""
+    nothing), so that its rollback() ends whatever the statements began."""
     if not connection.in_transaction():
         connection.begin()
-    cursor = psycopg.ClientCursor(
-        cast(psycopg.Connection[Any], connection.connection.driver_connection)
-    )
+    driver = cast(psycopg.Connection[Any], connection.connection.driver_connection)
     try:
-        cursor.execute(query, parameters)
+        if len(statements) == 1:
+            cursor = driver.cursor()
+            cursor.execute(*statements[0])
+        else:
+            cursor = psycopg.ClientCursor(driver)
+            cursor.execute(
+                "; ".join(cursor.mogrify(query, values) for query, values in statements)
+            )
+        found = []
+        while True:
+            found.append(cursor.fetchall() if cursor.description else [])
+            if not cursor.nextset():
+                return found
     except psycopg.Error as error:
         gone = connection.dialect.is_disconnect(
-            cast(Any, error), connection.connection.dbapi_connection, cast(Any, cursor)
+            cast(Any, error), connection.connection.dbapi_connection, None
         )
         if gone:
             connection.invalidate()
         raise DBAPIError.instance(
-            query, parameters, error, psycopg.Error, connection_invalidated=gone
+            "; ".join(query for query, _ in statements),
+            [parameters for _, parameters in statements],
+            error,
+            psycopg.Error,
+            connection_invalidated=gone,
         ) from error
     except BaseException as stopped:
         if not isinstance(stopped, Exception):
             connection.invalidate()
         raise
-    return cursor
 
 
 def data_version(connection: Connection) -> int | None:
@@ -175,10 +200,24 @@ _PRIMARY_LOCKS = {
 }
 
 
+def _lock_timeout() -> str:
+    """A PostgreSQL writer's wait for any lock ends after BUSY_TIMEOUT."""
+    return f"SET LOCAL lock_timeout = {round(BUSY_TIMEOUT * 1000)}"
+
+
 def _begin() -> str:
     """How every PostgreSQL writer's transaction starts: READ COMMITTED, and
-    a wait for any lock ends after BUSY_TIMEOUT."""
-    return f"BEGIN; SET LOCAL lock_timeout = {round(BUSY_TIMEOUT * 1000)}"
+    the wait limit."""
+    return f"BEGIN; {_lock_timeout()}"
+
+
+# identify's advisory locks of one or two identifiers, in the order given
+# (ascending, lock_postgresql): the select list is evaluated left to right.
+_IDENTIFIER_LOCKS = {
+    count: "SELECT "
+    + ", ".join(f"pg_advisory_xact_lock(%(key{n})s)" for n in range(count))
+    for count in (1, 2)
+}
 
 
 def lock_postgresql(
@@ -186,18 +225,15 @@ def lock_postgresql(
     *,
     email: str | None,
     phone_number: str | None,
-    then: str,
-    parameters: Mapping[str, Any],
-) -> tuple[set[int], psycopg.ClientCursor[Any]]:
+    then: Sequence[Statement],
+) -> tuple[set[int], list[Rows]]:
     """PostgreSQL: begin a READ COMMITTED transaction, lock these identifiers
-    and the primaries of the rows that hold them, and run the statements
-    `then` (the caller's reads, bound from `parameters`, which hold `email`
-    and `phone_number` too), all in one message. Returns the ids of the
-    primaries locked, and the cursor at the first result of `then`. The
-    reads see what committed while the locks were waited for (READ
-    COMMITTED); when the primaries of the rows they read are not those
-    locked, the caller locks those instead (relock_primaries) and reads
-    again, until they are.
+    and the primaries of the rows that hold them, then run the statements
+    `then` (the caller's reads), all in one message (send()). Returns the
+    ids of the primaries locked, and the rows each of `then` read. The reads see
+    what committed while the locks were waited for (READ COMMITTED); when
+    the primaries of the rows they read are not those locked, the caller
+    locks those instead (relock_primaries) and reads again, until they are.
 
     Identifier locks stop two requests with the same new email or phone from
     both inserting a primary; primary-row locks, taken oldest first, stop a
@@ -210,20 +246,18 @@ def lock_postgresql(
         for kind, value in (("email", email), ("phone", phone_number))
         if value is not None
     )
-    identifiers = ", ".join(f"pg_advisory_xact_lock({key})" for key in keys)
-    lock_primaries = _PRIMARY_LOCKS[email is not None, phone_number is not None]
-    cursor = send(
+    values = {"email": email, "phone_number": phone_number}
+    results = send(
         connection,
-        f"{_begin()}; SELECT {identifiers}; SAVEPOINT {_PRIMARIES};"
-        f" {lock_primaries}; {then}",
-        parameters,
+        ("BEGIN", None),
+        (_lock_timeout(), None),
+        (_IDENTIFIER_LOCKS[len(keys)], {f"key{n}": key for n, key in enumerate(keys)}),
+        (f"SAVEPOINT {_PRIMARIES}", None),
+        (_PRIMARY_LOCKS[email is not None, phone_number is not None], values),
+        *then,
     )
-    # BEGIN, SET, the identifier locks and SAVEPOINT come before the rows.
-    for _ in range(4):
-        cursor.nextset()
-    locked = {row_id for (row_id,) in cursor}
-    cursor.nextset()
-    return locked, cursor
+    locked, *reads = results[4:]
+    return {row_id for (row_id,) in locked}, reads
 
 
 def lock_identifiers_postgresql(connection: Connection, keys: list[int]) -> None:

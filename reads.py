@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from sqlalchemy import (
     ColumnElement,
     CompoundSelect,
@@ -170,8 +169,8 @@ def read(
         rows = read_clusters(connection, email=email, phone_number=phone_number)
         return rows, _flagged(flags)
     shape = email is not None, phone_number is not None
-    found = locks.send(connection, _PG_FLAGGED_CLUSTERS[shape], parameters)
-    return _flagged_rows(found.fetchall())
+    (found,) = locks.send(connection, (_PG_FLAGGED_CLUSTERS[shape], parameters))
+    return _flagged_rows(found)
 
 
 def _screen_parameters(
@@ -304,39 +303,43 @@ def _screened(
 
 def fresh_screen_statements(
     *, email: str | None, phone_number: str | None, guard: Guard
-) -> tuple[str, dict[str, str | None]]:
-    """PostgreSQL: the statements, and their parameters, that read again
-    what screen() read for values it kept and, with both values, their merge
-    partners (read_partners()), for a writer to send in the message that
-    takes its locks (writes.py); fresh_screened() takes their results."""
-    query = _PG_FLAGGED_CLUSTERS[email is not None, phone_number is not None]
+) -> list[locks.Statement]:
+    """PostgreSQL: the statements that read again what screen() read for
+    values it kept and, with both values, their merge partners
+    (read_partners()), for a writer to send with the statements that take
+    its locks (writes.py); fresh_screened() takes their results."""
+    shape = email is not None, phone_number is not None
+    statements: list[locks.Statement] = [
+        (_PG_FLAGGED_CLUSTERS[shape], _screen_parameters(email, phone_number, guard))
+    ]
     if email is not None and phone_number is not None:
-        query = f"{query}; {_PG_MERGE_PARTNERS}"
-    return query, _screen_parameters(email, phone_number, guard)
+        partners = {"email": email, "phone_number": phone_number}
+        statements.append((_PG_MERGE_PARTNERS, partners))
+    return statements
 
 
 def fresh_screened(
     connection: Connection,
-    cursor: psycopg.Cursor[Any],
+    results: Sequence[locks.Rows],
     *,
     email: str | None,
     phone_number: str | None,
 ) -> tuple[Screened, Partners | None]:
-    """The results of fresh_screen_statements(), from `cursor` at the first:
-    the values screened again (those the database flags now are `ignored`)
-    and their rows, and the merge partners of the two values when both are
-    still kept (else None)."""
-    found = _flagged_rows(cursor.fetchall())
-    partners = None
-    if email is not None and phone_number is not None:
-        cursor.nextset()
-        partners = _partners(cursor.fetchall())
+    """The rows each of fresh_screen_statements() read: the values
+    screened again (those the database flags now are `ignored`) and their
+    rows, and the merge partners of the two values when both are still kept
+    (else None)."""
+    rows, *partners = results
     screened = _screened(
-        connection, email=email, phone_number=phone_number, found=found, ignored=()
+        connection,
+        email=email,
+        phone_number=phone_number,
+        found=_flagged_rows(rows),
+        ignored=(),
     )
     if screened.email is None or screened.phone_number is None:
-        partners = None
-    return screened, partners
+        return screened, None
+    return screened, _partners(partners[0])
 
 
 def _utc(value: str) -> datetime:

@@ -148,8 +148,8 @@ def _insert(connection: Connection, rows: Sequence[NewRow]) -> dict[int, int]:
         return {}
     if len(rows) == 1:
         if connection.dialect.name == "postgresql":
-            inserted = locks.send(connection, _PG_INSERT_ONE, _values(rows[0]))
-            ((row_id,),) = inserted.fetchall()
+            (inserted,) = locks.send(connection, (_PG_INSERT_ONE, _values(rows[0])))
+            ((row_id,),) = inserted
             return {NEW_ROW: row_id}
         return {NEW_ROW: connection.execute(_INSERT, _values(rows[0])).scalar_one()}
     reserved = _reserve(connection, len(rows))

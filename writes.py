@@ -164,10 +164,10 @@ def _append_and_commit(
     if connection.dialect.name == "sqlite":
         ledger.append(connection, events, at=at, request_id=request_id)
     else:
-        locks.send(
-            connection,
-            ledger.commit_message(connection, events, at=at, request_id=request_id),
+        message = ledger.commit_message(
+            connection, events, at=at, request_id=request_id
         )
+        locks.send(connection, (message, None))
     connection.commit()
 
 
@@ -338,18 +338,16 @@ def _lock_values_and_read(
     committed since `version` was taken, before it was read."""
     email, phone_number = found.email, found.phone_number
     if connection.dialect.name == "postgresql":
-        statements, parameters = reads.fresh_screen_statements(
-            email=email, phone_number=phone_number, guard=guard
-        )
-        locked, cursor = locks.lock_postgresql(
+        locked, results = locks.lock_postgresql(
             connection,
             email=email,
             phone_number=phone_number,
-            then=statements,
-            parameters=parameters,
+            then=reads.fresh_screen_statements(
+                email=email, phone_number=phone_number, guard=guard
+            ),
         )
         fresh, partners = reads.fresh_screened(
-            connection, cursor, email=email, phone_number=phone_number
+            connection, results, email=email, phone_number=phone_number
         )
         while (customers := {row.customer_id for row in fresh.rows}) != locked:
             locked = locks.relock_primaries(connection, customers)

@@ -71,11 +71,14 @@ def round_trips(engine: Engine) -> Iterator[list[str]]:
     wait for while this is open (what SQLAlchemy executes and what goes
     straight to the driver alike), by the first word of the first statement
     in it, in order. Read from libpq's trace of the protocol: a message ends
-    when the server says it is ready for the next one (ReadyForQuery), so a
-    statement sent with several others counts once. A connection's trace is
-    read when it goes back to the pool."""
+    when the server says it is ready for the next one (ReadyForQuery), so
+    statements sent together (several in one text, or a pipeline) count
+    once. A connection's trace is read when it goes back to the pool."""
     seen: list[str] = []
     traces: dict[int, Any] = {}
+    # The statements each connection prepared, by name: a prepared one is
+    # run by name, without its text.
+    prepared: dict[int, dict[str, str]] = {}
 
     def trace(dbapi_connection: psycopg.Connection[Any], *_: object) -> None:
         file = tempfile.TemporaryFile("w+")
@@ -89,7 +92,8 @@ def round_trips(engine: Engine) -> Iterator[list[str]]:
             return
         dbapi_connection.pgconn.untrace()
         file.seek(0)
-        seen.extend(_messages(file.read()))
+        names = prepared.setdefault(id(dbapi_connection), {})
+        seen.extend(_messages(file.read(), names))
         file.close()
 
     event.listen(engine, "checkout", trace)
@@ -101,20 +105,29 @@ def round_trips(engine: Engine) -> Iterator[list[str]]:
         event.remove(engine, "checkin", read)
 
 
-# A line of libpq's trace: who sent it (F: this process, B: the server) and
-# the kind of message; for a Query or a Parse, the first word of its text (a
-# statement's text may go on over further lines, which match nothing).
-_TRACED = re.compile(r'^([FB])\t\d+\t(\w+)(?:\t (?:"[^"]*" )?"(\S+))?', re.MULTILINE)
+# A line of libpq's trace: who sent it (F: this process, B: the server), the
+# kind of message and what it holds (a statement's text may go on over
+# further lines, which match nothing).
+_TRACED = re.compile(r"^([FB])\t\d+\t(\w+)(.*)$", re.MULTILINE)
+_QUOTED = re.compile(r'"([^"]*)"?')
 
 
-def _messages(trace: str) -> Iterator[str]:
+def _messages(trace: str, prepared: dict[str, str]) -> Iterator[str]:
     """The messages of a libpq trace, each by its first statement's first
-    word: the text of a simple Query, or of the first Parse of an extended
-    one, up to the server's ReadyForQuery."""
+    word: that of a simple Query's text, or of the first statement an
+    extended one binds (`prepared`: the first word of each statement parsed
+    so far, by name), up to the server's ReadyForQuery. A message that only
+    prepares a statement (psycopg does so once per connection, on its fifth
+    run) is left out: it is the connection's, not one request's."""
     first = None
-    for sender, kind, word in _TRACED.findall(trace):
-        if sender == "F" and kind in {"Query", "Parse"} and first is None:
-            first = word.rstrip(";").upper()
+    for sender, kind, rest in _TRACED.findall(trace):
+        if sender == "F" and kind == "Parse":
+            name, text = _QUOTED.findall(rest)[:2]
+            prepared[name] = text.split(None, 1)[0]
+        elif sender == "F" and kind == "Query" and first is None:
+            first = _QUOTED.findall(rest)[0].split(None, 1)[0].rstrip(";").upper()
+        elif sender == "F" and kind == "Bind" and first is None:
+            first = prepared[_QUOTED.findall(rest)[1]].upper()
         elif sender == "B" and kind == "ReadyForQuery" and first is not None:
             yield first
             first = None
