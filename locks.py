@@ -7,9 +7,11 @@ and nothing that every writer shares: a stuck transaction holds up only the
 writers of its own identifiers and customers."""
 
 import hashlib
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import psycopg
@@ -59,6 +61,32 @@ def postgresql_sql(statement: ClauseElement) -> str:
     return str(statement.compile(dialect=dialect))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """PostgreSQL: a statement that a message of several runs by name
+    (`execute`, bound like any other), once `prepare` has prepared it on the
+    connection. The server then plans it once per connection, not on every
+    run: a message of several statements is one simple query, which psycopg
+    cannot prepare (send()). Each belongs to one kind of message only, so
+    that all of a message's are prepared, or none (lock_postgresql)."""
+
+    prepare: str
+    execute: str
+
+    @classmethod
+    def of(cls, name: str, sql: str) -> "Prepared":
+        """`sql` (with psycopg's %(name)s parameters) prepared as `name`."""
+        order: dict[str, str] = {}
+
+        def number(parameter: re.Match[str]) -> str:
+            return order.setdefault(parameter[1], f"${len(order) + 1}")
+
+        prepared = _PARAMETER.sub(number, sql)
+        arguments = ", ".join(f"%({parameter})s" for parameter in order)
+        return cls(f"PREPARE {name} AS {prepared}", f"EXECUTE {name}({arguments})")
+
+
+_PARAMETER = re.compile(r"%\((\w+)\)s")
 # A statement for send(): its text and its parameters (None: none).
 Statement = tuple[str, Mapping[str, Any] | None]
 # What send() returns: the rows of each statement (none for BEGIN and such).
@@ -74,11 +102,12 @@ def send(connection: Connection, *statements: Statement) -> list[Rows]:
     prepares it on the connection after a few runs, as it did through
     SQLAlchemy (planning the cluster read costs the server more than running
     it). Several have their parameters written into one text (psycopg's
-    ClientCursor), the one way to send them in one simple query, and are
-    planned on every run. (psycopg's pipeline mode would send prepared
-    statements together, but ends with a Flush message after the Sync,
-    which disarms the server's idle_in_transaction_session_timeout until the
-    next message: a worker frozen right after would hold its locks.)
+    ClientCursor), the one way to send them in one simple query, where each
+    is planned on every run unless it runs a Prepared statement by name.
+    (psycopg's pipeline mode would send prepared statements together, but
+    ends with a Flush message after the Sync, which disarms the server's
+    idle_in_transaction_session_timeout until the next message: a worker
+    frozen right after would hold its locks.)
 
     What goes wrong comes out as from SQLAlchemy, for writes.retrying(): a
     DBAPIError around the driver's error, with the connection invalidated
@@ -196,7 +225,11 @@ SHAPES = ((True, True), (True, False), (False, True))
 # The savepoint that primary-row locks are taken after (relock_primaries).
 _PRIMARIES = "primaries"
 _PRIMARY_LOCKS = {
-    (e, p): postgresql_sql(_primary_locks(by_email=e, by_phone=p)) for e, p in SHAPES
+    (e, p): Prepared.of(
+        f"identify_primaries_{e:d}{p:d}",
+        postgresql_sql(_primary_locks(by_email=e, by_phone=p)),
+    )
+    for e, p in SHAPES
 }
 
 
@@ -225,12 +258,13 @@ def lock_postgresql(
     *,
     email: str | None,
     phone_number: str | None,
-    then: Sequence[Statement],
+    then: Sequence[tuple[Prepared, Mapping[str, Any]]],
 ) -> tuple[set[int], list[Rows]]:
     """PostgreSQL: begin a READ COMMITTED transaction, lock these identifiers
     and the primaries of the rows that hold them, then run the statements
-    `then` (the caller's reads), all in one message (send()). Returns the
-    ids of the primaries locked, and the rows each of `then` read. The reads see
+    `then` (the caller's reads, with their parameters), all in one message
+    (send()). Returns the ids of the primaries locked, and the rows each of
+    `then` read. The reads see
     what committed while the locks were waited for (READ COMMITTED); when
     the primaries of the rows they read are not those locked, the caller
     locks those instead (relock_primaries) and reads again, until they are.
@@ -247,15 +281,28 @@ def lock_postgresql(
         if value is not None
     )
     values = {"email": email, "phone_number": phone_number}
-    results = send(
-        connection,
+    prepared: list[tuple[Prepared, Mapping[str, Any]]] = [
+        (_PRIMARY_LOCKS[email is not None, phone_number is not None], values),
+        *then,
+    ]
+    statements = [
         ("BEGIN", None),
         (_lock_timeout(), None),
         (_IDENTIFIER_LOCKS[len(keys)], {f"key{n}": key for n, key in enumerate(keys)}),
         (f"SAVEPOINT {_PRIMARIES}", None),
-        (_PRIMARY_LOCKS[email is not None, phone_number is not None], values),
-        *then,
-    )
+        *((statement.execute, given) for statement, given in prepared),
+    ]
+    try:
+        results = send(connection, *statements)
+    except DBAPIError as error:
+        if getattr(error.orig, "sqlstate", None) != "26000":
+            raise
+        # Not prepared on this connection yet (or psycopg deallocated every
+        # prepared statement when it rolled back a transaction): what was
+        # locked is let go, the statements prepared, and the message sent again.
+        connection.rollback()
+        send(connection, *((statement.prepare, None) for statement, _ in prepared))
+        results = send(connection, *statements)
     locked, *reads = results[4:]
     return {row_id for (row_id,) in locked}, reads
 

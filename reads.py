@@ -127,7 +127,14 @@ _MERGE_PARTNERS = text(
     " UNION SELECT NULL, email FROM event"
     " WHERE type = 'customer.merged' AND phone_number = :phone_number"
 )
-_PG_MERGE_PARTNERS = locks.postgresql_sql(_MERGE_PARTNERS)
+# identify's fresh reads, run by name in the message that takes its locks.
+_PG_FRESH_CLUSTERS = {
+    (e, p): locks.Prepared.of(f"identify_read_{e:d}{p:d}", query)
+    for (e, p), query in _PG_FLAGGED_CLUSTERS.items()
+}
+_PG_FRESH_PARTNERS = locks.Prepared.of(
+    "identify_partners", locks.postgresql_sql(_MERGE_PARTNERS)
+)
 
 
 def read_clusters(
@@ -303,18 +310,19 @@ def _screened(
 
 def fresh_screen_statements(
     *, email: str | None, phone_number: str | None, guard: Guard
-) -> list[locks.Statement]:
+) -> list[tuple[locks.Prepared, dict[str, str | None]]]:
     """PostgreSQL: the statements that read again what screen() read for
     values it kept and, with both values, their merge partners
-    (read_partners()), for a writer to send with the statements that take
-    its locks (writes.py); fresh_screened() takes their results."""
+    (read_partners()), with their parameters, for a writer to send with the
+    statements that take its locks (writes.py); fresh_screened() takes their
+    results."""
     shape = email is not None, phone_number is not None
-    statements: list[locks.Statement] = [
-        (_PG_FLAGGED_CLUSTERS[shape], _screen_parameters(email, phone_number, guard))
+    statements = [
+        (_PG_FRESH_CLUSTERS[shape], _screen_parameters(email, phone_number, guard))
     ]
     if email is not None and phone_number is not None:
-        partners = {"email": email, "phone_number": phone_number}
-        statements.append((_PG_MERGE_PARTNERS, partners))
+        partners: dict[str, str | None] = {"email": email, "phone_number": phone_number}
+        statements.append((_PG_FRESH_PARTNERS, partners))
     return statements
 
 
