@@ -99,7 +99,8 @@ def _flagged_cluster_query(*, by_email: bool, by_phone: bool) -> Select[Any]:
 
 # Built once: constructing a statement cost more than running it. One of
 # each per shape of request: email and phone, email only, phone only. On
-# SQLite they are also compiled once, and sent straight to the driver.
+# SQLite they are also compiled once, and sent straight to the driver; the
+# screening read (flags and rows) is sent straight to PostgreSQL's.
 _CLUSTER_QUERIES = {
     (e, p): _cluster_query(by_email=e, by_phone=p) for e, p in locks.SHAPES
 }
@@ -107,8 +108,9 @@ _SQLITE_CLUSTER_QUERIES = {
     shape: str(query.compile(dialect=sqlite.dialect(paramstyle="named")))
     for shape, query in _CLUSTER_QUERIES.items()
 }
-_FLAGGED_CLUSTER_QUERIES = {
-    (e, p): _flagged_cluster_query(by_email=e, by_phone=p) for e, p in locks.SHAPES
+_PG_FLAGGED_CLUSTERS = {
+    (e, p): locks.postgresql_sql(_flagged_cluster_query(by_email=e, by_phone=p))
+    for e, p in locks.SHAPES
 }
 _SQLITE_FLAGS = (
     "SELECT EXISTS (SELECT 1 FROM blocked_value WHERE email = :email),"
@@ -124,6 +126,14 @@ _MERGE_PARTNERS = text(
     " WHERE type = 'customer.merged' AND email = :email"
     " UNION SELECT NULL, email FROM event"
     " WHERE type = 'customer.merged' AND phone_number = :phone_number"
+)
+# identify's fresh reads, run by name in the message that takes its locks.
+_PG_FRESH_CLUSTERS = {
+    (e, p): locks.Prepared.of(f"identify_read_{e:d}{p:d}", query)
+    for (e, p), query in _PG_FLAGGED_CLUSTERS.items()
+}
+_PG_FRESH_PARTNERS = locks.Prepared.of(
+    "identify_partners", locks.postgresql_sql(_MERGE_PARTNERS)
 )
 
 
@@ -160,20 +170,38 @@ def read(
     the shop's blocked values or suppressed ones, with that reason. The rows
     are those the values match, blocked or not: the caller reads again
     without a blocked one (rarely needed)."""
-    parameters = {
+    parameters = _screen_parameters(email, phone_number, guard)
+    if connection.dialect.name == "sqlite":
+        flags = locks.driver(connection).execute(_SQLITE_FLAGS, parameters).fetchone()
+        rows = read_clusters(connection, email=email, phone_number=phone_number)
+        return rows, _flagged(flags)
+    shape = email is not None, phone_number is not None
+    (found,) = locks.send(connection, (_PG_FLAGGED_CLUSTERS[shape], parameters))
+    return _flagged_rows(found)
+
+
+def _screen_parameters(
+    email: str | None, phone_number: str | None, guard: Guard
+) -> dict[str, str | None]:
+    return {
         "email": email,
         "phone_number": phone_number,
         "email_digest": guard.digest(EMAIL, email),
         "phone_digest": guard.digest(PHONE_NUMBER, phone_number),
     }
-    if connection.dialect.name == "sqlite":
-        flags = locks.driver(connection).execute(_SQLITE_FLAGS, parameters).fetchone()
-        rows = read_clusters(connection, email=email, phone_number=phone_number)
-    else:
-        shape = email is not None, phone_number is not None
-        result = connection.execute(_FLAGGED_CLUSTER_QUERIES[shape], parameters).all()
-        flags = result[0][:4]
-        rows = [Member(*row[4:]) for row in result if row[4] is not None]
+
+
+def _flagged_rows(
+    result: Sequence[tuple[Any, ...]],
+) -> tuple[list[Member], dict[str, str]]:
+    """The rows and the flags of the flagged cluster read (PostgreSQL): its
+    first four columns are the flags, every row's rest a member (none when
+    the values match no row)."""
+    rows = [Member(*row[4:]) for row in result if row[4] is not None]
+    return rows, _flagged(result[0][:4])
+
+
+def _flagged(flags: Sequence[bool]) -> dict[str, str]:
     email_blocked, phone_blocked, email_suppressed, phone_suppressed = flags
     blocked = {}
     for field, is_blocked, is_suppressed in (
@@ -182,13 +210,16 @@ def read(
     ):
         if is_blocked or is_suppressed:
             blocked[field] = "blocked" if is_blocked else "suppressed"
-    return rows, blocked
+    return blocked
 
 
 def read_partners(connection: Connection, *, email: str, phone_number: str) -> Partners:
     """The phones the email and the emails the phone were merged with."""
     parameters = {"email": email, "phone_number": phone_number}
-    found = connection.execute(_MERGE_PARTNERS, parameters).all()
+    return _partners(connection.execute(_MERGE_PARTNERS, parameters).all())
+
+
+def _partners(found: Sequence[tuple[Any, ...]]) -> Partners:
     return Partners(
         phones_of_email=frozenset(phone for phone, _ in found if phone is not None),
         emails_of_phone=frozenset(mail for _, mail in found if mail is not None),
@@ -246,14 +277,77 @@ def screen(
             rows, flagged = read(
                 connection, email=email, phone_number=phone_number, guard=guard
             )
+    return _screened(
+        connection,
+        email=email,
+        phone_number=phone_number,
+        found=(rows, flagged),
+        ignored=builtin.ignored,
+    )
+
+
+def _screened(
+    connection: Connection,
+    *,
+    email: str | None,
+    phone_number: str | None,
+    found: tuple[list[Member], dict[str, str]],
+    ignored: tuple[Ignored, ...],
+) -> Screened:
+    """The values that the database flags (read()'s `found`) screened out,
+    after those already `ignored`, and the rows of those kept: read again
+    when a value was dropped. Raises NothingUsable when none is kept."""
+    rows, flagged = found
     if not flagged:
-        return Screened(email, phone_number, builtin.ignored, rows)
+        return Screened(email, phone_number, ignored, rows)
     kept = guard_rules.screen(email, phone_number, builtin=False, flagged=flagged)
-    ignored = builtin.ignored + kept.ignored
+    ignored += kept.ignored
     if not kept.usable:
         raise NothingUsable(ignored)
     rows = read_clusters(connection, email=kept.email, phone_number=kept.phone_number)
     return Screened(kept.email, kept.phone_number, ignored, rows)
+
+
+def fresh_screen_statements(
+    *, email: str | None, phone_number: str | None, guard: Guard
+) -> list[tuple[locks.Prepared, dict[str, str | None]]]:
+    """PostgreSQL: the statements that read again what screen() read for
+    values it kept and, with both values, their merge partners
+    (read_partners()), with their parameters, for a writer to send with the
+    statements that take its locks (writes.py); fresh_screened() takes their
+    results."""
+    shape = email is not None, phone_number is not None
+    statements = [
+        (_PG_FRESH_CLUSTERS[shape], _screen_parameters(email, phone_number, guard))
+    ]
+    if email is not None and phone_number is not None:
+        partners: dict[str, str | None] = {"email": email, "phone_number": phone_number}
+        statements.append((_PG_FRESH_PARTNERS, partners))
+    return statements
+
+
+def fresh_screened(
+    connection: Connection,
+    results: Sequence[locks.Rows],
+    *,
+    email: str | None,
+    phone_number: str | None,
+) -> tuple[Screened, Partners | None]:
+    """The rows each of fresh_screen_statements() read: the values
+    screened again (those the database flags now are `ignored`) and their
+    rows, and the merge partners of the two values when both are still kept
+    (else None)."""
+    rows, *partners = results
+    screened = _screened(
+        connection,
+        email=email,
+        phone_number=phone_number,
+        found=_flagged_rows(rows),
+        ignored=(),
+    )
+    if screened.email is None or screened.phone_number is None:
+        return screened, None
+    return screened, _partners(partners[0])
 
 
 def _utc(value: str) -> datetime:

@@ -62,6 +62,12 @@ _LINK_ONE = (
     )
 )
 _INSERT = insert(Contact).returning(Contact.id)
+# PostgreSQL: one new row (a request's), sent straight to the driver.
+_PG_INSERT_ONE = (
+    "INSERT INTO contact (email, phone_number, linked_id, link_precedence,"
+    " created_at, updated_at) VALUES (%(email)s, %(phone_number)s, %(linked_id)s,"
+    " %(link_precedence)s, %(created_at)s, %(updated_at)s) RETURNING id"
+)
 _NEW_COLUMNS = (
     "id, email, phone_number, linked_id, link_precedence, created_at, updated_at"
 )
@@ -141,6 +147,10 @@ def _insert(connection: Connection, rows: Sequence[NewRow]) -> dict[int, int]:
     if not rows:
         return {}
     if len(rows) == 1:
+        if connection.dialect.name == "postgresql":
+            (inserted,) = locks.send(connection, (_PG_INSERT_ONE, _values(rows[0])))
+            ((row_id,),) = inserted
+            return {NEW_ROW: row_id}
         return {NEW_ROW: connection.execute(_INSERT, _values(rows[0])).scalar_one()}
     reserved = _reserve(connection, len(rows))
     ids = {placeholder(position): row_id for position, row_id in enumerate(reserved)}

@@ -17,6 +17,9 @@ lost race:
    single commit point (PostgreSQL: the ledger lock, the insert and COMMIT
    in one message, ledger.commit_message).
 
+On PostgreSQL identify sends steps 1 and 2 as one message, and the
+statements sent on every request go straight to the driver (locks.send).
+
 write() runs steps 1 to 5 for any writer, given its Plan (its lock and
 read step, rule, apply step); retrying() runs an attempt again
 after a lost race (deadlock or serialization failure), once after a dropped
@@ -161,9 +164,10 @@ def _append_and_commit(
     if connection.dialect.name == "sqlite":
         ledger.append(connection, events, at=at, request_id=request_id)
     else:
-        connection.exec_driver_sql(
-            ledger.commit_message(connection, events, at=at, request_id=request_id)
+        message = ledger.commit_message(
+            connection, events, at=at, request_id=request_id
         )
+        locks.send(connection, (message, None))
     connection.commit()
 
 
@@ -318,9 +322,12 @@ def _lock_values_and_read(
     read afresh (with the merge partners of the two values): what it decides
     from them stays true until it commits.
 
-    On PostgreSQL a primary it locked may have been merged into another, or
-    its customer split or erased, while it waited: the fresh read then holds
-    rows of primaries other than those it locked. It locks those instead
+    On PostgreSQL all of it is one message to the server (the transaction,
+    the locks, then the reads: locks.lock_postgresql), since a write's time
+    goes mostly to its round trips. A primary it locked may have been merged
+    into another, or its customer split or erased, while it waited: the
+    fresh read then holds rows of primaries other than those it locked. It
+    locks those instead
     (locks.relock_primaries: keeping a lock on a row that is now another
     customer's secondary could deadlock with that customer's writer) and
     reads again, until the primaries of the rows read are exactly those it
@@ -331,33 +338,41 @@ def _lock_values_and_read(
     committed since `version` was taken, before it was read."""
     email, phone_number = found.email, found.phone_number
     if connection.dialect.name == "postgresql":
-        locked = locks.lock_postgresql(
-            connection, email=email, phone_number=phone_number
+        locked, results = locks.lock_postgresql(
+            connection,
+            email=email,
+            phone_number=phone_number,
+            then=reads.fresh_screen_statements(
+                email=email, phone_number=phone_number, guard=guard
+            ),
         )
-        while True:
-            fresh = reads.screen(
-                connection, email=email, phone_number=phone_number, guard=guard
-            )
-            customers = {row.customer_id for row in fresh.rows}
-            if customers == locked:
-                break
+        fresh, partners = reads.fresh_screened(
+            connection, results, email=email, phone_number=phone_number
+        )
+        while (customers := {row.customer_id for row in fresh.rows}) != locked:
             locked = locks.relock_primaries(connection, customers)
-        screened = replace(fresh, ignored=found.ignored + fresh.ignored)
-    else:
-        locks.begin_immediate(connection)
-        if locks.data_version(connection) == version:
-            screened = found
-        else:
             fresh = reads.screen(
                 connection, email=email, phone_number=phone_number, guard=guard
             )
-            screened = replace(fresh, ignored=found.ignored + fresh.ignored)
-    partners = None
-    if screened.email is not None and screened.phone_number is not None:
-        partners = reads.read_partners(
-            connection, email=screened.email, phone_number=screened.phone_number
+            partners = _partners(connection, fresh)
+        return _Found(replace(fresh, ignored=found.ignored + fresh.ignored), partners)
+    locks.begin_immediate(connection)
+    screened = found
+    if locks.data_version(connection) != version:
+        fresh = reads.screen(
+            connection, email=email, phone_number=phone_number, guard=guard
         )
-    return _Found(screened, partners)
+        screened = replace(fresh, ignored=found.ignored + fresh.ignored)
+    return _Found(screened, _partners(connection, screened))
+
+
+def _partners(connection: Connection, screened: Screened) -> Partners | None:
+    """The merge partners of the two values, when both are kept."""
+    if screened.email is None or screened.phone_number is None:
+        return None
+    return reads.read_partners(
+        connection, email=screened.email, phone_number=screened.phone_number
+    )
 
 
 # A correction's rule: from the customer's rows, retired rows and evidence.

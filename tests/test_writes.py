@@ -4,11 +4,15 @@ applied: one transaction, real ids in the rows and in the events."""
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from psycopg.pq import TransactionStatus
 from sqlalchemy import Connection, select
 
 import locks
 import writes
+from engines import only_on
 from invariants import assert_invariants, live_rows
+from locks import LostRace
 from models import Contact, Event
 from reconcile import (
     PRIMARY,
@@ -105,3 +109,30 @@ def test_a_batch_of_new_rows_naming_each_other_is_applied_with_real_ids(
         connection, email="after@shop.com", phone_number=None, request_id=None
     ).identity.primary_id
     assert after == ids[q] + 1
+
+
+@only_on("postgresql")
+def test_a_write_that_timed_out_in_its_lock_message_leaves_the_connection_usable(
+    connection: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock step is one message sent straight to the driver: a lock wait
+    that ends inside it (lock_timeout) still becomes LostRace, and the
+    connection is left outside any transaction, ready for the next write."""
+    writes.identify(connection, email="a@shop.com", phone_number=None, request_id=None)
+    monkeypatch.setattr(locks, "BUSY_TIMEOUT", 0.2)
+    with connection.engine.connect() as holder:
+        key = locks.lock_key("email", "b@shop.com")
+        holder.exec_driver_sql(f"BEGIN; SELECT pg_advisory_xact_lock({key})")
+        with pytest.raises(LostRace):
+            writes.identify(
+                connection, email="b@shop.com", phone_number=None, request_id=None
+            )
+        holder.rollback()
+
+    driver = connection.connection.driver_connection
+    assert driver.info.transaction_status == TransactionStatus.IDLE
+    served = writes.identify(
+        connection, email="b@shop.com", phone_number=None, request_id=None
+    )
+    assert [event.type for event in served.events] == [EventType.CREATED]
+    assert len(connection.execute(select(Contact.id)).all()) == 2
