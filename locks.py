@@ -292,19 +292,34 @@ def lock_postgresql(
         (f"SAVEPOINT {_PRIMARIES}", None),
         *((statement.execute, given) for statement, given in prepared),
     ]
+    # Prepared before the message on a connection that has not prepared them:
+    # a message that failed for want of them would let go of its locks.
+    known: set[str] = connection.connection.info.setdefault("prepared", set())
+    if not known.issuperset(statement.prepare for statement, _ in prepared):
+        _prepare(connection, prepared, known)
     try:
         results = send(connection, *statements)
     except DBAPIError as error:
         if getattr(error.orig, "sqlstate", None) != "26000":
             raise
-        # Not prepared on this connection yet (or psycopg deallocated every
-        # prepared statement when it rolled back a transaction): what was
-        # locked is let go, the statements prepared, and the message sent again.
+        # psycopg deallocates every prepared statement when it rolls back a
+        # transaction: what was locked is let go, the statements prepared
+        # again, and the message sent again.
         connection.rollback()
-        send(connection, *((statement.prepare, None) for statement, _ in prepared))
+        known.clear()
+        _prepare(connection, prepared, known)
         results = send(connection, *statements)
     locked, *reads = results[4:]
     return {row_id for (row_id,) in locked}, reads
+
+
+def _prepare(
+    connection: Connection,
+    prepared: Sequence[tuple[Prepared, Mapping[str, Any]]],
+    known: set[str],
+) -> None:
+    send(connection, *((statement.prepare, None) for statement, _ in prepared))
+    known.update(statement.prepare for statement, _ in prepared)
 
 
 def lock_identifiers_postgresql(connection: Connection, keys: list[int]) -> None:
