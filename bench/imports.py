@@ -202,22 +202,21 @@ def memory_run(settings: Settings, lines: int) -> MemoryRun:
 def _timed(database: Database, command: list[str]) -> tuple[float, float]:
     """Run `flask --app app contacts COMMAND` on the database; return the
     seconds its log line gives (the work, without the process's start) and
-    its peak resident memory in MB."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "app", "contacts", *command],
+    its peak resident memory in MB (bench/peak.py)."""
+    flask = [sys.executable, "-m", "flask", "--app", "app", "contacts", *command]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "peak.py"), *flask],
         cwd=ROOT,
         env={**os.environ, "DATABASE_URL": database.url},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        text=True,
     )
-    errors = process.stderr.read().decode() if process.stderr else ""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise SystemExit(f"contacts {command[0]} failed: {errors}")
-    logged = json.loads(errors.strip().splitlines()[-1])
+    if done.returncode:
+        raise SystemExit(f"contacts {command[0]} failed: {done.stderr}")
+    *logged, peak = done.stderr.strip().splitlines()
     # ru_maxrss is in KiB on Linux.
-    return float(logged["seconds"]), usage.ru_maxrss / 1024
+    return float(json.loads(logged[-1])["seconds"]), int(peak) / 1024
 
 
 def import_section(entry: Any, runs: list[Any]) -> list[str]:
