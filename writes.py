@@ -186,7 +186,7 @@ def retrying(
     SQLite busy), and once after a dropped pooled connection. Raises
     LostRace when every attempt lost, or at once when a lock stayed taken
     for BUSY_TIMEOUT; any other error is re-raised at once. Rolls back on
-    any error."""
+    any error; closes the connection when stopped (KeyboardInterrupt)."""
     for attempt in range(attempts):
         try:
             return work(), attempt
@@ -204,8 +204,14 @@ def retrying(
                 ) from error
             if not locks.lost_race(error):
                 raise
-        except BaseException:
-            connection.rollback()
+        except BaseException as stopped:
+            if isinstance(stopped, Exception):
+                connection.rollback()
+            else:
+                # Stopped by a signal, maybe in the middle of a statement,
+                # which the driver would not let a rollback follow: closing
+                # the connection rolls the transaction back.
+                connection.invalidate()
             raise
     raise LostRace(f"gave up after {attempts} attempts")
 

@@ -136,3 +136,29 @@ def test_a_write_that_timed_out_in_its_lock_message_leaves_the_connection_usable
     )
     assert [event.type for event in served.events] == [EventType.CREATED]
     assert len(connection.execute(select(Contact.id)).all()) == 2
+
+
+@only_on("postgresql")
+def test_a_write_stopped_mid_statement_raises_the_interrupt_and_lets_go_of_its_locks(
+    connection: Connection,
+) -> None:
+    """Ctrl-C (an import's SIGINT) that lands between sending a statement
+    and reading its answer: the driver refuses the rollback that would follow
+    ("another command is already in progress"), so the connection is closed
+    instead; the interrupt itself comes out, not a driver error, and the
+    server lets go of the transaction's locks."""
+    key = locks.lock_key("email", "a@shop.com")
+    driver = connection.connection.driver_connection
+
+    def work() -> None:
+        connection.exec_driver_sql(f"BEGIN; SELECT pg_advisory_xact_lock({key})")
+        driver.pgconn.send_query(b"SELECT pg_sleep(1)")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        writes.retrying(connection, work)
+
+    with connection.engine.connect() as other:
+        other.exec_driver_sql("BEGIN; SET LOCAL lock_timeout = 5000")
+        other.exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
+        other.rollback()
