@@ -70,6 +70,7 @@ class Prepared:
     cannot prepare (send()). Each belongs to one kind of message only, so
     that all of a message's are prepared, or none (lock_postgresql)."""
 
+    name: str
     prepare: str
     execute: str
 
@@ -83,7 +84,9 @@ class Prepared:
 
         prepared = _PARAMETER.sub(number, sql)
         arguments = ", ".join(f"%({parameter})s" for parameter in order)
-        return cls(f"PREPARE {name} AS {prepared}", f"EXECUTE {name}({arguments})")
+        return cls(
+            name, f"PREPARE {name} AS {prepared}", f"EXECUTE {name}({arguments})"
+        )
 
 
 _PARAMETER = re.compile(r"%\((\w+)\)s")
@@ -295,7 +298,7 @@ def lock_postgresql(
     # Prepared before the message on a connection that has not prepared them:
     # a message that failed for want of them would let go of its locks.
     known: set[str] = connection.connection.info.setdefault("prepared", set())
-    if not known.issuperset(statement.prepare for statement, _ in prepared):
+    if not known.issuperset(statement.name for statement, _ in prepared):
         _prepare(connection, prepared, known)
     try:
         results = send(connection, *statements)
@@ -318,8 +321,16 @@ def _prepare(
     prepared: Sequence[tuple[Prepared, Mapping[str, Any]]],
     known: set[str],
 ) -> None:
-    send(connection, *((statement.prepare, None) for statement, _ in prepared))
-    known.update(statement.prepare for statement, _ in prepared)
+    """Prepare those of `prepared` that the connection lacks, asking the
+    server which it has: `known`, what this process noted, can be behind it
+    (a PREPARE is not undone when its transaction is rolled back)."""
+    (present,) = send(connection, ("SELECT name FROM pg_prepared_statements", None))
+    known.clear()
+    known.update(name for (name,) in present)
+    missing = [statement for statement, _ in prepared if statement.name not in known]
+    if missing:
+        send(connection, *((statement.prepare, None) for statement in missing))
+    known.update(statement.name for statement in missing)
 
 
 def lock_identifiers_postgresql(connection: Connection, keys: list[int]) -> None:

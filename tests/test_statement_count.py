@@ -59,9 +59,9 @@ def writing(app: Flask, write: str, *, first: bool = False) -> list[str]:
             # The read (with the blocked-value flags); BEGIN with the
             # identifier locks, the primary-row locks, the fresh read and the
             # partners; the write; the ledger lock with the insert and COMMIT.
-            # The first time, the statements it runs by name are prepared
-            # before it.
-            preparing = ["PREPARE"] if first else []
+            # The first time, it asks which statements it runs by name the
+            # connection has prepared, and prepares them before it.
+            preparing = ["SELECT", "PREPARE"] if first else []
             return ["WITH", *preparing, "BEGIN", write, "SELECT"]
     # data_version, the blocked-value check, the read, BEGIN IMMEDIATE,
     # data_version again (nobody committed since: no second read), the
