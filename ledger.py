@@ -64,6 +64,8 @@ _PG_APPEND = (
     " ORDER BY e.position;"
     " COMMIT"
 )
+# Where each array's column is in a row (_row).
+_PG_ARRAY_POSITIONS = [_COLUMNS.index(name) for name in _PG_ARRAYS]
 _SQLITE_INSERT = (
     f"INSERT INTO event ({', '.join(_COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in _COLUMNS)})"
@@ -102,7 +104,7 @@ def commit_message(
         cast(psycopg.Connection[Any], connection.connection.driver_connection)
     )
     rows = [_row(event, at, request_id) for event in events]
-    arrays = [[row[_COLUMNS.index(name)] for row in rows] for name in _PG_ARRAYS]
+    arrays = [[row[position] for row in rows] for position in _PG_ARRAY_POSITIONS]
     return cursor.mogrify(_PG_APPEND, [at, request_id, *arrays])
 
 
